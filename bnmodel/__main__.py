@@ -1,0 +1,5 @@
+import sys
+
+from bnmodel.cli import main
+
+sys.exit(main())

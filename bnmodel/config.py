@@ -1,0 +1,63 @@
+"""Model configuration: a frozen dataclass validated on construction, stored in every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+__all__ = ["ACTIVATIONS", "BN_PLACEMENTS", "ModelConfig"]
+
+ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh")
+BN_PLACEMENTS = ("pre", "post", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    in_features: int
+    hidden_sizes: tuple[int, ...]
+    out_features: int
+    activation: Literal["relu", "gelu", "sigmoid", "tanh"] = "relu"
+    # pre: Linear(bias=False) -> BN -> act (Ioffe & Szegedy); post: Linear -> act -> BN; none: baseline.
+    bn_placement: Literal["pre", "post", "none"] = "pre"
+    dropout: float = 0.0
+    bn_eps: float = 1e-5
+    # None selects the cumulative moving average (exact population statistics after one pass).
+    bn_momentum: float | None = 0.1
+    # Hold the training set's per-feature mean/std as buffers, so the exported model takes raw features.
+    standardize_input: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        if self.in_features < 1 or self.out_features < 1:
+            raise ValueError(
+                f"in_features and out_features must be >= 1, got {self.in_features} and "
+                f"{self.out_features}"
+            )
+        if any(h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"hidden sizes must all be >= 1, got {list(self.hidden_sizes)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.bn_placement not in BN_PLACEMENTS:
+            raise ValueError(
+                f"bn_placement must be one of {BN_PLACEMENTS}, got {self.bn_placement!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.bn_eps > 0:
+            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps}")
+        if self.bn_momentum is not None and not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1] or None, got {self.bn_momentum}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (lists, not tuples) for checkpoints and ONNX metadata."""
+        d = asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        return cls(**d)
