@@ -1,0 +1,295 @@
+"""Equivalence report: folded and unfolded, PyTorch and ONNX Runtime, against one float64 reference.
+
+The reference is the unfolded model evaluated in float64. Each candidate (PyTorch unfolded and
+folded in float32; ONNX Runtime folded and unfolded with graph optimizations off and on) runs
+on the same rows at batch sizes 1, 2, 7 and 1024, on validation rows and on random rows.
+
+Error measure: ``max |candidate - reference| / max |reference|`` per output, i.e. relative to
+the output's scale, which is what a consumer of logits/probabilities/predictions sees.
+Tolerances (why):
+- float32, 1e-5: folding in float64 leaves only float32 rounding in the Gemms, a few ulps
+  (1.2e-7 each) of accumulated error per layer, so ~1e-6 at worst for realistic depths; 1e-5
+  leaves headroom while any real folding error (a wrong eps, a missed mean) is far larger.
+- float16, 1e-2: fp16 keeps 11 significant bits (ulp 9.8e-4 relative); weights, inputs and
+  every intermediate are rounded, so a few ulps per layer add up to a few 1e-3.
+A classifier must also pick the same class wherever the reference's top-two margin exceeds
+twice the absolute tolerance; closer calls may flip under rounding and are only counted.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "BATCH_SIZES",
+    "FP16_TOLERANCE",
+    "FP32_TOLERANCE",
+    "Comparison",
+    "EquivalenceReport",
+    "ExportMismatchError",
+    "random_rows",
+    "verify_equivalence",
+]
+
+FP32_TOLERANCE = 1e-5
+FP16_TOLERANCE = 1e-2
+BATCH_SIZES = (1, 2, 7, 1024)
+Outputs = dict[str, np.ndarray]  # output name -> (batch, width)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    candidate: str  # e.g. "ORT folded, opt on"
+    precision: str  # "fp32" | "fp16"
+    rows: str  # "validation" | "random"
+    output: str
+    max_abs: float
+    max_rel: float  # max_abs / max |reference| of this output on these rows
+    tolerance: float
+    worst_batch: int  # batch size of the run holding the worst element
+    worst_row: int  # row index within that batch (= within the rows: batches are prefixes)
+    reference: float
+    value: float
+    argmax_agreement: float | None = None  # logits only: share of rows with the same class
+    decisive_flips: int = 0  # class changes where the reference margin was clear
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.max_rel <= self.tolerance) and self.decisive_flips == 0
+
+    def describe(self) -> str:
+        flips = f", {self.decisive_flips} decisive argmax flips" if self.decisive_flips else ""
+        return (
+            f"output {self.output!r} ({self.candidate}, {self.precision}, {self.rows} rows): "
+            f"worst at row {self.worst_row} of batch {self.worst_batch}: reference "
+            f"{self.reference:.9g}, got {self.value:.9g}; relative error {self.max_rel:.3g} > "
+            f"tolerance {self.tolerance:g}{flips}"
+        )
+
+
+class ExportMismatchError(ValueError):
+    """A candidate's outputs differ from the reference beyond tolerance; ``.report`` has all."""
+
+    def __init__(self, report: EquivalenceReport) -> None:
+        self.report = report
+        failures = report.failures
+        more = f" (and {len(failures) - 1} more comparisons)" if len(failures) > 1 else ""
+        super().__init__(f"folded and unfolded models disagree: {failures[0].describe()}{more}")
+
+
+@dataclass
+class EquivalenceReport:
+    comparisons: list[Comparison]
+    batch_sizes: tuple[int, ...] = BATCH_SIZES
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.comparisons)
+
+    @property
+    def failures(self) -> list[Comparison]:
+        return sorted((c for c in self.comparisons if not c.ok), key=lambda c: -c.max_rel)
+
+    def raise_for_mismatch(self) -> None:
+        if not self.ok:
+            raise ExportMismatchError(self)
+
+    def format(self) -> str:
+        header = (
+            f"{'candidate':<24}{'prec':<6}{'rows':<12}{'output':<15}{'max abs':>11}"
+            f"{'max rel':>11}{'tol':>8}{'argmax':>9}  ok"
+        )
+        lines = [
+            f"equivalence vs float64 unfolded reference, batch sizes "
+            f"{', '.join(map(str, self.batch_sizes))}",
+            header,
+            "-" * len(header),
+        ]
+        for c in self.comparisons:
+            agree = "" if c.argmax_agreement is None else f"{100 * c.argmax_agreement:.2f}%"
+            lines.append(
+                f"{c.candidate:<24}{c.precision:<6}{c.rows:<12}{c.output:<15}"
+                f"{c.max_abs:>11.3g}{c.max_rel:>11.3g}{c.tolerance:>8.0e}{agree:>9}  "
+                f"{'yes' if c.ok else 'NO'}"
+            )
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(
+            "result: "
+            + (
+                "equivalent within tolerance"
+                if self.ok
+                else "MISMATCH: " + self.failures[0].describe()
+            )
+        )
+        return "\n".join(lines)
+
+    __str__ = format
+
+
+def _named(out: np.ndarray, task: str) -> Outputs:
+    """Contract outputs from the last layer's (batch, width) output; softmax in out's dtype."""
+    if task != "classification":
+        return {"predictions": out}
+    shifted = np.exp(out - out.max(axis=1, keepdims=True))
+    return {"logits": out, "probabilities": shifted / shifted.sum(axis=1, keepdims=True)}
+
+
+def _torch_runner(
+    model: nn.Module, task: str, dtype: torch.dtype
+) -> Callable[[np.ndarray], Outputs]:
+    model = copy.deepcopy(model).to(dtype).eval()
+
+    def run(x: np.ndarray) -> Outputs:
+        with torch.no_grad():
+            out = model(torch.from_numpy(np.asarray(x, np.float64)).to(dtype))
+        return _named(out.numpy(), task)
+
+    return run
+
+
+def _ort_runner(model_bytes: bytes, optimize: bool, fp16: bool) -> Callable[[np.ndarray], Outputs]:
+    import onnxruntime as ort
+    from bnmodel.export.onnx_export import INPUT_NAME
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the verify table is the output
+    level = ort.GraphOptimizationLevel
+    options.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    dtype = np.float16 if fp16 else np.float32
+    return lambda x: dict(zip(names, session.run(None, {INPUT_NAME: x.astype(dtype)}), strict=True))
+
+
+def _compare(
+    candidate: tuple[str, str, Callable[[np.ndarray], Outputs]],
+    rows_name: str,
+    rows: np.ndarray,
+    reference: Outputs,
+    batch_sizes: Sequence[int],
+) -> list[Comparison]:
+    """One Comparison per output; batch b runs rows[:b], so row indices match the reference."""
+    name, precision, run = candidate
+    tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
+    results = {b: run(rows[:b]) for b in batch_sizes}
+    comparisons = []
+    for output, ref in reference.items():
+        scale = max(float(np.abs(ref).max()), np.finfo(np.float64).tiny)
+        worst = (-1.0, 0, 0, 0.0, 0.0)  # (abs error, batch, row, reference, value)
+        for b, outs in results.items():
+            got = np.asarray(outs[output], np.float64)
+            err = np.where(np.isfinite(got), np.abs(got - ref[:b]), np.inf)
+            row, col = np.unravel_index(int(np.argmax(err)), err.shape)
+            if err[row, col] > worst[0]:
+                worst = (
+                    float(err[row, col]),
+                    b,
+                    int(row),
+                    float(ref[row, col]),
+                    float(got[row, col]),
+                )
+        agreement, flips = _argmax_check(output, results, ref, 2 * tolerance * scale)
+        comparisons.append(
+            Comparison(
+                name,
+                precision,
+                rows_name,
+                output,
+                worst[0],
+                worst[0] / scale,
+                tolerance,
+                *worst[1:],
+                agreement,
+                flips,
+            )
+        )
+    return comparisons
+
+
+def _argmax_check(
+    output: str, results: Mapping[int, Outputs], ref: np.ndarray, margin: float
+) -> tuple[float | None, int]:
+    """(share of rows with the reference's class, class changes where its margin > margin)."""
+    if output != "logits":
+        return None, 0
+    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
+    clear = top2[:, 1] - top2[:, 0] > margin
+    same, total, flips = 0, 0, 0
+    for b, outs in results.items():
+        agree = np.argmax(outs[output], axis=1) == np.argmax(ref[:b], axis=1)
+        same, total = same + int(agree.sum()), total + b
+        flips += int((~agree & clear[:b]).sum())
+    return same / total, flips
+
+
+def random_rows(model: nn.Module, n: int, in_features: int, seed: int = 0) -> np.ndarray:
+    """(n, in_features) float32 standard-normal rows, in raw units when the model standardizes.
+
+    With a Standardize layer first, rows are mean + std * z: N(0, 1) in the space the network
+    was trained in, instead of far outside it when features have large means.
+    """
+    z = np.random.default_rng(seed).standard_normal((n, in_features))
+    first = next(iter(getattr(model, "net", [None])), None)
+    mean, std = getattr(first, "mean", None), getattr(first, "std", None)
+    if torch.is_tensor(mean) and torch.is_tensor(std):
+        z = mean.double().numpy() + std.double().numpy() * z
+    return z.astype(np.float32)
+
+
+def _row_sources(
+    model: nn.Module, validation_rows: np.ndarray | None, in_features: int, n: int, seed: int
+) -> dict[str, np.ndarray]:
+    sources = {}
+    if validation_rows is not None:
+        rows = np.asarray(validation_rows, np.float32)
+        if rows.ndim != 2 or rows.shape[1] != in_features or len(rows) == 0:
+            raise ValueError(
+                f"validation rows: expected shape (N >= 1, {in_features}), got {rows.shape}"
+            )
+        sources["validation"] = np.resize(rows, (n, in_features))  # repeats rows if N < n
+    sources["random"] = random_rows(model, n, in_features, seed)
+    return sources
+
+
+def verify_equivalence(
+    unfolded: nn.Module,
+    folded: nn.Module,
+    onnx_folded: bytes,
+    onnx_unfolded: bytes,
+    *,
+    task: str,
+    in_features: int,
+    validation_rows: np.ndarray | None = None,
+    fp16: bool = False,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    seed: int = 0,
+    notes: Sequence[str] = (),
+) -> EquivalenceReport:
+    """Run every candidate on the same rows and compare each output with the float64 reference."""
+    precision = "fp16" if fp16 else "fp32"
+    candidates = [
+        ("torch unfolded", "fp32", _torch_runner(unfolded, task, torch.float32)),
+        ("torch folded", "fp32", _torch_runner(folded, task, torch.float32)),
+    ]
+    for label, model_bytes in (("folded", onnx_folded), ("unfolded", onnx_unfolded)):
+        for optimize in (False, True):
+            run = _ort_runner(model_bytes, optimize, fp16)
+            candidates.append((f"ORT {label}, opt {'on' if optimize else 'off'}", precision, run))
+    reference_run = _torch_runner(unfolded, task, torch.float64)
+    comparisons = []
+    for rows_name, rows in _row_sources(
+        unfolded, validation_rows, in_features, max(batch_sizes), seed
+    ).items():
+        if fp16:  # every candidate sees the rows the fp16 graph sees
+            rows = rows.astype(np.float16).astype(np.float32)
+        reference = reference_run(rows)
+        for candidate in candidates:
+            comparisons += _compare(candidate, rows_name, rows, reference, batch_sizes)
+    return EquivalenceReport(comparisons, tuple(batch_sizes), list(notes))
