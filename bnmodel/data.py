@@ -1,0 +1,430 @@
+"""Training data: the bundled digits, a synthetic generator, user files (CSV, Parquet, NPZ).
+
+Everything here is numpy; torch only sees the arrays once the trainer puts them on its device.
+A source is named by one string, so a checkpoint's ``data_spec`` can rebuild the exact split:
+``"digits"``, ``"synthetic:ROWS,FEATURES,CLASSES[,SEED]"`` or a file path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "data_spec",
+    "load_digits",
+    "load_file",
+    "load_source",
+    "make_synthetic",
+    "split",
+    "validation_split",
+]
+
+Task = Literal["classification", "regression"]
+TABULAR_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message names the file, column and row."""
+
+
+@dataclass
+class Dataset:
+    features: np.ndarray  # (N, F) float32
+    targets: np.ndarray  # (N,) int64 class indices, or (N, T) float32 for regression
+    feature_names: list[str]
+    class_labels: list[str] | None
+    task: Task
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's output layer: classes, or regression targets."""
+        if self.task == "classification":
+            return len(self.class_labels or [])
+        return int(self.targets.shape[1])
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        return replace(self, features=self.features[index], targets=self.targets[index])
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in sources
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits: 1797 rows, 64 pixel features (0..16), 10 classes."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    return Dataset(
+        features=bunch.data.astype(np.float32),
+        targets=bunch.target.astype(np.int64),
+        feature_names=[str(n) for n in bunch.feature_names],
+        class_labels=[str(c) for c in range(10)],
+        task="classification",
+        source="digits",
+    )
+
+
+def make_synthetic(n_rows: int, n_features: int, n_classes: int, seed: int = 0) -> Dataset:
+    """Gaussian features labelled by a random linear teacher plus noise: learnable, any size."""
+    if n_rows < 2 or n_features < 1 or n_classes < 2:
+        raise DataError(
+            f"synthetic data needs rows >= 2, features >= 1 and classes >= 2, got "
+            f"{n_rows}, {n_features}, {n_classes}"
+        )
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_rows, n_features), dtype=np.float32)
+    teacher = rng.standard_normal((n_features, n_classes), dtype=np.float32) / np.sqrt(n_features)
+    noise = 0.5 * rng.standard_normal((n_rows, n_classes), dtype=np.float32)
+    y = np.argmax(x @ teacher + noise, axis=1).astype(np.int64)
+    return Dataset(
+        features=x,
+        targets=y,
+        feature_names=[f"x{i}" for i in range(n_features)],
+        class_labels=[str(c) for c in range(n_classes)],
+        task="classification",
+        source=f"synthetic:{n_rows},{n_features},{n_classes},{seed}",
+    )
+
+
+def _parse_synthetic(source: str) -> Dataset:
+    parts = source.split(":", 1)[1].split(",")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (3, 4):
+        raise DataError(
+            f"data source {source!r}: expected 'synthetic:ROWS,FEATURES,CLASSES[,SEED]', "
+            "for example 'synthetic:100000,784,10'"
+        )
+    return make_synthetic(*numbers)
+
+
+def load_source(source: str, target: str | None = None, task: str | None = None) -> Dataset:
+    """The dataset a source string names: "digits", "synthetic:...", or a file path."""
+    if source == "digits":
+        return load_digits()
+    if source.startswith("synthetic:"):
+        return _parse_synthetic(source)
+    return load_file(source, target, task)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def load_file(path: str | Path, target: str | None = None, task: str | None = None) -> Dataset:
+    """Load CSV/Parquet (one named target column, all other columns numeric features) or NPZ.
+
+    NPZ holds arrays ``X`` (or ``features``) [N, F] and ``y`` (or ``targets``) [N] or [N, T], and
+    optionally ``feature_names`` and ``class_labels`` (string arrays). ``task`` is inferred when
+    None: integer or string targets are classification, fractional floats regression.
+    """
+    path = Path(path)
+    if task not in (None, "classification", "regression"):
+        raise DataError(f"--task must be 'classification' or 'regression', got {task!r}")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _load_npz(path, target, task)
+    if suffix in TABULAR_SUFFIXES:
+        return _load_table(path, target, task)
+    raise DataError(f"data file {path}: unknown format {suffix!r}; expected .csv, .parquet or .npz")
+
+
+def _read_frame(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, skipinitialspace=True)
+        return pd.read_parquet(path)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"data file {path} is empty (no header, no rows)") from exc
+    except (pd.errors.ParserError, OSError, ValueError) as exc:
+        raise DataError(f"data file {path} cannot be parsed: {exc}") from exc
+
+
+def _load_table(path: Path, target: str | None, task: str | None) -> Dataset:
+    frame = _read_frame(path)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if target is None:
+        if "target" not in columns:
+            raise DataError(
+                f"data file {path}: no --target given and no column named 'target'; "
+                f"columns are {columns}"
+            )
+        target = "target"
+    if target not in columns:
+        raise DataError(
+            f"data file {path}: target column {target!r} does not exist; columns are {columns}"
+        )
+    if len(frame) == 0:
+        raise DataError(f"data file {path} has a header but no data rows")
+    feature_names = [c for c in columns if c != target]
+    if not feature_names:
+        raise DataError(f"data file {path}: no feature columns besides target {target!r}")
+    features = np.stack([_numeric_column(frame[c], path, c) for c in feature_names], axis=1)
+    targets, labels, task = _encode_targets(frame[target].to_numpy(), path, target, task)
+    return Dataset(features.astype(np.float32), targets, feature_names, labels, task, str(path))
+
+
+def _row_hint(path: Path, row: int) -> str:
+    """Row numbers count data rows from 1; a CSV's header is line 1, so data row r is line r + 1."""
+    if path.suffix.lower() == ".csv":
+        return f"row {row + 1} (line {row + 2})"
+    return f"row {row + 1}"
+
+
+def _numeric_column(series: Any, path: Path, column: str) -> np.ndarray:
+    import pandas as pd
+
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raw = series.iloc[row]
+        if pd.isna(raw):
+            what = "value is missing (NaN)"
+        elif pd.isna(pd.to_numeric(raw, errors="coerce")):
+            what = f"{raw!r} is not a number"
+        else:
+            what = f"{raw!r} is not a finite number"
+        raise DataError(
+            f"data file {path}: column {column!r}, {_row_hint(path, row)}: {what}; "
+            "features must be finite numbers"
+        )
+    return values
+
+
+def _encode_targets(
+    raw: np.ndarray, path: Path, column: str, task: str | None
+) -> tuple[np.ndarray, list[str] | None, Task]:
+    """Targets as int64 class indices (with their labels) or float32 (N, 1) regression values."""
+    import pandas as pd
+
+    missing = pd.isna(raw)
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise DataError(
+            f"data file {path}: target column {column!r}, {_row_hint(path, row)}: value is missing"
+        )
+    numeric = pd.to_numeric(pd.Series(raw), errors="coerce").to_numpy(dtype=np.float64)
+    is_numeric = bool(np.isfinite(numeric).all())
+    if task is None:
+        integral = is_numeric and bool(np.all(numeric == np.round(numeric)))
+        task = "classification" if (integral or not is_numeric) else "regression"
+    if task == "regression":
+        if not is_numeric:
+            row = int(np.argmax(~np.isfinite(numeric)))
+            raise DataError(
+                f"data file {path}: target column {column!r}, {_row_hint(path, row)}: "
+                f"{raw[row]!r} is not a finite number (task is regression)"
+            )
+        return numeric.astype(np.float32)[:, None], None, "regression"
+    if not is_numeric:
+        labels = sorted({str(v) for v in raw})
+        lookup = {label: i for i, label in enumerate(labels)}
+        return np.array([lookup[str(v)] for v in raw], dtype=np.int64), labels, "classification"
+    return _integer_classes(numeric, path, column)
+
+
+def _integer_classes(
+    values: np.ndarray, path: Path, column: str
+) -> tuple[np.ndarray, list[str], Task]:
+    """Integer labels are class indices 0..K-1 as given (K = max + 1), so a class absent from
+    this file keeps its index; negative or fractional labels are out of range."""
+    bad = (values < 0) | (values != np.round(values))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(
+            f"data file {path}: target column {column!r}, {_row_hint(path, row)}: "
+            f"label {values[row]:g} is out of range; integer class labels must be "
+            "0, 1, ..., K-1 (use --task regression for real-valued targets)"
+        )
+    num_classes = int(values.max()) + 1
+    if num_classes < 2:
+        raise DataError(
+            f"data file {path}: target column {column!r} holds only class 0; "
+            "classification needs at least 2 classes"
+        )
+    return values.astype(np.int64), [str(i) for i in range(num_classes)], "classification"
+
+
+def _load_npz(path: Path, target: str | None, task: str | None) -> Dataset:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"data file {path} is not a readable NPZ archive: {exc}") from exc
+    with archive:
+        arrays = {k: archive[k] for k in archive.files}
+    x_key = next((k for k in ("X", "features") if k in arrays), None)
+    y_key = target or next((k for k in ("y", "targets") if k in arrays), None)
+    if x_key is None or y_key not in arrays:
+        raise DataError(
+            f"data file {path}: expected arrays 'X' (or 'features') and "
+            f"{y_key or 'y'!r} (or 'targets'); found {sorted(arrays)}"
+        )
+    x, y = arrays[x_key], arrays[y_key]
+    if x.ndim != 2 or len(x) == 0 or y.shape[:1] != x.shape[:1]:
+        raise DataError(
+            f"data file {path}: array {x_key!r} must be [N, F] with N >= 1 and "
+            f"{y_key!r} [N] or [N, T]; got {x.shape} and {y.shape}"
+        )
+    features = _check_npz_features(x, path, x_key)
+    names = [str(n) for n in arrays.get("feature_names", [f"x{i}" for i in range(x.shape[1])])]
+    if len(names) != x.shape[1]:
+        raise DataError(
+            f"data file {path}: 'feature_names' has {len(names)} entries for "
+            f"{x.shape[1]} feature columns"
+        )
+    targets, labels, task = _npz_targets(y, arrays.get("class_labels"), path, y_key, task)
+    return Dataset(features, targets, names, labels, task, str(path))
+
+
+def _check_npz_features(x: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+        raise DataError(f"data file {path}: array {key!r} has dtype {x.dtype}, expected numbers")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"data file {path}: array {key!r}, column {col}, row {row + 1}: "
+            f"{x[row, col]} is not a finite number"
+        )
+    return x
+
+
+def _npz_targets(
+    y: np.ndarray, labels: np.ndarray | None, path: Path, key: str, task: str | None
+) -> tuple[np.ndarray, list[str] | None, Task]:
+    fractional = np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y))
+    if y.ndim == 2 or task == "regression" or (task is None and fractional):
+        if y.ndim == 2 and task == "classification":
+            raise DataError(
+                f"data file {path}: array {key!r} is {y.shape}; class labels must be [N]"
+            )
+        values = np.asarray(y, dtype=np.float32).reshape(len(y), -1)
+        if not np.isfinite(values).all():
+            row = int(np.argwhere(~np.isfinite(values))[0, 0])
+            raise DataError(f"data file {path}: array {key!r}, row {row + 1}: target is not finite")
+        return values, None, "regression"
+    if not np.issubdtype(y.dtype, np.number):
+        return _encode_targets(y, path, key, "classification")
+    encoded, default_labels, _ = _integer_classes(y.astype(np.float64), path, key)
+    if labels is None:
+        return encoded, default_labels, "classification"
+    labels = [str(v) for v in labels]
+    if int(encoded.max()) >= len(labels):
+        row = int(np.argmax(encoded >= len(labels)))
+        raise DataError(
+            f"data file {path}: array {key!r}, row {row + 1}: label {encoded[row]} is "
+            f"out of range for {len(labels)} class_labels (0..{len(labels) - 1})"
+        )
+    return encoded, labels, "classification"
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+
+
+def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Seeded train/validation split, stratified by class for classification.
+
+    Each class sends round(val_fraction * count) of its rows to validation (at least one when the
+    class has two or more rows), so rare classes appear on both sides.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    n = len(dataset)
+    if n < 2:
+        raise DataError(
+            f"data {dataset.source}: {n} row(s); at least 2 are needed "
+            "(one to train on, one to validate)"
+        )
+    rng = np.random.default_rng(seed)
+    if dataset.task == "classification":
+        val_index = _stratified_val_index(dataset.targets, val_fraction, rng)
+    else:
+        n_val = min(max(1, round(val_fraction * n)), n - 1)
+        val_index = rng.permutation(n)[:n_val]
+    is_val = np.zeros(n, dtype=bool)
+    is_val[val_index] = True
+    return dataset.subset(np.flatnonzero(~is_val)), dataset.subset(np.flatnonzero(is_val))
+
+
+def _stratified_val_index(
+    targets: np.ndarray, val_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    chosen: list[np.ndarray] = []
+    for cls in np.unique(targets):
+        rows = rng.permutation(np.flatnonzero(targets == cls))
+        n_val = round(val_fraction * len(rows))
+        if len(rows) >= 2:
+            n_val = min(max(n_val, 1), len(rows) - 1)
+        chosen.append(rows[:n_val])
+    val_index = np.concatenate(chosen)
+    if len(val_index) == 0 or len(val_index) == len(targets):
+        # Only singleton classes: fall back to a plain split so both sides have rows.
+        n_val = min(max(1, round(val_fraction * len(targets))), len(targets) - 1)
+        val_index = rng.permutation(len(targets))[:n_val]
+    return val_index
+
+
+def data_spec(
+    dataset: Dataset, target: str | None, val_fraction: float, seed: int
+) -> dict[str, Any]:
+    """What a checkpoint records so ``validation_split`` can rebuild the same rows later."""
+    spec: dict[str, Any] = {
+        "source": dataset.source,
+        "target": target,
+        "task": dataset.task,
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+    }
+    path = Path(dataset.source)
+    if path.suffix.lower() in (*TABULAR_SUFFIXES, ".npz") and path.is_file():
+        spec["source"] = str(path.resolve())
+        spec["sha256"] = _sha256(path)
+    return spec
+
+
+def validation_split(spec: dict[str, Any]) -> tuple[Dataset, Dataset]:
+    """The exact (train, validation) split a checkpoint's ``data_spec`` describes."""
+    try:
+        source, seed, fraction = spec["source"], int(spec["seed"]), float(spec["val_fraction"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"data_spec {spec!r} lacks source, seed or val_fraction") from exc
+    expected = spec.get("sha256")
+    if expected is not None and Path(source).is_file() and _sha256(Path(source)) != expected:
+        raise DataError(
+            f"data file {source} changed since training (sha256 differs from the "
+            "checkpoint's data_spec); the validation rows cannot be reproduced"
+        )
+    dataset = load_source(source, spec.get("target"), spec.get("task"))
+    return split(dataset, fraction, seed)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,119 @@
+"""Training options: a frozen dataclass validated on construction, with no torch import.
+
+Kept apart from ``bnmodel.train`` so the CLI can read defaults and choices without loading torch.
+Every validation message names the command-line flag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bnmodel.config import ACTIVATIONS, BN_PLACEMENTS, ModelConfig
+
+__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig"]
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Data: "digits", "synthetic:ROWS,FEATURES,CLASSES[,SEED]", or a CSV/Parquet/NPZ path.
+    data: str = "digits"
+    target: str | None = None
+    task: str | None = None  # None: inferred from the target column
+    val_fraction: float = 0.2
+    # Model (see ModelConfig).
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    bn_placement: str = "pre"
+    dropout: float = 0.0
+    bn_eps: float = 1e-5
+    bn_momentum: float | None = 0.1
+    standardize_input: bool = True
+    # Optimization.
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 1e-2  # weight matrices only; never BN parameters or biases
+    schedule: str = "cosine"
+    warmup: float = 0.0  # fraction of steps with linear warmup (constant/cosine)
+    grad_clip: float | None = None  # max global L2 norm of the gradients
+    patience: int | None = None  # early stopping: epochs without improvement of the val metric
+    drop_last: bool = False  # a 1-row tail batch is always dropped (BN needs >= 2 rows)
+    # Execution.
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    sync_bn: bool = False
+    out_dir: Path = Path("runs/train")
+    resume: Path | None = None
+    recompute_bn_stats: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.resume is not None:
+            object.__setattr__(self, "resume", Path(self.resume))
+        for problem in _config_problems(self):
+            raise ValueError(problem)
+
+    def model_config(self, in_features: int, out_features: int) -> ModelConfig:
+        return ModelConfig(
+            in_features=in_features,
+            hidden_sizes=self.hidden_sizes,
+            out_features=out_features,
+            activation=self.activation,  # type: ignore[arg-type]
+            bn_placement=self.bn_placement,  # type: ignore[arg-type]
+            dropout=self.dropout,
+            bn_eps=self.bn_eps,
+            bn_momentum=self.bn_momentum,
+            standardize_input=self.standardize_input,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(hidden_sizes=list(self.hidden_sizes), out_dir=str(self.out_dir),
+                 resume=None if self.resume is None else str(self.resume))
+        return d
+
+
+def _config_problems(c: TrainConfig) -> Iterator[str]:
+    """Each message names the command-line flag, what it must be and what it got."""
+    checks: list[tuple[bool, str, str, Any]] = [
+        (0 < c.val_fraction < 1, "--val-fraction", "in (0, 1)", c.val_fraction),
+        (c.task in (None, "classification", "regression"), "--task",
+         "classification or regression", c.task),
+        (len(c.hidden_sizes) >= 1 and min(c.hidden_sizes) >= 1, "--hidden",
+         "one or more sizes >= 1", list(c.hidden_sizes)),
+        (c.activation in ACTIVATIONS, "--activation", f"one of {ACTIVATIONS}", c.activation),
+        (c.bn_placement in BN_PLACEMENTS, "--bn", f"one of {BN_PLACEMENTS}", c.bn_placement),
+        (0 <= c.dropout < 1, "--dropout", "in [0, 1)", c.dropout),
+        (c.bn_eps > 0, "--bn-eps", "> 0", c.bn_eps),
+        (c.bn_momentum is None or 0 < c.bn_momentum <= 1, "--bn-momentum",
+         "in (0, 1] or 'none'", c.bn_momentum),
+        (c.epochs >= 1, "--epochs", ">= 1", c.epochs),
+        (c.batch_size >= 2, "--batch-size", ">= 2 (batch norm needs two rows)", c.batch_size),
+        (c.optimizer in OPTIMIZERS, "--optimizer", f"one of {OPTIMIZERS}", c.optimizer),
+        (c.lr > 0 and math.isfinite(c.lr), "--lr", "a finite number > 0", c.lr),
+        (0 <= c.momentum < 1, "--momentum", "in [0, 1)", c.momentum),
+        (c.weight_decay >= 0, "--weight-decay", ">= 0", c.weight_decay),
+        (c.schedule in SCHEDULES, "--schedule", f"one of {SCHEDULES}", c.schedule),
+        (0 <= c.warmup < 1, "--warmup", "a fraction in [0, 1)", c.warmup),
+        (c.grad_clip is None or c.grad_clip > 0, "--grad-clip", "> 0", c.grad_clip),
+        (c.patience is None or c.patience >= 1, "--patience", ">= 1", c.patience),
+        (c.device in ("auto", "cpu", "cuda"), "--device", "auto, cpu or cuda", c.device),
+        (c.precision in PRECISIONS, "--precision", f"one of {PRECISIONS}", c.precision),
+    ]
+    for ok, flag, expected, got in checks:
+        if not ok:
+            yield f"{flag} must be {expected}, got {got!r}"
