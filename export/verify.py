@@ -156,7 +156,8 @@ def _torch_runner(
 
 def _ort_runner(model_bytes: bytes, optimize: bool, fp16: bool) -> Callable[[np.ndarray], Outputs]:
     import onnxruntime as ort
-    from bnmodel.export.onnx_export import INPUT_NAME
+
+    from .onnx_export import INPUT_NAME
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the verify table is the output
