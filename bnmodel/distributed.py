@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["DistContext", "cleanup", "init_distributed", "shard", "sync_buffers"]
+__all__ = ["DistContext", "all_reduce_sum", "cleanup", "init_distributed", "shard", "sync_buffers"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,12 @@ def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
 
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum over ranks, in place (one collective per epoch for the training metrics)."""
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

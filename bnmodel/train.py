@@ -26,7 +26,14 @@ from torch.nn import functional as F
 from bnmodel import data as data_mod
 from bnmodel.bn_stats import recompute_bn_stats
 from bnmodel.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from bnmodel.distributed import DistContext, cleanup, init_distributed, shard, sync_buffers
+from bnmodel.distributed import (
+    DistContext,
+    all_reduce_sum,
+    cleanup,
+    init_distributed,
+    shard,
+    sync_buffers,
+)
 from bnmodel.history import plot_history, write_csv
 from bnmodel.model import BNMLP
 from bnmodel.optim import build_optimizer, lr_at, param_groups, set_lr
@@ -66,6 +73,7 @@ class TrainResult:
     interrupted: bool = False  # Ctrl-C: last_checkpoint holds the mid-epoch state to resume
     stopped_early: bool = False
     bn_recompute: dict[str, float] | None = None  # val metric before/after Algorithm 2
+    rank: int = 0  # under torchrun: this process's rank (only rank 0 wrote files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,8 +158,9 @@ class _StopFlag:
 def _load_data(config: TrainConfig) -> tuple[data_mod.Dataset, data_mod.Dataset, dict[str, Any]]:
     dataset = data_mod.load_source(config.data, config.target, config.task)
     if config.task is not None and dataset.task != config.task:
-        raise data_mod.DataError(f"data {dataset.source} is {dataset.task}, but --task "
-                                 f"{config.task} was given")
+        raise data_mod.DataError(
+            f"data {dataset.source} is {dataset.task}, but --task {config.task} was given"
+        )
     train_set, val_set = data_mod.split(dataset, config.val_fraction, config.seed)
     spec = data_mod.data_spec(dataset, config.target, config.val_fraction, config.seed)
     return train_set, val_set, spec
@@ -193,8 +202,10 @@ def _batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, i
     """[lo, hi) of each batch; a tail of one row (or any tail with drop_last) is dropped so BN
     never sees a batch of one. The order is reshuffled each epoch, so no row is lost for good."""
     bounds = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-    if bounds and (bounds[-1][1] - bounds[-1][0] < 2 or
-                   (drop_last and bounds[-1][1] - bounds[-1][0] < batch_size)):
+    if bounds and (
+        bounds[-1][1] - bounds[-1][0] < 2
+        or (drop_last and bounds[-1][1] - bounds[-1][0] < batch_size)
+    ):
         bounds.pop()
     return bounds
 
@@ -211,15 +222,33 @@ def _setup(config: TrainConfig, ctx: DistContext) -> _Run:
     model = _build_model(config, train_set, ctx)
     torch.manual_seed(config.seed + 7919 * ctx.rank)  # dropout masks differ between ranks
     groups = param_groups(model, config.weight_decay)
-    optimizer = build_optimizer(config.optimizer, groups, config.lr, momentum=config.momentum,
-                                device=ctx.device)
+    optimizer = build_optimizer(
+        config.optimizer, groups, config.lr, momentum=config.momentum, device=ctx.device
+    )
     x_train, y_train = _tensors(train_set, ctx.device)
     x_val, y_val = _tensors(val_set, ctx.device)
-    base = {"feature_names": train_set.feature_names, "class_labels": train_set.class_labels,
-            "task": train_set.task, "target_name": config.target, "data_spec": spec}
-    return _Run(config, ctx, model, _wrap_for_steps(model, config, ctx), optimizer, x_train,
-                y_train, x_val, y_val, train_set.task, torch.Generator().manual_seed(config.seed),
-                steps, base)
+    base = {
+        "feature_names": train_set.feature_names,
+        "class_labels": train_set.class_labels,
+        "task": train_set.task,
+        "target_name": config.target,
+        "data_spec": spec,
+    }
+    return _Run(
+        config,
+        ctx,
+        model,
+        _wrap_for_steps(model, config, ctx),
+        optimizer,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        train_set.task,
+        torch.Generator().manual_seed(config.seed),
+        steps,
+        base,
+    )
 
 
 @contextlib.contextmanager
@@ -271,8 +300,14 @@ def _train_step(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Te
 def _run_epoch(run: _Run, prog: _Progress, stop: _StopFlag, tick: Callable[[], None]) -> bool:
     """Train one epoch (or its remainder after a mid-epoch resume). Returns False when Ctrl-C
     stopped it; prog.partial then holds the position to resume from."""
-    partial = prog.partial or {"generator": run.generator.get_state(), "batch": 0,
-                               "loss_sum": 0.0, "metric_sum": 0.0, "rows": 0, "seconds": 0.0}
+    partial = prog.partial or {
+        "generator": run.generator.get_state(),
+        "batch": 0,
+        "loss_sum": 0.0,
+        "metric_sum": 0.0,
+        "rows": 0,
+        "seconds": 0.0,
+    }
     run.generator.set_state(partial["generator"])
     order = shard(torch.randperm(run.x_train.shape[0], generator=run.generator), run.ctx)
     order = order.to(run.ctx.device, non_blocking=True)
@@ -284,12 +319,25 @@ def _run_epoch(run: _Run, prog: _Progress, stop: _StopFlag, tick: Callable[[], N
     run.model.train()
     for b in range(partial["batch"], len(bounds)):
         if stop.requested:
-            prog.partial = {**partial, "batch": b, "loss_sum": loss_sum.item(),
-                            "metric_sum": metric_sum.item(), "rows": rows,
-                            "seconds": time.perf_counter() - start}
+            prog.partial = {
+                **partial,
+                "batch": b,
+                "loss_sum": loss_sum.item(),
+                "metric_sum": metric_sum.item(),
+                "rows": rows,
+                "seconds": time.perf_counter() - start,
+            }
             return False
-        set_lr(run.optimizer, lr_at(prog.global_step, run.total_steps, run.config.lr,
-                                    run.config.schedule, run.config.warmup))
+        set_lr(
+            run.optimizer,
+            lr_at(
+                prog.global_step,
+                run.total_steps,
+                run.config.lr,
+                run.config.schedule,
+                run.config.warmup,
+            ),
+        )
         idx = order[bounds[b][0] : bounds[b][1]]
         batch_loss, batch_metric = _train_step(run, run.x_train[idx], run.y_train[idx])
         loss_sum += batch_loss
@@ -297,13 +345,22 @@ def _run_epoch(run: _Run, prog: _Progress, stop: _StopFlag, tick: Callable[[], N
         rows += idx.shape[0]
         prog.global_step += 1
         tick()
-    train_loss, train_metric = loss_sum.item() / rows, metric_sum.item() / rows  # the one sync
+    # The epoch's one host sync; under DDP the sums cover every rank's shard.
+    sums = all_reduce_sum(torch.stack([loss_sum, metric_sum, loss_sum.new_tensor(rows)]), run.ctx)
+    total_loss, total_metric, total_rows = sums.tolist()
+    train_loss, train_metric = total_loss / total_rows, total_metric / total_rows
     prog.partial = None
-    prog.history.append({"epoch": prog.epoch + 1, "step": prog.global_step,
-                         "lr": run.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                         f"train_{run.metric}": train_metric,
-                         "epoch_seconds": time.perf_counter() - start,
-                         "train_samples_per_second": rows / (time.perf_counter() - start)})
+    prog.history.append(
+        {
+            "epoch": prog.epoch + 1,
+            "step": prog.global_step,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            f"train_{run.metric}": train_metric,
+            "epoch_seconds": time.perf_counter() - start,
+            "train_samples_per_second": rows / (time.perf_counter() - start),
+        }
+    )
     return True
 
 
@@ -374,14 +431,20 @@ def _restore(run: _Run, prog: _Progress, path: Path) -> None:
     ckpt = load_checkpoint(path)
     state = ckpt.training_state
     if state is None:
-        raise ResumeError(f"--resume {path}: this checkpoint has no training state (best.pt is "
-                          "for export); resume from last.pt in the same output directory")
+        raise ResumeError(
+            f"--resume {path}: this checkpoint has no training state (best.pt is "
+            "for export); resume from last.pt in the same output directory"
+        )
     if ckpt.model_config != run.model.config:
-        raise ResumeError(f"--resume {path}: checkpoint model {ckpt.model_config} differs from "
-                          f"this run's {run.model.config}; pass the same model flags")
+        raise ResumeError(
+            f"--resume {path}: checkpoint model {ckpt.model_config} differs from "
+            f"this run's {run.model.config}; pass the same model flags"
+        )
     if ckpt.data_spec != run.checkpoint_base["data_spec"]:
-        raise ResumeError(f"--resume {path}: checkpoint was trained on {ckpt.data_spec}, this "
-                          f"run uses {run.checkpoint_base['data_spec']}")
+        raise ResumeError(
+            f"--resume {path}: checkpoint was trained on {ckpt.data_spec}, this "
+            f"run uses {run.checkpoint_base['data_spec']}"
+        )
     run.model.load_state_dict(ckpt.model_state)
     run.optimizer.load_state_dict(state["optimizer"])
     run.generator.set_state(state["generator"])
@@ -390,8 +453,11 @@ def _restore(run: _Run, prog: _Progress, path: Path) -> None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     prog.epoch, prog.global_step = state["epoch"], state["global_step"]
     prog.best_metric, prog.best_epoch = state["best_metric"], state["best_epoch"]
-    prog.bad_epochs, prog.history, prog.partial = (state["bad_epochs"], list(state["history"]),
-                                                   state["partial"])
+    prog.bad_epochs, prog.history, prog.partial = (
+        state["bad_epochs"],
+        list(state["history"]),
+        state["partial"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,8 +475,10 @@ def train(
     ctx = init_distributed(config.device)
     try:
         if config.sync_bn and ctx.device.type != "cuda":
-            raise ValueError(f"--sync-bn needs CUDA devices (SyncBatchNorm has no {ctx.device.type}"
-                             " implementation); drop --sync-bn or run with --device cuda")
+            raise ValueError(
+                f"--sync-bn needs CUDA devices (SyncBatchNorm has no {ctx.device.type}"
+                " implementation); drop --sync-bn or run with --device cuda"
+            )
         with _numerics(config, ctx.device):
             run = _setup(config, ctx)
             return _fit(run, progress, on_step)
@@ -428,8 +496,14 @@ def _fit(run: _Run, progress: bool, on_step: Callable[[int], None] | None) -> Tr
         _restore(run, prog, config.resume)
     if run.ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=run.total_steps, initial=prog.global_step, unit="step", dynamic_ncols=True,
-               disable=not (progress and run.ctx.is_main), desc="train")
+    bar = tqdm(
+        total=run.total_steps,
+        initial=prog.global_step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (progress and run.ctx.is_main),
+        desc="train",
+    )
 
     def tick() -> None:
         bar.update(1)
@@ -472,8 +546,11 @@ def _end_epoch(run: _Run, prog: _Progress, bar: Any, last: Path, best: Path) -> 
         prog.bad_epochs += 1
     if run.ctx.is_main:
         save_checkpoint(_checkpoint(run, prog, metrics, full=True), last)
-    bar.set_postfix(epoch=prog.epoch, loss=f"{row['train_loss']:.4f}",
-                    **{f"val_{run.metric}": f"{val_metric:.4f}"})
+    bar.set_postfix(
+        epoch=prog.epoch,
+        loss=f"{row['train_loss']:.4f}",
+        **{f"val_{run.metric}": f"{val_metric:.4f}"},
+    )
     return run.config.patience is not None and prog.bad_epochs >= run.config.patience
 
 
@@ -487,10 +564,19 @@ def _finish(run: _Run, prog: _Progress, interrupted: bool, stopped_early: bool) 
         bn_recompute = _recompute_best(run, out / "best.pt")
     best_metric = prog.best_metric if bn_recompute is None else bn_recompute["after"]
     return TrainResult(
-        best_checkpoint=out / "best.pt", last_checkpoint=out / "last.pt", history=prog.history,
-        best_metric=best_metric, best_epoch=prog.best_epoch, metric=f"val_{run.metric}",
-        out_dir=out, metrics_csv=out / "metrics.csv", plot=plot, interrupted=interrupted,
-        stopped_early=stopped_early, bn_recompute=bn_recompute,
+        best_checkpoint=out / "best.pt",
+        last_checkpoint=out / "last.pt",
+        history=prog.history,
+        best_metric=best_metric,
+        best_epoch=prog.best_epoch,
+        metric=f"val_{run.metric}",
+        out_dir=out,
+        metrics_csv=out / "metrics.csv",
+        plot=plot,
+        interrupted=interrupted,
+        stopped_early=stopped_early,
+        bn_recompute=bn_recompute,
+        rank=run.ctx.rank,
     )
 
 
@@ -503,7 +589,12 @@ def _recompute_best(run: _Run, best: Path) -> dict[str, float]:
         recompute_bn_stats(model, run.x_train, run.config.batch_size, seed=run.config.seed)
     val_loss, after = _evaluate(run, model)
     ckpt.model_state = model.state_dict()
-    ckpt.metrics.update({"val_loss": val_loss, f"val_{run.metric}": after,
-                         f"val_{run.metric}_before_bn_recompute": before})
+    ckpt.metrics.update(
+        {
+            "val_loss": val_loss,
+            f"val_{run.metric}": after,
+            f"val_{run.metric}_before_bn_recompute": before,
+        }
+    )
     save_checkpoint(ckpt, best)
     return {"before": before, "after": after}
