@@ -1,0 +1,210 @@
+"""Load generator: one point (batch, concurrency) against one server, or in-process ONNX Runtime.
+
+Run as its own process so the client's CPU is measured apart from the server's:
+    python loadgen.py --url 127.0.0.1:PORT --batch 64 --concurrency 16 --duration 10 --warmup 2
+    python loadgen.py --inproc model.onnx --batch 1 --concurrency 1 --duration 10
+Prints one JSON object (see `Point`). `concurrency` coroutines (threads for --inproc) each send
+a request, wait for its answer, decode it to numpy and send the next. Throughput counts the answers
+that arrive inside the measured window, which starts after the warm-up; latencies are theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Point", "summarize"]
+
+MODEL = "mlp"
+INPUT, OUTPUT, IN_FEATURES, NUM_CLASSES = "features", "probabilities", 64, 10
+
+
+@dataclass(frozen=True)
+class Point:
+    batch: int
+    concurrency: int
+    requests: int
+    errors: int
+    window_s: float
+    requests_per_s: float
+    rows_per_s: float
+    p50_ms: float
+    p99_ms: float
+    client_cpu_cores: float  # client process CPU seconds per wall second in the window
+    server_cpu_cores: float  # the same for the server's process group (nan when not given)
+    error_sample: str
+
+
+class Recorder:
+    """Latencies (s) of answers and errors that land inside [start, end] (perf_counter times)."""
+
+    def __init__(self, start: float, end: float):
+        self.start, self.end = start, end
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.error_sample = ""
+        self.cpu = [0.0, 0.0]
+        self.server_cpu = [float("nan")] * 2
+
+    def ok(self, t0: float, t1: float) -> None:
+        if self.start <= t1 <= self.end:
+            self.latencies.append(t1 - t0)
+
+    def failed(self, t1: float, exc: BaseException) -> None:
+        if self.start <= t1 <= self.end:
+            self.errors += 1
+        self.error_sample = self.error_sample or f"{type(exc).__name__}: {exc}"[:300]
+
+
+def summarize(rec: Recorder, batch: int, concurrency: int) -> Point:
+    window = rec.end - rec.start
+    lat_ms = np.asarray(rec.latencies) * 1e3
+    p50, p99 = np.percentile(lat_ms, [50, 99]) if lat_ms.size else (float("nan"),) * 2
+    return Point(
+        batch=batch,
+        concurrency=concurrency,
+        requests=len(rec.latencies),
+        errors=rec.errors,
+        window_s=window,
+        requests_per_s=len(rec.latencies) / window,
+        rows_per_s=len(rec.latencies) * batch / window,
+        p50_ms=float(p50),
+        p99_ms=float(p99),
+        client_cpu_cores=(rec.cpu[1] - rec.cpu[0]) / window,
+        server_cpu_cores=(rec.server_cpu[1] - rec.server_cpu[0]) / window,
+        error_sample=rec.error_sample,
+    )
+
+
+def decode(response) -> np.ndarray:
+    """(batch, 10) float32 from a ModelInferResponse, raw or typed contents."""
+    out = response.outputs[0]
+    if response.raw_output_contents:
+        flat = np.frombuffer(response.raw_output_contents[0], dtype=np.float32)
+    else:
+        flat = np.asarray(out.contents.fp32_contents, dtype=np.float32)
+    return flat.reshape(tuple(out.shape))
+
+
+def reference(model_path: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT], {INPUT: x})[0]
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User+system CPU seconds of the live processes in process group `pgid` (Linux /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # fields after the ")" that closes the command name: state ppid pgrp ... utime stime
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def _sample_cpu(rec: Recorder, server_pgid: int | None) -> None:
+    for i, at in enumerate((rec.start, rec.end)):
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        rec.cpu[i] = time.process_time()
+        if server_pgid:
+            rec.server_cpu[i] = group_cpu_seconds(server_pgid)
+
+
+async def run_remote(args: argparse.Namespace, x: np.ndarray) -> Recorder:
+    import tritonclient.grpc.aio as tc
+
+    client = tc.InferenceServerClient(args.url)
+    inp = tc.InferInput(INPUT, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    outputs = [tc.InferRequestedOutput(OUTPUT)]
+    try:
+        first = decode((await client.infer(MODEL, [inp], outputs=outputs)).get_response())
+        if args.verify and not np.allclose(first, reference(args.verify, x), atol=1e-5):
+            raise SystemExit(f"{args.url}: answer differs from ONNX Runtime's: {first[:1]}")
+        t = time.perf_counter() + args.warmup
+        rec = Recorder(t, t + args.duration)
+
+        async def worker() -> None:
+            while (t0 := time.perf_counter()) < rec.end:
+                try:
+                    result = await client.infer(
+                        MODEL, [inp], outputs=outputs, client_timeout=args.timeout
+                    )
+                    decode(result.get_response())
+                    rec.ok(t0, time.perf_counter())
+                except Exception as exc:  # noqa: BLE001 -- every failure is counted, none stops
+                    rec.failed(time.perf_counter(), exc)
+                    await asyncio.sleep(0.001)
+
+        await asyncio.gather(
+            _sample_cpu(rec, args.server_pgid), *(worker() for _ in range(args.concurrency))
+        )
+        return rec
+    finally:
+        await client.close()
+
+
+def run_inproc(args: argparse.Namespace, x: np.ndarray) -> Recorder:
+    """`concurrency` threads sharing one single-threaded session (ORT releases the GIL in run)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(args.inproc, opts, providers=["CPUExecutionProvider"])
+    session.run([OUTPUT], {INPUT: x})
+    t = time.perf_counter() + args.warmup
+    rec = Recorder(t, t + args.duration)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while (t0 := time.perf_counter()) < rec.end:
+            session.run([OUTPUT], {INPUT: x})
+            with lock:
+                rec.ok(t0, time.perf_counter())
+
+    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    for th in threads:
+        th.start()
+    asyncio.run(_sample_cpu(rec, None))
+    for th in threads:
+        th.join()
+    return rec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="host:port of an Open Inference Protocol gRPC server")
+    target.add_argument("--inproc", metavar="MODEL.onnx", help="run ONNX Runtime in this process")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of load before measuring"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="per-request client timeout (s)"
+    )
+    parser.add_argument("--server-pgid", type=int, help="process group whose CPU to report")
+    parser.add_argument("--verify", metavar="MODEL.onnx", help="check the first answer against ORT")
+    args = parser.parse_args()
+    x = np.random.default_rng(0).standard_normal((args.batch, IN_FEATURES)).astype(np.float32)
+    rec = run_inproc(args, x) if args.inproc else asyncio.run(run_remote(args, x))
+    print(json.dumps(asdict(summarize(rec, args.batch, args.concurrency))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
