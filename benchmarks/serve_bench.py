@@ -135,7 +135,8 @@ def _progress(key: str, run: int, m: dict) -> None:
     )
 
 
-def run_all(args: argparse.Namespace, ctx: Context) -> list[dict]:
+def run_all(args: argparse.Namespace, ctx: Context) -> tuple[list[dict], list[str]]:
+    """Every server's points, run after run; also the "key run N: why" of servers that failed."""
     specs = server_specs()
     keys = args.servers.split(",")
     for venv in sorted({specs[k].venv for k in keys if specs[k].venv}):
@@ -143,19 +144,20 @@ def run_all(args: argparse.Namespace, ctx: Context) -> list[dict]:
     points = [
         (int(b), int(c)) for b in args.batches.split(",") for c in args.concurrency.split(",")
     ]
-    measurements = []
+    measurements, failures = [], []
     for run in range(args.runs):  # servers interleaved per run, so drift hits all of them alike
         for key in keys:
             try:
                 results = run_server(args, specs[key], ctx, run, points)
             except ServerError as exc:
                 print(f"[run {run}] {key}: server failed: {exc}", flush=True)
+                failures.append(f"{key} run {run}: {str(exc).splitlines()[0]}")
                 continue
             for m in results:
                 m.update(server=key, run=run)
                 _progress(key, run, m)
             measurements += results
-    return measurements
+    return measurements, failures
 
 
 def _meta(args: argparse.Namespace) -> dict:
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             args.ours_on_args,
             args.startup_timeout,
         )
-        measurements = run_all(args, ctx)
+        measurements, failures = run_all(args, ctx)
     med = report.medians(measurements)
     checks = report.check_targets(med)
     print(
@@ -196,13 +198,21 @@ def main(argv: list[str] | None = None) -> int:
     print(report.ratio_table(med, labels, ("kserve", "echo")))
     if checks:
         print(report.checks_table(checks, labels))
+    for failure in failures:
+        print(f"FAILED TO START: {failure}")
     out = args.out or HERE / "results" / f"serve_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"server": s, "batch": b, "concurrency": c, **r} for (s, b, c), r in med.items()]
-    doc = {"meta": _meta(args), "medians": rows, "checks": checks, "measurements": measurements}
+    doc = {
+        "meta": _meta(args),
+        "medians": rows,
+        "checks": checks,
+        "failed_servers": failures,
+        "measurements": measurements,
+    }
     out.write_text(json.dumps(doc, indent=1, default=lambda v: None if math.isnan(v) else v))
     print(f"\nwrote {out}")
-    return 0 if all(c["passed"] for c in checks) else 1
+    return 0 if all(c["passed"] for c in checks) and not failures else 1
 
 
 if __name__ == "__main__":
