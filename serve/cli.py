@@ -1,9 +1,138 @@
-"""Placeholder registration; replaced by the stage's real subcommands."""
+"""``bnmodel serve`` and ``bnmodel infer``: parse flags, call one library function, print.
+
+Nothing heavy is imported at module level: ``bnmodel --help`` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    pass
+    _register_serve(subparsers)
+    _register_infer(subparsers)
+
+
+def _register_serve(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve ONNX models over the Open Inference Protocol (gRPC)",
+        description="gRPC inference server (KServe v2 / Triton protocol) on ONNX Runtime. "
+        "Prints one line 'ready on HOST:PORT' when the models are loaded; SIGTERM/SIGINT "
+        "drain requests in flight, then exit.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model-repository",
+        type=Path,
+        metavar="DIR",
+        help="Triton-layout repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx",
+    )
+    source.add_argument("--model", type=Path, metavar="FILE.onnx", help="serve one ONNX file")
+    p.add_argument("--model-name", help="name for --model (default: the file's stem)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8001, help="0 picks a free port (default: %(default)s)"
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when it really works, else CPU (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=1024,
+        help="for --model, which has no config.pbtxt (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=0,
+        help="gRPC message limit; 0: what max_batch_size rows need (default)",
+    )
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per run; 0: suited to the machine (default)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="concurrent model runs; 0: one per core (default)"
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, wait this long for requests in flight (default: %(default)s)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import ready_line, serve
+    from .settings import ServerSettings, SettingsError
+
+    try:
+        settings = ServerSettings(
+            model_repository=args.model_repository,
+            model_path=args.model,
+            model_name=args.model_name,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            max_batch_size=args.max_batch_size,
+            max_message_bytes=args.max_message_bytes,
+            intra_op_threads=args.intra_op_threads,
+            workers=args.workers,
+            grace_seconds=args.grace_seconds,
+            log_level=args.log_level,
+        )
+    except SettingsError as exc:
+        print(f"bnmodel serve: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings, on_ready=lambda info: print(ready_line(info), flush=True))
+
+
+def _register_infer(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "infer",
+        help="send rows from a CSV or .npy file to a server and print predictions",
+        description="Class and probabilities for a classifier, values for a regressor, as CSV.",
+    )
+    p.add_argument("--url", default="127.0.0.1:8001", help="HOST:PORT (default: %(default)s)")
+    p.add_argument("--model", required=True, help="model name on the server")
+    p.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        metavar="FILE.csv|FILE.npy",
+        help="feature rows; a CSV header is matched to the model's feature names",
+    )
+    p.add_argument("--output", type=Path, metavar="FILE.csv", help="write here instead of stdout")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.set_defaults(handler=_infer)
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from .client import InferenceServerError
+    from .errors import InvalidInputError
+    from .predict import predict_file, write_predictions
+
+    try:
+        predictions = predict_file(args.url, args.model, args.input, timeout=args.timeout)
+    except (InferenceServerError, InvalidInputError, OSError) as exc:
+        print(f"bnmodel infer: {exc}", file=sys.stderr)
+        return 1
+    text = write_predictions(predictions, args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {len(predictions.values)} predictions to {args.output}")
+    return 0

@@ -1,0 +1,213 @@
+"""A small synchronous client for the Open Inference Protocol over gRPC: numpy in, numpy out.
+
+Works with this server and with any other server of the protocol (Triton, KServe).
+
+    with InferenceClient("127.0.0.1:8001") as client:
+        probabilities = client.infer("digits", rows)["probabilities"]   # rows: float32 [N, 64]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from .codec import decode_raw, decode_typed, encode_raw, encode_typed
+from .errors import InvalidInputError
+from .proto import grpc_service_pb2 as pb
+from .proto import grpc_service_pb2_grpc as pb_grpc
+from .proto import model_config_pb2
+
+__all__ = ["InferenceServerError", "TensorInfo", "ModelInfo", "InferenceClient"]
+
+_MAX_MESSAGE = 1 << 30  # the server enforces its own limit; the client does not add one
+
+
+class InferenceServerError(Exception):
+    """A failed call: ``code`` is the gRPC status name ("NOT_FOUND"), ``message`` the reason."""
+
+    def __init__(self, method: str, code: str, message: str) -> None:
+        super().__init__(f"{method} failed with {code}: {message}")
+        self.method = method
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1: variable (the batch axis)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+
+def _tensors(metadata) -> tuple[TensorInfo, ...]:
+    return tuple(TensorInfo(t.name, t.datatype, tuple(t.shape)) for t in metadata)
+
+
+def _decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    raw = response.raw_output_contents
+    outputs = {}
+    for i, tensor in enumerate(response.outputs):
+        shape = tuple(tensor.shape)
+        if i < len(raw):
+            outputs[tensor.name] = decode_raw(raw[i], tensor.datatype, shape)
+        else:
+            outputs[tensor.name] = decode_typed(tensor.contents, tensor.datatype, shape)
+    return outputs
+
+
+class InferenceClient:
+    """Blocking client; every call takes ``timeout`` seconds at most (default: the client's)."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            url,
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ],
+        )
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._metadata: dict[tuple[str, str], ModelInfo] = {}
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request, timeout: float | None):
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() else "UNKNOWN"
+            details = exc.details() or ""
+            if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not details.strip():
+                details = f"no answer from {self.url}"
+            raise InferenceServerError(method, code, f"{details} (server {self.url})") from None
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    def server_live(self, timeout: float | None = None) -> bool:
+        return self._call("ServerLive", pb.ServerLiveRequest(), timeout).live
+
+    def server_ready(self, timeout: float | None = None) -> bool:
+        return self._call("ServerReady", pb.ServerReadyRequest(), timeout).ready
+
+    def model_ready(self, name: str, version: str = "", timeout: float | None = None) -> bool:
+        request = pb.ModelReadyRequest(name=name, version=version)
+        return self._call("ModelReady", request, timeout).ready
+
+    def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
+        return self._call("ServerMetadata", pb.ServerMetadataRequest(), timeout)
+
+    def model_metadata(self, name: str, version: str = "", timeout: float | None = None):
+        """The model's tensors (cached per model and version)."""
+        key = (name, version)
+        if key not in self._metadata:
+            request = pb.ModelMetadataRequest(name=name, version=version)
+            m = self._call("ModelMetadata", request, timeout)
+            self._metadata[key] = ModelInfo(
+                m.name, tuple(m.versions), m.platform, _tensors(m.inputs), _tensors(m.outputs)
+            )
+        return self._metadata[key]
+
+    def model_config(
+        self, name: str, version: str = "", timeout: float | None = None
+    ) -> model_config_pb2.ModelConfig:
+        request = pb.ModelConfigRequest(name=name, version=version)
+        return self._call("ModelConfig", request, timeout).config
+
+    # -- repository -----------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False, timeout: float | None = None):
+        """[(name, version, state, reason)] for every model of the repository."""
+        request = pb.RepositoryIndexRequest(ready=ready_only)
+        response = self._call("RepositoryIndex", request, timeout)
+        return [(m.name, m.version, m.state, m.reason) for m in response.models]
+
+    def load_model(self, name: str, timeout: float | None = None) -> None:
+        self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=name), timeout)
+        self._metadata = {k: v for k, v in self._metadata.items() if k[0] != name}
+
+    def unload_model(self, name: str, timeout: float | None = None) -> None:
+        request = pb.RepositoryModelUnloadRequest(model_name=name)
+        self._call("RepositoryModelUnload", request, timeout)
+        self._metadata = {k: v for k, v in self._metadata.items() if k[0] != name}
+
+    # -- inference ------------------------------------------------------------------------
+
+    def _named(self, model: str, version: str, inputs) -> Mapping[str, np.ndarray]:
+        if isinstance(inputs, Mapping):
+            return inputs
+        info = self.model_metadata(model, version)
+        if len(info.inputs) != 1:
+            names = ", ".join(t.name for t in info.inputs)
+            raise InvalidInputError(f"model {model!r} has inputs {names}: pass a dict of arrays")
+        return {info.inputs[0].name: np.asarray(inputs)}
+
+    def build_request(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] = (),
+        version: str = "",
+        request_id: str = "",
+        raw: bool = True,
+    ) -> pb.ModelInferRequest:
+        """The ModelInferRequest for ``inputs``: raw_input_contents, or typed contents."""
+        request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+        for name, array in inputs.items():
+            array = np.asarray(array)
+            tensor = request.inputs.add(name=name, shape=array.shape)
+            if raw:
+                datatype, data = encode_raw(array)
+                request.raw_input_contents.append(data)
+            else:
+                datatype = encode_typed(array, tensor.contents)
+            tensor.datatype = datatype.name
+        for name in outputs:
+            request.outputs.add(name=name)
+        return request
+
+    def infer(
+        self,
+        model: str,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] = (),
+        version: str = "",
+        request_id: str = "",
+        raw: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs`` (one array for a one-input model, or {name: array}).
+
+        Returns {output name: array}; ``outputs`` limits which ones (default: all).
+        """
+        request = self.build_request(
+            model,
+            self._named(model, version, inputs),
+            outputs=outputs,
+            version=version,
+            request_id=request_id,
+            raw=raw,
+        )
+        return _decode_outputs(self._call("ModelInfer", request, timeout))

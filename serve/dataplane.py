@@ -1,0 +1,218 @@
+"""The data plane: models in memory, health, metadata, repository control and inference.
+
+Knows nothing of gRPC: takes and returns domain objects, raises domain errors (serve/errors.py).
+Runs on the server's event loop; blocking work (file reads, session creation, model runs) goes
+to the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from bnmodel import __version__
+
+from .errors import InvalidInputError, ModelNotFoundError, ServeError
+from .model import Model, ModelVersion, load_model
+from .repository import MAX_NAME_LENGTH, ModelSource
+from .session import SessionFactory
+from .validation import InferRequest, check_inputs, check_outputs, quote
+
+__all__ = [
+    "SERVER_NAME",
+    "EXTENSIONS",
+    "MAX_ECHOED_ID",
+    "Repository",
+    "ServerMetadata",
+    "IndexEntry",
+    "InferResponse",
+    "DataPlane",
+]
+
+log = logging.getLogger("bnmodel.serve")
+
+SERVER_NAME = "bnmodel"
+# Protocol extensions this server implements (ServerMetadata.extensions).
+EXTENSIONS = ("model_repository", "model_configuration")
+MAX_ECHOED_ID = 256  # a request id is echoed back truncated to this many characters
+
+
+class Repository(Protocol):
+    """What the data plane needs of a model repository (serve/repository.py)."""
+
+    def names(self) -> list[str]: ...
+
+    def source(self, name: str) -> ModelSource: ...
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str  # "READY" or "UNAVAILABLE"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: tuple[tuple[str, np.ndarray], ...]  # (output name, [batch, ...] array), in order
+
+
+class DataPlane:
+    """Loaded models and every operation of the protocol on them."""
+
+    def __init__(self, repository: Repository, factory: SessionFactory, executor: Executor):
+        self.repository = repository
+        self.factory = factory
+        self.executor = executor
+        self._models: dict[str, Model] = {}
+        self._failures: dict[str, str] = {}  # model name -> why its last load failed
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._ready = False
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Startup loading is done and the server is not draining."""
+        return self._ready
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        model = self._models.get(name)
+        return model is not None and (not version or version in model.versions)
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
+
+    @property
+    def models(self) -> dict[str, Model]:
+        """Loaded models by name (a snapshot; do not mutate)."""
+        return dict(self._models)
+
+    def model(self, name: str, version: str = "") -> tuple[Model, ModelVersion]:
+        """A loaded model and version ("" = latest), or the error a client should see."""
+        model = self._models.get(name)
+        if model is None:
+            raise self._not_found(name)
+        return model, model.version(version)
+
+    def _not_found(self, name: str) -> ServeError:
+        if not name:
+            return InvalidInputError("model name is empty")
+        if len(name) > MAX_NAME_LENGTH:
+            return InvalidInputError(
+                f"model name is {len(name)} characters long, at most {MAX_NAME_LENGTH} allowed"
+            )
+        if name in self._failures:
+            return ModelNotFoundError(f"model {quote(name)} is not loaded: {self._failures[name]}")
+        loaded = ", ".join(map(quote, sorted(self._models))) or "none"
+        return ModelNotFoundError(f"unknown model {quote(name)}; loaded models: {loaded}")
+
+    # -- repository -----------------------------------------------------------------------
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        entries = []
+        for name in sorted(set(self.repository.names()) | set(self._models)):
+            model = self._models.get(name)
+            if model is not None:
+                entries += [IndexEntry(name, v, "READY") for v in model.versions]
+            elif not ready_only:
+                reason = self._failures.get(name, "not loaded")
+                entries.append(IndexEntry(name, "", "UNAVAILABLE", reason))
+        return entries
+
+    async def load(self, name: str) -> Model:
+        """(Re)load ``name`` from the repository; the new model replaces the old one at once."""
+        lock = self._load_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            loop = asyncio.get_running_loop()
+            start = time.perf_counter()
+            try:
+                model = await loop.run_in_executor(self.executor, self._build, name)
+            except ServeError as exc:
+                if not isinstance(exc, ModelNotFoundError):
+                    self._failures[name] = str(exc)
+                detail = f" [{exc.detail}]" if exc.detail else ""
+                log.warning("failed to load model %s: %s%s", quote(name), exc, detail)
+                raise
+            self._models[name] = model  # atomic swap: requests in flight keep the old one
+            self._failures.pop(name, None)
+            log.info("%s in %.0f ms", _describe(model), 1000 * (time.perf_counter() - start))
+            return model
+
+    def _build(self, name: str) -> Model:
+        return load_model(self.repository.source(name), self.factory, self.executor)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``; requests already running finish on the old model."""
+        if self._models.pop(name, None) is None and name not in self.repository.names():
+            raise self._not_found(name)
+        self._failures.pop(name, None)
+        log.info("unloaded model %s", quote(name))
+
+    async def load_all(self, names: Iterable[str] | None = None) -> list[str]:
+        """Load every model of the repository; failures are logged and left UNAVAILABLE."""
+        loaded = []
+        for name in self.repository.names() if names is None else names:
+            try:
+                await self.load(name)
+                loaded.append(name)
+            except ServeError:
+                pass
+        return loaded
+
+    # -- inference ------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate ``request`` completely, then run it; errors leave other requests untouched."""
+        model, version = self.model(request.model_name, request.model_version)
+        inputs = check_inputs(model, request)
+        outputs = check_outputs(model, request.outputs)
+        start = time.perf_counter_ns()
+        try:
+            results = await version.execute(inputs)
+        except Exception:
+            model.stats.record_failure(time.perf_counter_ns() - start)
+            raise
+        rows = next(iter(inputs.values())).shape[0] if model.signature.max_batch_size else 1
+        model.stats.record_success(rows, time.perf_counter_ns() - start)
+        return InferResponse(
+            model_name=model.name,
+            model_version=version.version,
+            id=request.id[:MAX_ECHOED_ID],
+            outputs=tuple((name, results[name]) for name in outputs),
+        )
+
+
+def _describe(model: Model) -> str:
+    inputs = ", ".join(
+        f"{s.name} {s.datatype.name} {model.signature.shape(s)}" for s in model.signature.inputs
+    )
+    first = next(iter(model.versions.values()))
+    providers = ",".join(p.removesuffix("ExecutionProvider") for p in first.runner.providers)
+    return (
+        f"loaded model {quote(model.name)} version(s) {', '.join(model.versions)} "
+        f"(inputs {inputs}; max_batch_size {model.signature.max_batch_size}; {providers})"
+    )

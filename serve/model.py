@@ -1,0 +1,229 @@
+"""A loaded model: its signature (from config.pbtxt), versions, runners and statistics.
+
+:class:`ModelRunner` is the single place a model executes (``run(inputs) -> outputs``, blocking);
+:meth:`ModelVersion.execute` is the single async call the data plane makes to run it, today on a
+thread pool, and the seam where a dynamic batcher goes. A :class:`Model` is immutable once built:
+loading a new one and swapping the registry entry is atomic for requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .codec import Datatype, datatype_from_config, datatype_from_ort
+from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
+from .proto import model_config_pb2
+from .repository import ModelSource, json_parameter
+from .session import SessionFactory, session_signature
+
+__all__ = [
+    "TensorSpec",
+    "ModelSignature",
+    "ModelStats",
+    "ModelRunner",
+    "ModelVersion",
+    "Model",
+    "signature_from_config",
+    "check_session",
+    "load_model",
+]
+
+log = logging.getLogger("bnmodel.serve")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model tensor as the protocol sees it; ``dims`` exclude the batch axis (-1: variable)."""
+
+    name: str
+    datatype: Datatype
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int  # 0: tensors have no batch axis
+
+    def shape(self, spec: TensorSpec) -> list[int]:
+        """Full protocol shape: -1 for the batch axis when the model batches."""
+        return [-1, *spec.dims] if self.max_batch_size > 0 else list(spec.dims)
+
+
+def _specs(tensors, where: str) -> tuple[TensorSpec, ...]:
+    specs = []
+    for tensor in tensors:
+        try:
+            datatype = datatype_from_config(model_config_pb2.DataType.Name(tensor.data_type))
+        except InvalidInputError as exc:
+            raise ModelLoadError(f"{where} {tensor.name!r}: {exc}") from None
+        specs.append(TensorSpec(tensor.name, datatype, tuple(tensor.dims)))
+    return tuple(specs)
+
+
+def signature_from_config(config: model_config_pb2.ModelConfig) -> ModelSignature:
+    """The tensors a config.pbtxt declares; ModelLoadError when it declares none or bad types."""
+    where = f"{config.name}/config.pbtxt"
+    if not config.input or not config.output:
+        raise ModelLoadError(f"{where}: declares no input or no output tensors")
+    if config.max_batch_size < 0:
+        raise ModelLoadError(f"{where}: max_batch_size is {config.max_batch_size}, expected >= 0")
+    return ModelSignature(
+        inputs=_specs(config.input, f"{where}: input"),
+        outputs=_specs(config.output, f"{where}: output"),
+        max_batch_size=config.max_batch_size,
+    )
+
+
+def _dims_match(declared: list[int], actual: tuple[int | None, ...]) -> bool:
+    return len(declared) == len(actual) and all(
+        d == -1 or a is None or d == a for d, a in zip(declared, actual, strict=True)
+    )
+
+
+def _protocol_name(ort_type: str) -> str:
+    try:
+        return datatype_from_ort(ort_type).name
+    except InvalidInputError:
+        return ort_type
+
+
+def check_session(signature: ModelSignature, session, where: str) -> None:
+    """Refuse a model file whose graph does not match its config.pbtxt."""
+    graph = session_signature(session)
+    graph_inputs = {name: (t, s) for name, t, s in graph.inputs}
+    graph_outputs = {name: (t, s) for name, t, s in graph.outputs}
+    declared = {spec.name for spec in signature.inputs}
+    if set(graph_inputs) != declared:
+        raise ModelLoadError(
+            f"{where}: graph inputs {sorted(graph_inputs)} do not match config.pbtxt inputs "
+            f"{sorted(declared)}"
+        )
+    for specs, tensors, kind in (
+        (signature.inputs, graph_inputs, "input"),
+        (signature.outputs, graph_outputs, "output"),
+    ):
+        for spec in specs:
+            if spec.name not in tensors:
+                raise ModelLoadError(f"{where}: config.pbtxt {kind} {spec.name!r} not in graph")
+            ort_type, shape = tensors[spec.name]
+            graph_type = _protocol_name(ort_type)
+            if graph_type != spec.datatype.name or not _dims_match(signature.shape(spec), shape):
+                raise ModelLoadError(
+                    f"{where}: {kind} {spec.name!r} is {spec.datatype.name} "
+                    f"{signature.shape(spec)} in config.pbtxt but {graph_type} "
+                    f"{[-1 if d is None else d for d in shape]} in the graph"
+                )
+
+
+@dataclass
+class ModelStats:
+    """Cumulative per-model counters (ModelStatistics builds on these); updated on the loop."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    inference_count: int = 0  # rows
+    execution_count: int = 0  # model runs
+    last_inference_ms: int = 0
+
+    def record_success(self, rows: int, elapsed_ns: int) -> None:
+        self.success_count += 1
+        self.success_ns += elapsed_ns
+        self.inference_count += rows
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_failure(self, elapsed_ns: int) -> None:
+        self.fail_count += 1
+        self.fail_ns += elapsed_ns
+
+
+class ModelRunner:
+    """Runs one ONNX Runtime session; blocking, thread-safe (ORT sessions allow concurrent runs)."""
+
+    def __init__(self, session, output_names: tuple[str, ...]) -> None:
+        self._session = session
+        self.output_names = output_names
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{input name: [batch, ...] array} -> {output name: [batch, ...]} for every output."""
+        results = self._session.run(list(self.output_names), dict(inputs))
+        return dict(zip(self.output_names, results, strict=True))
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    runner: ModelRunner
+    executor: Executor
+
+    async def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model off the event loop (a slow run never stalls other requests).
+
+        The one call the data plane makes to execute; a dynamic batcher replaces this body.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.runner.run, inputs)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded model: what requests are validated against, and its versions to run."""
+
+    name: str
+    config: model_config_pb2.ModelConfig
+    signature: ModelSignature
+    versions: dict[str, ModelVersion]  # ascending by number
+    stats: ModelStats = field(default_factory=ModelStats, compare=False)
+
+    @property
+    def latest(self) -> str:
+        return max(self.versions, key=int)
+
+    def version(self, version: str) -> ModelVersion:
+        """``version`` ("" = latest) or ModelNotFoundError listing the versions served."""
+        found = self.versions.get(version or self.latest)
+        if found is None:
+            shown = version[:32]
+            raise ModelNotFoundError(
+                f"model {self.name!r} has no version {shown!r}; versions served: "
+                f"{', '.join(self.versions)}"
+            )
+        return found
+
+    @property
+    def class_labels(self) -> list[str] | None:
+        return json_parameter(self.config, "class_labels")
+
+
+def load_model(source: ModelSource, factory: SessionFactory, executor: Executor) -> Model:
+    """Create sessions for every version of ``source`` and check them against its config.
+
+    Blocking (file reads, session creation): call it off the event loop.
+    """
+    signature = signature_from_config(source.config)
+    output_names = tuple(spec.name for spec in signature.outputs)
+    versions = {}
+    for version, path in sorted(source.versions.items(), key=lambda item: int(item[0])):
+        where = f"{source.name}/{version}/{path.name}"
+        try:
+            session = factory.create(path)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
+        check_session(signature, session, where)
+        versions[version] = ModelVersion(version, ModelRunner(session, output_names), executor)
+    return Model(source.name, source.config, signature, versions)

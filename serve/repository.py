@@ -1,0 +1,221 @@
+"""Model repositories: where models and their config.pbtxt come from.
+
+Triton layout (what ``bnmodel export --repository`` writes)::
+
+    DIR/NAME/config.pbtxt          text-format inference.ModelConfig
+    DIR/NAME/VERSION/model.onnx    VERSION is a positive integer
+
+:class:`ModelRepository` scans such a folder; :class:`SingleModelRepository` is the in-memory
+one-model repository behind ``bnmodel serve --model FILE.onnx``, its config derived from the
+ONNX file. Both only read files: sessions are created by the data plane.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from .codec import datatype_from_ort
+from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
+from .proto import model_config_pb2
+
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_MODEL_FILE",
+    "ONNX_PLATFORM",
+    "MAX_NAME_LENGTH",
+    "ModelSource",
+    "ModelRepository",
+    "SingleModelRepository",
+    "parse_config",
+    "select_versions",
+    "check_model_name",
+    "config_from_onnx",
+    "default_model_name",
+    "json_parameter",
+]
+
+CONFIG_FILE = "config.pbtxt"
+DEFAULT_MODEL_FILE = "model.onnx"
+ONNX_PLATFORM = "onnxruntime_onnx"
+MAX_NAME_LENGTH = 255  # one path component on common file systems
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model as the repository describes it: config and the model file of each version."""
+
+    name: str
+    config: model_config_pb2.ModelConfig
+    versions: dict[str, Path]  # "1" -> .../NAME/1/model.onnx, only the versions to serve
+
+
+def check_model_name(name: str) -> str:
+    """Refuse names that are empty, too long, or could leave the repository folder."""
+    if not name:
+        raise InvalidInputError("model name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInputError(
+            f"model name is {len(name)} characters long, at most {MAX_NAME_LENGTH} allowed"
+        )
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise InvalidInputError(f"model name {name[:64]!r} is not a plain folder name")
+    return name
+
+
+def parse_config(text: str, *, source: str) -> model_config_pb2.ModelConfig:
+    """Parse config.pbtxt text; ModelLoadError names ``source`` and the parser's line:column."""
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ModelLoadError(f"{source}: invalid model configuration: {exc}") from None
+
+
+def select_versions(available: list[int], policy: model_config_pb2.ModelVersionPolicy) -> list[int]:
+    """The versions a version policy serves (default: the latest one), ascending."""
+    available = sorted(available)
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return available
+    if choice == "specific":
+        wanted = set(policy.specific.versions)
+        return [v for v in available if v in wanted]
+    count = policy.latest.num_versions if choice == "latest" else 1
+    return available[-max(count, 1) :]
+
+
+class ModelRepository:
+    """A Triton-layout model repository folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise ModelLoadError(f"model repository {root} is not a folder")
+
+    def names(self) -> list[str]:
+        """Model folders, sorted: those holding a config.pbtxt."""
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
+        )
+
+    def _model_dir(self, name: str) -> Path:
+        check_model_name(name)
+        folder = (self.root / name).resolve()
+        # A symlinked model folder must still lie inside the repository.
+        if folder.parent != self.root or not (folder / CONFIG_FILE).is_file():
+            raise ModelNotFoundError(
+                f"model {name[:64]!r} is not in the repository {self.root.name}/ "
+                f"(models: {', '.join(self.names()) or 'none'})"
+            )
+        return folder
+
+    def source(self, name: str) -> ModelSource:
+        """Read ``name``'s config.pbtxt and find its version files."""
+        folder = self._model_dir(name)
+        config_path = folder / CONFIG_FILE
+        config = parse_config(config_path.read_text(), source=f"{name}/{CONFIG_FILE}")
+        if config.name and config.name != name:
+            raise ModelLoadError(
+                f"{name}/{CONFIG_FILE}: name {config.name!r} does not match its folder {name!r}"
+            )
+        config.name = name
+        if config.platform and config.platform != ONNX_PLATFORM:
+            raise ModelLoadError(
+                f"{name}/{CONFIG_FILE}: platform {config.platform!r} is not supported; "
+                f"expected {ONNX_PLATFORM!r}"
+            )
+        config.platform = ONNX_PLATFORM
+        filename = config.default_model_filename or DEFAULT_MODEL_FILE
+        return ModelSource(name, config, self._versions(folder, filename, config))
+
+    def _versions(self, folder: Path, filename: str, config) -> dict[str, Path]:
+        available = [
+            int(p.name)
+            for p in folder.iterdir()
+            if p.is_dir() and p.name.isdigit() and (p / filename).is_file()
+        ]
+        chosen = select_versions(available, config.version_policy)
+        if not chosen:
+            raise ModelLoadError(
+                f"{folder.name}: no version folder (1/, 2/, ...) holding {filename} "
+                f"matches the version policy (found versions: {sorted(available) or 'none'})"
+            )
+        return {str(v): folder / str(v) / filename for v in chosen}
+
+
+class SingleModelRepository:
+    """One ONNX file served as model ``name`` version 1, its config derived from the file."""
+
+    def __init__(self, path: Path, name: str | None = None, max_batch_size: int = 1024) -> None:
+        self.path = Path(path).resolve()
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        self.name = check_model_name(name or default_model_name(self.path))
+        self.max_batch_size = max_batch_size
+        self._config: model_config_pb2.ModelConfig | None = None
+
+    def names(self) -> list[str]:
+        return [self.name]
+
+    def source(self, name: str) -> ModelSource:
+        if name != self.name:
+            raise ModelNotFoundError(f"model {name[:64]!r} is not served here (model: {self.name})")
+        if self._config is None:
+            self._config = config_from_onnx(self.path, self.name, self.max_batch_size)
+        config = model_config_pb2.ModelConfig()
+        config.CopyFrom(self._config)
+        return ModelSource(self.name, config, {"1": self.path})
+
+
+def default_model_name(path: Path) -> str:
+    """File stem, or NAME for a repository-layout path NAME/VERSION/model.onnx."""
+    if path.stem == "model" and path.parent.name.isdigit():
+        return path.parent.parent.name
+    return path.stem
+
+
+def config_from_onnx(path: Path, name: str, max_batch_size: int) -> model_config_pb2.ModelConfig:
+    """A config.pbtxt equivalent for an ONNX file following the bnmodel contract.
+
+    Inputs/outputs come from the graph (a symbolic first axis is the batch axis), parameters from
+    its ``bnmodel.*`` metadata_props (task, class_labels, feature_names).
+    """
+    from .session import inspect_onnx  # ORT is needed to read the graph's signature
+
+    signature = inspect_onnx(path)
+    # Batched when every tensor's first axis is symbolic (the contract's "batch" axis).
+    tensors = signature.inputs + signature.outputs
+    batched = all(shape and shape[0] is None for _, _, shape in tensors)
+    config = model_config_pb2.ModelConfig(
+        name=name, platform=ONNX_PLATFORM, max_batch_size=max_batch_size if batched else 0
+    )
+    groups = ((signature.inputs, config.input.add), (signature.outputs, config.output.add))
+    for group, add in groups:
+        for tensor_name, ort_type, shape in group:
+            try:
+                data_type = model_config_pb2.DataType.Value(datatype_from_ort(ort_type).config_name)
+            except InvalidInputError as exc:
+                raise ModelLoadError(f"{path.name}: tensor {tensor_name!r}: {exc}") from None
+            dims = [-1 if d is None else d for d in (shape[1:] if batched else shape)]
+            add(name=tensor_name, data_type=data_type, dims=dims)
+    for key in ("task", "class_labels", "feature_names"):
+        value = signature.metadata.get(f"bnmodel.{key}")
+        if value is not None:
+            config.parameters[key].string_value = value
+    return config
+
+
+def json_parameter(config: model_config_pb2.ModelConfig, key: str) -> list[str] | None:
+    """A JSON-list parameter ("class_labels", "feature_names") or None when absent or not a list."""
+    if key not in config.parameters:
+        return None
+    try:
+        value = json.loads(config.parameters[key].string_value)
+    except ValueError:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else None

@@ -1,0 +1,239 @@
+"""The gRPC server: grpc.aio, health, reflection, graceful drain on SIGTERM/SIGINT.
+
+Start order: read the model configs (to size the message limit), bind and start with health
+NOT_SERVING, load the models (ServerReady false meanwhile), then SERVING and the ready line.
+A signal sets health NOT_SERVING, stops taking new RPCs and lets the ones in flight finish
+(up to ``grace_seconds``); a second signal cancels whatever is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .codec import datatype_from_config
+from .dataplane import DataPlane
+from .errors import InvalidInputError, ServeError
+from .proto import model_config_pb2
+from .repository import ModelRepository, SingleModelRepository
+from .servicer import SERVICE_NAME, InferenceServicer, build_handler
+from .session import SessionFactory, default_threads
+from .settings import ServerSettings
+
+__all__ = [
+    "ServerInfo",
+    "InferenceServer",
+    "default_message_limit",
+    "ready_line",
+    "run_server",
+    "serve",
+]
+
+log = logging.getLogger("bnmodel.serve")
+
+_GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
+_FRAMING_ALLOWANCE = 64 * 1024  # names, shapes, protobuf tags around the tensor bytes
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the ready line reports."""
+
+    host: str
+    port: int
+    models: tuple[str, ...]
+    providers: tuple[str, ...]
+    startup_seconds: float
+
+
+def ready_line(info: ServerInfo) -> str:
+    """The one line printed when the server is ready (tests and the demo parse "ready on H:P")."""
+    providers = ",".join(p.removesuffix("ExecutionProvider") for p in info.providers)
+    return (
+        f"bnmodel serve: ready on {info.host}:{info.port} "
+        f"(models: {', '.join(info.models)}; {providers}; "
+        f"started in {1000 * info.startup_seconds:.0f} ms)"
+    )
+
+
+def _row_bytes(tensors) -> int:
+    total = 0
+    for tensor in tensors:
+        try:
+            itemsize = datatype_from_config(model_config_pb2.DataType.Name(tensor.data_type))
+        except (InvalidInputError, ValueError):
+            continue  # refused at load anyway
+        total += itemsize.dtype.itemsize * math.prod(max(d, 1) for d in tensor.dims)
+    return total
+
+
+def default_message_limit(configs: Iterable[model_config_pb2.ModelConfig]) -> int:
+    """Bytes a request or response of max_batch_size rows needs, for the largest model.
+
+    Typed FP32 contents are packed 4-byte floats, the same size as raw; -1 dims count as 1.
+    Never below gRPC's own 4 MiB default.
+    """
+    need = 0
+    for config in configs:
+        rows = max(config.max_batch_size, 1)
+        need = max(need, rows * _row_bytes(config.input), rows * _row_bytes(config.output))
+    return max(_GRPC_DEFAULT_LIMIT, int(need * 1.25) + _FRAMING_ALLOWANCE)
+
+
+def _open_repository(settings: ServerSettings):
+    if settings.model_path is not None:
+        return SingleModelRepository(
+            settings.model_path, settings.model_name, settings.max_batch_size
+        )
+    return ModelRepository(settings.model_repository)
+
+
+class InferenceServer:
+    """One grpc.aio server with the inference, health and reflection services."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        threads = default_threads(settings.intra_op_threads, settings.workers)
+        self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
+        self.factory = SessionFactory(settings.device, threads.intra_op)
+        self.dataplane = DataPlane(_open_repository(settings), self.factory, self.executor)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    def _message_limit(self) -> int:
+        if self.settings.max_message_bytes:
+            return self.settings.max_message_bytes
+        configs = []
+        for name in self.dataplane.repository.names():
+            with contextlib.suppress(ServeError):  # the load reports it
+                configs.append(self.dataplane.repository.source(name).config)
+        return default_message_limit(configs)
+
+    async def start(self) -> int:
+        """Bind and start serving (health NOT_SERVING, no models yet); returns the bound port."""
+        limit = self._message_limit()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),  # never share a port by accident
+            ]
+        )
+        self._server.add_generic_rpc_handlers((build_handler(InferenceServicer(self.dataplane)),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError:
+            raise ServeError(f"cannot listen on {address} (in use, or not local)") from None
+        await self._server.start()
+        log.info("listening on %s:%d (max message %d bytes)", self.settings.host, self.port, limit)
+        return self.port
+
+    async def _set_health(self, status) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def load_models(self) -> list[str]:
+        """Load every model; mark the server ready and SERVING if at least one loaded."""
+        loaded = await self.dataplane.load_all()
+        if loaded:
+            self.dataplane.set_ready(True)
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        return loaded
+
+    async def stop(self, grace: float | None) -> None:
+        """NOT_SERVING at once, refuse new RPCs, wait up to ``grace`` s for those in flight."""
+        self.dataplane.set_ready(False)
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def cancel_all(self) -> None:
+        """Cancel RPCs still running (the second signal)."""
+        if self._server is not None:
+            await self._server.stop(None)
+
+
+async def _wait_for_signal(server: InferenceServer, grace: float) -> None:
+    """Return after the first SIGTERM/SIGINT has drained the server."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            name = signal.Signals(signum).name
+            log.info("%s: draining requests in flight (up to %.0f s)", name, grace)
+            stop.set()
+        else:
+            log.warning("second signal: cancelling requests still in flight")
+            loop.create_task(server.cancel_all())
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+    await server.stop(grace)
+    log.info("stopped")
+
+
+async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], None]) -> int:
+    """Serve until SIGTERM/SIGINT; 0 after a clean drain, 1 when no model could be loaded."""
+    start = time.perf_counter()
+    server = InferenceServer(settings)
+    port = await server.start()
+    loaded = await server.load_models()
+    if not loaded:
+        log.error("no model could be loaded; stopping")
+        await server.stop(0)
+        return 1
+    on_ready(
+        ServerInfo(
+            settings.host,
+            port,
+            tuple(loaded),
+            tuple(server.factory.providers),
+            time.perf_counter() - start,
+        )
+    )
+    await _wait_for_signal(server, settings.grace_seconds)
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    """One line per event on stderr: time, level, message."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("bnmodel")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def serve(settings: ServerSettings, on_ready: Callable[[ServerInfo], None] | None = None) -> int:
+    """Run the server in this process until a signal; returns the exit code."""
+    configure_logging(settings.log_level)
+    try:
+        return asyncio.run(run_server(settings, on_ready or (lambda info: None)))
+    except ServeError as exc:
+        log.error("%s", exc)
+        return 1

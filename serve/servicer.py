@@ -1,0 +1,225 @@
+"""gRPC servicer of GRPCInferenceService: protobuf <-> domain, one RPC = convert, delegate, convert.
+
+Every RPC of the service is registered from the service descriptor; the ones this server does not
+implement answer UNIMPLEMENTED. ModelInfer is registered without a request deserializer: it gets
+the raw request bytes and parses them here, so an undecodable request is answered
+INVALID_ARGUMENT by our code (grpcio would answer it with an opaque error); the other RPCs get
+their bytes parsed by :func:`_parsed` for the same reason. All errors pass through
+:func:`_guarded`, the one place domain errors become status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from .codec import encode_raw
+from .dataplane import DataPlane, InferResponse
+from .errors import InvalidInputError, ServeError, status_code_for
+from .proto import grpc_service_pb2 as pb
+from .repository import check_model_name
+from .validation import InferInput, InferRequest
+
+__all__ = [
+    "SERVICE_NAME",
+    "InferenceServicer",
+    "build_handler",
+    "decode_infer_request",
+    "encode_infer_response",
+]
+
+log = logging.getLogger("bnmodel.serve")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def decode_infer_request(data: bytes) -> InferRequest:
+    """Serialized ModelInferRequest -> domain request (contents still undecoded)."""
+    try:
+        message = pb.ModelInferRequest.FromString(data)
+    except DecodeError:
+        raise InvalidInputError(
+            "request is not a valid ModelInferRequest message (truncated or malformed protobuf, "
+            "or a string field that is not UTF-8)"
+        ) from None
+    raw = message.raw_input_contents
+    inputs = tuple(
+        InferInput(
+            name=tensor.name,
+            datatype=tensor.datatype,
+            shape=tuple(tensor.shape),
+            raw=raw[i] if i < len(raw) else None,
+            contents=tensor.contents if tensor.HasField("contents") else None,
+        )
+        for i, tensor in enumerate(message.inputs)
+    )
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id,
+        inputs=inputs,
+        outputs=tuple(output.name for output in message.outputs),
+        raw_count=len(raw),
+    )
+
+
+def encode_infer_response(response: InferResponse) -> bytes:
+    """Domain response -> serialized ModelInferResponse; tensors always in raw_output_contents."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    for name, array in response.outputs:
+        datatype, raw = encode_raw(array)
+        message.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
+        message.raw_output_contents.append(raw)
+    return message.SerializeToString()
+
+
+def _tensor_metadata(signature, specs) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(
+            name=spec.name, datatype=spec.datatype.name, shape=signature.shape(spec)
+        )
+        for spec in specs
+    ]
+
+
+class InferenceServicer:
+    """The implemented RPCs; each takes a request message (bytes for ModelInfer) and returns one."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(
+            ready=self.dataplane.model_ready(request.name, request.version)
+        )
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        meta = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=meta.name, version=meta.version, extensions=meta.extensions
+        )
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        model, _ = self.dataplane.model(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=list(model.versions),
+            platform=model.config.platform,
+            inputs=_tensor_metadata(model.signature, model.signature.inputs),
+            outputs=_tensor_metadata(model.signature, model.signature.outputs),
+        )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        model, _ = self.dataplane.model(request.name, request.version)
+        return pb.ModelConfigResponse(config=model.config)
+
+    async def ModelInfer(self, request: bytes) -> bytes:
+        response = await self.dataplane.infer(decode_infer_request(request))
+        return encode_infer_response(response)
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest
+    ) -> pb.RepositoryIndexResponse:
+        entries = self.dataplane.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.dataplane.load(check_model_name(request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.dataplane.unload(check_model_name(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _guarded(method: str, call: Callable[[Any], Awaitable[Any]]):
+    """Wrap an RPC: domain errors -> their status (one log line), anything else -> INTERNAL."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await call(request)
+        except ServeError as exc:
+            code, message = status_code_for(exc), str(exc)
+            log.warning("%s rejected: %s: %s", method, code.name, message)
+        except Exception:
+            log.exception("%s failed unexpectedly", method)
+            code = grpc.StatusCode.INTERNAL
+            message = f"internal error while handling {method}; the server log has the details"
+        await context.abort(code, message)
+
+    return handler
+
+
+def _parsed(request_class, call: Callable[[Any], Awaitable[Any]]):
+    """Parse request bytes into ``request_class`` before ``call``; INVALID_ARGUMENT if they fail."""
+
+    async def parse_then_call(data: bytes) -> Any:
+        try:
+            request = request_class.FromString(data)
+        except DecodeError:
+            raise InvalidInputError(
+                f"request is not a valid {request_class.DESCRIPTOR.name} message"
+            ) from None
+        return await call(request)
+
+    return parse_then_call
+
+
+def _unimplemented(method: str):
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server"
+        )
+
+    return handler
+
+
+def build_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """One generic handler for every method of GRPCInferenceService."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        implementation = getattr(servicer, method.name, None)
+        if method.client_streaming or method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _unimplemented(method.name)
+            )
+        elif implementation is None:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unimplemented(method.name))
+        else:
+            # No request deserializer anywhere: every request arrives as bytes and is parsed
+            # in _parsed (ModelInfer: decode_infer_request), so undecodable input is ours to
+            # answer with INVALID_ARGUMENT.
+            if method.name != "ModelInfer":
+                implementation = _parsed(getattr(pb, method.input_type.name), implementation)
+            response_class = getattr(pb, method.output_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guarded(method.name, implementation),
+                response_serializer=None
+                if method.name == "ModelInfer"
+                else response_class.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

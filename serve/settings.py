@@ -1,0 +1,55 @@
+"""Server settings: a frozen dataclass validated on construction; messages name the flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEVICES", "SettingsError", "ServerSettings"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ValueError):
+    """A server setting (command-line flag) with a value that cannot work."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_repository: Path | None = None  # Triton-layout folder, or
+    model_path: Path | None = None  # one ONNX file served as one model
+    model_name: str | None = None  # name for model_path (default: the file's stem)
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 8001  # 0: any free port (the ready line says which)
+    device: str = "auto"
+    max_batch_size: int = 1024  # for model_path, which has no config.pbtxt
+    max_message_bytes: int = 0  # 0: what max_batch_size rows of the largest model need
+    intra_op_threads: int = 0  # 0: suited to the machine (serve/session.py)
+    workers: int = 0  # concurrent model runs; 0: one per core
+    grace_seconds: float = 30.0  # how long SIGTERM waits for requests in flight
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if (self.model_repository is None) == (self.model_path is None):
+            raise SettingsError("give exactly one of --model-repository DIR and --model FILE.onnx")
+        if self.model_repository is not None and not Path(self.model_repository).is_dir():
+            raise SettingsError(f"--model-repository {self.model_repository}: no such folder")
+        if self.model_path is not None and not Path(self.model_path).is_file():
+            raise SettingsError(f"--model {self.model_path}: no such file")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"--port must be in 0..65535, got {self.port}")
+        if self.device not in DEVICES:
+            raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
+        self._check_non_negative()
+
+    def _check_non_negative(self) -> None:
+        for flag, value in (
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--intra-op-threads", self.intra_op_threads),
+            ("--workers", self.workers),
+            ("--grace-seconds", self.grace_seconds),
+        ):
+            if value < 0:
+                raise SettingsError(f"{flag} must be >= 0, got {value}")
+        if self.max_batch_size < 1:
+            raise SettingsError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")

@@ -1,0 +1,154 @@
+"""Checks of an inference request against the model, before anything runs.
+
+Pure functions: domain request in, decoded numpy inputs out, or :class:`InvalidInputError` whose
+message names the model, the tensor, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .codec import decode_raw, decode_typed
+from .errors import InvalidInputError
+from .model import Model, ModelSignature, TensorSpec
+
+__all__ = ["InferInput", "InferRequest", "quote", "check_inputs", "check_outputs"]
+
+
+@dataclass(frozen=True)
+class InferInput:
+    """One input tensor as the client sent it, not yet decoded.
+
+    Exactly one of ``raw`` (bytes from raw_input_contents) and ``contents`` (an object with
+    InferTensorContents' repeated fields) is set for a well-formed request.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes | None = None
+    contents: Any = None
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    inputs: tuple[InferInput, ...] = ()
+    outputs: tuple[str, ...] = ()  # empty: every output
+    raw_count: int = 0  # len(raw_input_contents), to check it against the inputs
+
+
+def quote(name: str, limit: int = 64) -> str:
+    """A client-supplied name for a message: repr-escaped (no newlines in logs), bounded."""
+    return repr(name[:limit]) + ("..." if len(name) > limit else "")
+
+
+def _check_content_kinds(request: InferRequest, where: str) -> None:
+    if request.raw_count == 0:
+        return
+    typed = [t.name for t in request.inputs if t.contents is not None]
+    if typed:
+        raise InvalidInputError(
+            f"{where}: request has both raw_input_contents and typed contents "
+            f"(input {quote(typed[0])}); use one or the other"
+        )
+    if request.raw_count != len(request.inputs):
+        raise InvalidInputError(
+            f"{where}: {request.raw_count} raw_input_contents for {len(request.inputs)} "
+            "input(s); expected one per input, in the order of the inputs"
+        )
+
+
+def _check_names(signature: ModelSignature, inputs, where: str) -> dict[str, InferInput]:
+    counts = Counter(t.name for t in inputs)
+    duplicated = [name for name, n in counts.items() if n > 1]
+    if duplicated:
+        raise InvalidInputError(
+            f"{where}: input {quote(duplicated[0])} appears {counts[duplicated[0]]} times"
+        )
+    expected = {spec.name: spec for spec in signature.inputs}
+    unknown = [name for name in counts if name not in expected]
+    if unknown:
+        raise InvalidInputError(
+            f"{where}: unknown input {quote(unknown[0])}; expected inputs: "
+            f"{', '.join(map(quote, expected))}"
+        )
+    missing = [spec for name, spec in expected.items() if name not in counts]
+    if missing:
+        spec = missing[0]
+        raise InvalidInputError(
+            f"{where}: missing input {quote(spec.name)} "
+            f"({spec.datatype.name} {signature.shape(spec)})"
+        )
+    return {t.name: t for t in inputs}
+
+
+def _check_tensor(signature: ModelSignature, spec: TensorSpec, tensor: InferInput, where: str):
+    where = f"{where} input {quote(spec.name)}"
+    if tensor.datatype != spec.datatype.name:
+        raise InvalidInputError(
+            f"{where}: datatype {quote(tensor.datatype, 16)}, expected {spec.datatype.name}"
+        )
+    shape, expected = list(tensor.shape), signature.shape(spec)
+    if any(dim < 0 for dim in shape):
+        raise InvalidInputError(f"{where}: shape {shape[:8]} has a negative dimension")
+    matches = len(shape) == len(expected) and all(
+        e == -1 or d == e for d, e in zip(shape, expected, strict=True)
+    )
+    if not matches:
+        raise InvalidInputError(f"{where}: shape {shape[:8]}, expected {expected} (-1: any size)")
+    if signature.max_batch_size > 0:
+        rows = shape[0]
+        if rows == 0:
+            raise InvalidInputError(f"{where}: batch size 0; at least 1 row is required")
+        if rows > signature.max_batch_size:
+            raise InvalidInputError(
+                f"{where}: batch size {rows} exceeds max_batch_size {signature.max_batch_size}"
+            )
+
+
+def _decode(tensor: InferInput, where: str) -> np.ndarray:
+    where = f"{where} input {quote(tensor.name)}"
+    try:
+        if tensor.raw is not None:
+            return decode_raw(tensor.raw, tensor.datatype, tensor.shape)
+        if tensor.contents is not None:
+            return decode_typed(tensor.contents, tensor.datatype, tensor.shape)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None
+    raise InvalidInputError(f"{where}: no data; expected typed contents or raw_input_contents")
+
+
+def check_inputs(model: Model, request: InferRequest) -> dict[str, np.ndarray]:
+    """Validate every input against ``model`` and decode it: {input name: array}."""
+    where = f"model {quote(model.name)}"
+    _check_content_kinds(request, where)
+    by_name = _check_names(model.signature, request.inputs, where)
+    for spec in model.signature.inputs:
+        _check_tensor(model.signature, spec, by_name[spec.name], where)
+    if model.signature.max_batch_size > 0 and len({t.shape[0] for t in request.inputs}) > 1:
+        rows = {t.name: t.shape[0] for t in request.inputs}
+        raise InvalidInputError(f"{where}: inputs disagree on the batch size: {rows}")
+    return {spec.name: _decode(by_name[spec.name], where) for spec in model.signature.inputs}
+
+
+def check_outputs(model: Model, requested: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs to return: the requested ones (known, no repeats) or all of them."""
+    names = tuple(spec.name for spec in model.signature.outputs)
+    if not requested:
+        return names
+    where = f"model {quote(model.name)}"
+    for name, count in Counter(requested).items():
+        if name not in names:
+            raise InvalidInputError(
+                f"{where}: unknown output {quote(name)}; outputs: {', '.join(map(quote, names))}"
+            )
+        if count > 1:
+            raise InvalidInputError(f"{where}: output {quote(name)} requested {count} times")
+    return requested
