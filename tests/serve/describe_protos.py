@@ -1,4 +1,4 @@
-"""Print a proto package as JSON: {message: {field: [number, type, label]}}, enums and methods.
+"""Print a proto package as JSON: messages (file, fields: [number, type, label]), enums, methods.
 
 Run as a script in its own process (``python describe_protos.py tritonclient`` or ``... bnmodel``):
 tritonclient's generated modules and ours both define package ``inference`` and cannot share one
@@ -26,7 +26,7 @@ def _walk(message, out: dict) -> None:
             kind.full_name if kind else field.type,
             "repeated" if field.is_repeated else "single",
         ]
-    out[message.full_name] = fields
+    out[message.full_name] = {"file": message.file.name, "fields": fields}
     for nested in message.nested_types:
         _walk(nested, out)
 
