@@ -173,17 +173,20 @@ class InferenceServer:
             await self._server.stop(None)
 
 
-async def _wait_for_signal(server: InferenceServer, grace: float) -> None:
-    """Return after the first SIGTERM/SIGINT has drained the server."""
+def _install_signal_handlers(server: InferenceServer, stop: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT: set ``stop`` (drain). Second: cancel what is still running."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals_seen = []
+    seen = []
 
     def on_signal(signum: int) -> None:
-        signals_seen.append(signum)
-        if len(signals_seen) == 1:
+        seen.append(signum)
+        if len(seen) == 1:
             name = signal.Signals(signum).name
-            log.info("%s: draining requests in flight (up to %.0f s)", name, grace)
+            log.info(
+                "%s: draining requests in flight (up to %.0f s)",
+                name,
+                server.settings.grace_seconds,
+            )
             stop.set()
         else:
             log.warning("second signal: cancelling requests still in flight")
@@ -191,31 +194,28 @@ async def _wait_for_signal(server: InferenceServer, grace: float) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await stop.wait()
-    await server.stop(grace)
-    log.info("stopped")
 
 
 async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], None]) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean drain, 1 when no model could be loaded."""
     start = time.perf_counter()
     server = InferenceServer(settings)
+    stop = asyncio.Event()
+    # Installed first, so a signal during model loading also ends in an orderly stop.
+    _install_signal_handlers(server, stop)
     port = await server.start()
     loaded = await server.load_models()
     if not loaded:
         log.error("no model could be loaded; stopping")
         await server.stop(0)
         return 1
-    on_ready(
-        ServerInfo(
-            settings.host,
-            port,
-            tuple(loaded),
-            tuple(server.factory.providers),
-            time.perf_counter() - start,
-        )
-    )
-    await _wait_for_signal(server, settings.grace_seconds)
+    if not stop.is_set():
+        providers = tuple(server.factory.providers)
+        elapsed = time.perf_counter() - start
+        on_ready(ServerInfo(settings.host, port, tuple(loaded), providers, elapsed))
+    await stop.wait()
+    await server.stop(settings.grace_seconds)
+    log.info("stopped")
     return 0
 
 
