@@ -24,6 +24,8 @@ from torch import nn
 from bnmodel.model import Standardize
 
 __all__ = [
+    "MAX_FOLDED_INPUT_SHIFT",
+    "Center",
     "FoldError",
     "FoldReport",
     "FoldStep",
@@ -38,6 +40,11 @@ __all__ = [
     "fuse_linear_bn",
 ]
 
+# Folding the input standardization (x - mean) / std into the next Linear computes W' x + b'
+# with x ~ mean: when |mean| / std is large, the float32 Gemm loses about log10(|mean| / std)
+# digits to cancellation that the unfolded x - mean avoids (nearby floats subtract exactly).
+# Beyond this ratio the centering stays as one Sub (module Center) and only 1/std folds.
+MAX_FOLDED_INPUT_SHIFT = 4.0
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CONV = (nn.Conv1d, nn.Conv2d)
 # Identity in eval mode: dropped from the folded model.
@@ -141,6 +148,17 @@ def fold_standardize_linear(
 # --- module level: preconditions, never mutating the input ---------------------------------------
 
 
+class Center(nn.Module):
+    """``x - mean`` (B, F) -> (B, F): the input centering kept when folding it costs precision."""
+
+    def __init__(self, mean: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean
+
+
 @dataclass(frozen=True)
 class FoldStep:
     kind: str  # "linear<-bn", "conv<-bn", "bn->linear", "standardize->linear"
@@ -154,10 +172,17 @@ class FoldReport:
     # (module name, why it stayed): a BN with no Linear beside it cannot be folded.
     left_in_place: list[tuple[str, str]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # eval-mode identities (Dropout)
+    # Standardize layers whose centering stayed as x - mean (see MAX_FOLDED_INPUT_SHIFT).
+    kept_centering: list[str] = field(default_factory=list)
 
     def summary(self) -> list[str]:
         lines = [f"{'+'.join(s.sources)} -> {s.target} ({s.kind})" for s in self.steps]
         lines += [f"{name} left in place: {why}" for name, why in self.left_in_place]
+        lines += [
+            f"{name}: centering kept as x - mean (|mean / std| > "
+            f"{MAX_FOLDED_INPUT_SHIFT:g}: folding it would cost float32 digits)"
+            for name in self.kept_centering
+        ]
         return lines
 
     def to_dict(self) -> dict[str, object]:
@@ -167,6 +192,7 @@ class FoldReport:
             ],
             "left_in_place": [{"module": n, "reason": r} for n, r in self.left_in_place],
             "dropped": list(self.dropped),
+            "kept_centering": list(self.kept_centering),
         }
 
 
@@ -207,7 +233,8 @@ def _with_params(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) ->
 def _check_features(name: str, expected: int, target: str, received: int) -> None:
     if expected != received:
         raise FoldError(
-            f"cannot fold {name}: it has {received} features but {target} expects {expected}"
+            f"cannot fold {name} into {target}: {name} has {received} features, "
+            f"{target} has {expected}"
         )
 
 
@@ -250,6 +277,14 @@ def _next_is_linear(layers: list[tuple[str, nn.Module]], index: int) -> bool:
     return False
 
 
+def _needs_centering(module: nn.Module) -> bool:
+    """A Standardize whose shift -mean/std is too large to fold without losing float32 digits."""
+    if not isinstance(module, Standardize):
+        return False
+    ratio = (module.mean.double() / module.std.double()).abs()
+    return bool(ratio.numel() and ratio.max() > MAX_FOLDED_INPUT_SHIFT)
+
+
 def _compose(first: Affine | None, second: Affine) -> Affine:
     """second(first(x)) = s2 * (s1 x + t1) + t2."""
     if first is None:
@@ -287,6 +322,10 @@ def _fold_sequence(layers: list[tuple[str, nn.Module]], report: FoldReport) -> l
             if pending is None and out and _absorbs_after(out[-1][1], module):
                 out[-1] = (out[-1][0], _fold_into_previous(out[-1], name, module, affine, report))
             elif _next_is_linear(layers, index):
+                if pending is None and _needs_centering(module):
+                    out.append((name, Center(module.mean)))
+                    report.kept_centering.append(name)
+                    affine = (affine[0], torch.zeros_like(affine[1]))  # what is left: 1 / std
                 pending, pending_names = _compose(pending, affine), [*pending_names, name]
             else:
                 out.append((name, copy.deepcopy(module)))

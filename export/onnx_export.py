@@ -25,6 +25,8 @@ from torch import nn
 
 from bnmodel.model import Standardize
 
+from .fold import Center
+
 __all__ = [
     "BATCH_AXIS",
     "DEFAULT_OPSET",
@@ -115,6 +117,8 @@ def _emit(g: _Graph, name: str, module: nn.Module, x: str, opset: int) -> str:
         return g.op("Gemm", inputs, f"{name}/Gemm", transB=1)
     if isinstance(module, nn.BatchNorm1d):
         return _emit_bn(g, name, module, x)
+    if isinstance(module, Center):
+        return g.op("Sub", [x, g.const(f"{name}.mean", module.mean)], f"{name}/Sub")
     if isinstance(module, Standardize):
         centered = g.op("Sub", [x, g.const(f"{name}.mean", module.mean)], f"{name}/Sub")
         return g.op("Div", [centered, g.const(f"{name}.std", module.std)], f"{name}/Div")
