@@ -1,0 +1,85 @@
+"""``bnmodel export``: flags reach export_checkpoint, errors become exit codes and messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnmodel.cli import main
+
+
+def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--output",
+        "--repository",
+        "--name",
+        "--version",
+        "--no-fold",
+        "--fp16",
+        "--max-batch-size",
+        "--opset",
+        "--verify-only",
+    ):
+        assert flag in out
+
+
+def test_export_to_file_and_repository(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "export",
+            str(checkpoint_path),
+            "-o",
+            str(tmp_path / "m.onnx"),
+            "--repository",
+            str(tmp_path / "repo"),
+            "--name",
+            "demo",
+            "--version",
+            "2",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "m.onnx").is_file()
+    assert (tmp_path / "repo" / "demo" / "2" / "model.onnx").is_file()
+    assert "equivalent within tolerance" in capsys.readouterr().out
+
+
+def test_verify_only_prints_the_report(
+    checkpoint_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", str(checkpoint_path), "--verify-only"]) == 0
+    out = capsys.readouterr().out
+    assert "ORT unfolded, opt on" in out and "wrote" not in out
+
+
+def test_missing_checkpoint_exits_1_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "absent.pt"
+    assert main(["export", str(missing), "-o", str(tmp_path / "m.onnx")]) == 1
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_no_destination_is_a_usage_error(
+    checkpoint_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", str(checkpoint_path)]) == 2
+    assert "--verify-only" in capsys.readouterr().err
+
+
+def test_cli_module_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, bnmodel.export.cli; "
+        "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
