@@ -40,6 +40,7 @@ class Point:
     p99_ms: float
     client_cpu_cores: float  # client process CPU seconds per wall second in the window
     server_cpu_cores: float  # the same for the server's process group (nan when not given)
+    machine_cpu_cores: float  # all processes on the machine: the rest is other people's noise
     error_sample: str
 
 
@@ -53,6 +54,7 @@ class Recorder:
         self.error_sample = ""
         self.cpu = [0.0, 0.0]
         self.server_cpu = [float("nan")] * 2
+        self.machine_cpu = [0.0, 0.0]
 
     def ok(self, t0: float, t1: float) -> None:
         if self.start <= t1 <= self.end:
@@ -80,6 +82,7 @@ def summarize(rec: Recorder, batch: int, concurrency: int) -> Point:
         p99_ms=float(p99),
         client_cpu_cores=(rec.cpu[1] - rec.cpu[0]) / window,
         server_cpu_cores=(rec.server_cpu[1] - rec.server_cpu[0]) / window,
+        machine_cpu_cores=(rec.machine_cpu[1] - rec.machine_cpu[0]) / window,
         error_sample=rec.error_sample,
     )
 
@@ -115,10 +118,17 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat less idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 async def _sample_cpu(rec: Recorder, server_pgid: int | None) -> None:
     for i, at in enumerate((rec.start, rec.end)):
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
         rec.cpu[i] = time.process_time()
+        rec.machine_cpu[i] = machine_cpu_seconds()
         if server_pgid:
             rec.server_cpu[i] = group_cpu_seconds(server_pgid)
 

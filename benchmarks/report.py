@@ -18,6 +18,7 @@ METRICS = (
     "p99_ms",
     "client_cpu_cores",
     "server_cpu_cores",
+    "machine_cpu_cores",
 )
 
 
@@ -35,9 +36,20 @@ def medians(measurements: list[dict]) -> dict[tuple[str, int, int], dict]:
     for key, ms in groups.items():
         row = {name: _median([m[name] for m in ms]) for name in METRICS}
         row["errors"] = sum(m["errors"] for m in ms)
+        # CPU busy outside the client and the server: other work on the machine skews the point
+        row["other_cpu_cores"] = _median(
+            [
+                m["machine_cpu_cores"] - m["client_cpu_cores"] - _zero_nan(m["server_cpu_cores"])
+                for m in ms
+            ]
+        )
         row["runs"] = len(ms)
         out[key] = row
     return out
+
+
+def _zero_nan(v: float) -> float:
+    return 0.0 if math.isnan(v) else v
 
 
 def _fmt(v: float, digits: int = 0) -> str:
@@ -47,7 +59,7 @@ def _fmt(v: float, digits: int = 0) -> str:
 def results_table(med: dict, labels: dict[str, str]) -> str:
     head = (
         f"{'server':<30} {'batch':>5} {'conc':>4} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'errors':>6} {'client CPU':>10} {'server CPU':>10}"
+        f"{'p99 ms':>8} {'errors':>6} {'client CPU':>10} {'server CPU':>10} {'other CPU':>9}"
     )
     lines = [head, "-" * len(head)]
     for (server, batch, conc), r in med.items():
@@ -55,7 +67,7 @@ def results_table(med: dict, labels: dict[str, str]) -> str:
             f"{labels.get(server, server):<30} {batch:>5} {conc:>4} {_fmt(r['requests_per_s']):>9} "
             f"{_fmt(r['rows_per_s']):>10} {_fmt(r['p50_ms'], 3):>8} {_fmt(r['p99_ms'], 3):>8} "
             f"{r['errors']:>6} {_fmt(r['client_cpu_cores'], 2):>10} "
-            f"{_fmt(r['server_cpu_cores'], 2):>10}"
+            f"{_fmt(r['server_cpu_cores'], 2):>10} {_fmt(r['other_cpu_cores'], 2):>9}"
         )
     return "\n".join(lines)
 

@@ -29,7 +29,11 @@ from bench_model import write_repository
 from servers import Context, ServerError, ensure_venv, running, server_specs
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_OURS_CMD = "{python} -m bnmodel serve --model-repository {repo} --host {host} --port {port}"
+# One ORT thread like the peers; WARNING like the peers' per-request logging, which is off.
+DEFAULT_OURS_CMD = (
+    "{python} -m bnmodel serve --model-repository {repo} --host {host} --port {port}"
+    " --intra-op-threads 1 --log-level WARNING"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,6 +108,7 @@ def measure(
         p50_ms=nan,
         p99_ms=nan,
         client_cpu_cores=nan,
+        machine_cpu_cores=nan,
         server_cpu_cores=nan,
         error_sample=why,
     )
@@ -192,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = report.check_targets(med)
     print(
         f"\nMedians of {args.runs} run(s), {args.duration:g} s per point, on {os.cpu_count()} CPUs"
-        " (client CPU / server CPU: cores busy during the window)\n"
+        " (client / server / other CPU: cores busy during the window; other = the rest of the"
+        " machine, noise when above ~0.1)\n"
     )
     print(report.results_table(med, labels) + "\n")
     print(report.ratio_table(med, labels, ("kserve", "echo")))
