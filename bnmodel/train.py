@@ -193,9 +193,15 @@ def _wrap_for_steps(model: BNMLP, config: TrainConfig, ctx: DistContext) -> nn.M
 
 
 def _tensors(ds: data_mod.Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(ds.features)).to(device)
-    y = torch.from_numpy(np.ascontiguousarray(ds.targets)).to(device)
-    return x, y
+    """Resident on the device when it fits (in half the free memory); otherwise kept in pinned
+    host memory and each batch is copied over as it is drawn."""
+    x = torch.from_numpy(np.ascontiguousarray(ds.features))
+    y = torch.from_numpy(np.ascontiguousarray(ds.targets))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if x.nbytes + y.nbytes > free // 2:
+            return x.pin_memory(), y.pin_memory()
+    return x.to(device), y.to(device)
 
 
 def _batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, int]]:
@@ -300,6 +306,7 @@ def _train_step(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Te
 def _run_epoch(run: _Run, prog: _Progress, stop: _StopFlag, tick: Callable[[], None]) -> bool:
     """Train one epoch (or its remainder after a mid-epoch resume). Returns False when Ctrl-C
     stopped it; prog.partial then holds the position to resume from."""
+    cfg, device = run.config, run.ctx.device
     partial = prog.partial or {
         "generator": run.generator.get_state(),
         "batch": 0,
@@ -308,11 +315,11 @@ def _run_epoch(run: _Run, prog: _Progress, stop: _StopFlag, tick: Callable[[], N
         "rows": 0,
         "seconds": 0.0,
     }
+    # Same generator state -> same permutation, so a resumed epoch sees the same batches.
     run.generator.set_state(partial["generator"])
     order = shard(torch.randperm(run.x_train.shape[0], generator=run.generator), run.ctx)
-    order = order.to(run.ctx.device, non_blocking=True)
-    bounds = _batch_bounds(order.shape[0], run.config.batch_size, run.config.drop_last)
-    device = run.ctx.device
+    order = order.to(run.x_train.device, non_blocking=True)
+    bounds = _batch_bounds(order.shape[0], cfg.batch_size, cfg.drop_last)
     loss_sum = torch.tensor(partial["loss_sum"], dtype=torch.float64, device=device)
     metric_sum = torch.tensor(partial["metric_sum"], dtype=torch.float64, device=device)
     rows, start = partial["rows"], time.perf_counter() - partial["seconds"]
@@ -330,38 +337,38 @@ def _run_epoch(run: _Run, prog: _Progress, stop: _StopFlag, tick: Callable[[], N
             return False
         set_lr(
             run.optimizer,
-            lr_at(
-                prog.global_step,
-                run.total_steps,
-                run.config.lr,
-                run.config.schedule,
-                run.config.warmup,
-            ),
+            lr_at(prog.global_step, run.total_steps, cfg.lr, cfg.schedule, cfg.warmup),
         )
         idx = order[bounds[b][0] : bounds[b][1]]
-        batch_loss, batch_metric = _train_step(run, run.x_train[idx], run.y_train[idx])
+        xb = run.x_train[idx].to(device, non_blocking=True)  # no-op when resident
+        yb = run.y_train[idx].to(device, non_blocking=True)
+        batch_loss, batch_metric = _train_step(run, xb, yb)
         loss_sum += batch_loss
         metric_sum += batch_metric
         rows += idx.shape[0]
         prog.global_step += 1
         tick()
-    # The epoch's one host sync; under DDP the sums cover every rank's shard.
-    sums = all_reduce_sum(torch.stack([loss_sum, metric_sum, loss_sum.new_tensor(rows)]), run.ctx)
-    total_loss, total_metric, total_rows = sums.tolist()
-    train_loss, train_metric = total_loss / total_rows, total_metric / total_rows
     prog.partial = None
-    prog.history.append(
-        {
-            "epoch": prog.epoch + 1,
-            "step": prog.global_step,
-            "lr": run.optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss,
-            f"train_{run.metric}": train_metric,
-            "epoch_seconds": time.perf_counter() - start,
-            "train_samples_per_second": rows / (time.perf_counter() - start),
-        }
-    )
+    prog.history.append(_epoch_row(run, prog, torch.stack([loss_sum, metric_sum]), rows, start))
     return True
+
+
+def _epoch_row(
+    run: _Run, prog: _Progress, sums: torch.Tensor, rows: int, start: float
+) -> dict[str, float]:
+    """The epoch's one host sync (``tolist``); under DDP the sums cover every rank's shard."""
+    sums = torch.cat([sums, sums.new_tensor([rows])])
+    loss, metric, total_rows = all_reduce_sum(sums, run.ctx).tolist()
+    seconds = time.perf_counter() - start
+    return {
+        "epoch": prog.epoch + 1,
+        "step": prog.global_step,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": loss / total_rows,
+        f"train_{run.metric}": metric / total_rows,
+        "epoch_seconds": seconds,
+        "train_samples_per_second": total_rows / seconds,
+    }
 
 
 @torch.no_grad()
@@ -371,7 +378,8 @@ def _evaluate(run: _Run, model: nn.Module) -> tuple[float, float]:
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.ctx.device)
     metric_sum = torch.zeros_like(loss_sum)
     for lo in range(0, run.x_val.shape[0], EVAL_CHUNK):
-        xb, yb = run.x_val[lo : lo + EVAL_CHUNK], run.y_val[lo : lo + EVAL_CHUNK]
+        xb = run.x_val[lo : lo + EVAL_CHUNK].to(run.ctx.device, non_blocking=True)
+        yb = run.y_val[lo : lo + EVAL_CHUNK].to(run.ctx.device, non_blocking=True)
         with run.autocast():
             out = model(xb)
         loss = _loss(run, out, yb)
