@@ -40,7 +40,7 @@ def fp16_range_warnings(tensors: Mapping[str, torch.Tensor]) -> list[str]:
         tiny = (values > 0) & (values < FP16_MIN_NORMAL)
         if tiny.any():
             warnings.append(
-                f"{name}: {int(tiny.sum())} of {values.numel()} nonzero values are below the "
+                f"{name}: {int(tiny.sum())} of {values.numel()} values are nonzero and below the "
                 f"smallest normal float16 {FP16_MIN_NORMAL:.3g} (smallest "
                 f"{values[tiny].min().item():.3g}) and lose precision or become 0"
             )

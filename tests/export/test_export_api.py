@@ -124,3 +124,11 @@ def test_unreadable_validation_data_falls_back_to_random_rows(
     report = export_checkpoint(_with_data_spec(checkpoint_path)).report
     assert any("verified on random rows only" in n and "rows.csv" in n for n in report.notes)
     assert {c.rows for c in report.comparisons} == {"random"}
+
+
+def test_fp16_precision_loss_is_reported_not_silent() -> None:
+    from bnmodel.export.fp16 import fp16_range_warnings
+
+    tensors = {"net.0.weight": torch.tensor([1.0, 1e-6, 0.0]), "net.0.bias": torch.ones(2)}
+    (warning,) = fp16_range_warnings(tensors)
+    assert warning.startswith("net.0.weight: 1 of 3 values are nonzero and below")
