@@ -1,0 +1,252 @@
+"""Queue orchestration of model runs: dynamic batching, a bounded queue, drain before unload.
+
+Every request of a model version goes through its :class:`Scheduler`: queued (bounded:
+RESOURCE_EXHAUSTED when full), then run on the executor, alone (batching off) or merged with the
+requests queued beside it (batching on, up to ``max_batch_size`` rows, serve/batch_merge.py).
+All queue state lives on the event loop; only the model run (merge, ORT, split) is on a thread.
+
+When a batch is formed (batching on):
+- a request that finds the scheduler idle (nothing queued, nothing running) runs at once: a lone
+  client never waits for a window that nobody else will fill;
+- otherwise requests queue while the model runs; the next batch leaves when the model is free and
+  either it is full or its oldest request has waited ``max_queue_delay_microseconds``.
+A request cancelled while queued (client cancel or deadline: grpc cancels the handler) leaves the
+queue and never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batch_merge import merge_inputs, split_outputs
+from .errors import ModelNotReadyError, ResourceExhaustedError
+from .proto import model_config_pb2
+from .statistics import VersionStats
+
+__all__ = [
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "BatchingOptions",
+    "BatchPolicy",
+    "batch_policy",
+    "Scheduler",
+]
+
+DEFAULT_MAX_QUEUE_SIZE = 1024  # requests waiting per model version, when nothing says otherwise
+
+Run = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """Server-wide batching choices (command line); None/0 defer to each model's config.pbtxt."""
+
+    enabled: bool = True  # False: every request runs alone (--no-batching)
+    max_queue_delay_us: int | None = None  # overrides dynamic_batching's delay, turns it on
+    max_queue_size: int = 0  # 0: the config's default_queue_policy, else DEFAULT_MAX_QUEUE_SIZE
+    runs: int = 1  # model runs in flight per version when batching is off
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How one model version's requests are scheduled."""
+
+    max_rows: int  # rows per run; 0: no batching, each request runs alone
+    delay_ns: int  # longest wait of a queued request for a fuller batch
+    max_queue: int  # requests queued at most (running ones excluded)
+    slots: int  # model runs in flight at most
+
+
+def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions) -> BatchPolicy:
+    """Resolve the policy of a model from its config.pbtxt and the server's options.
+
+    Batching is on when the model has a batch axis, the server allows it, and either config.pbtxt
+    has a ``dynamic_batching`` block or ``--max-queue-delay-us`` is given (Triton's rule).
+    """
+    dynamic = config.HasField("dynamic_batching")
+    queue_size = options.max_queue_size or (
+        config.dynamic_batching.default_queue_policy.max_queue_size if dynamic else 0
+    )
+    enabled = (
+        options.enabled
+        and config.max_batch_size > 0
+        and (dynamic or options.max_queue_delay_us is not None)
+    )
+    if not enabled:
+        return BatchPolicy(0, 0, queue_size or DEFAULT_MAX_QUEUE_SIZE, max(options.runs, 1))
+    delay_us = options.max_queue_delay_us
+    if delay_us is None:
+        delay_us = config.dynamic_batching.max_queue_delay_microseconds
+    # One run at a time: requests pile up behind it and leave as one batch.
+    return BatchPolicy(
+        config.max_batch_size, delay_us * 1000, queue_size or DEFAULT_MAX_QUEUE_SIZE, 1
+    )
+
+
+class _Pending:
+    __slots__ = ("inputs", "rows", "future", "enqueued_ns")
+
+    def __init__(self, inputs, rows: int, future: asyncio.Future, enqueued_ns: int) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.future = future
+        self.enqueued_ns = enqueued_ns
+
+
+def _run_batch(run: Run, inputs: list[Mapping[str, np.ndarray]]):
+    """On a worker thread: merge, run, split; returns (per-request outputs, rows, stage ns)."""
+    t0 = time.perf_counter_ns()
+    merged, offsets = merge_inputs(inputs)
+    t1 = time.perf_counter_ns()
+    outputs = run(merged)
+    t2 = time.perf_counter_ns()
+    parts = split_outputs(outputs, offsets)
+    t3 = time.perf_counter_ns()
+    return parts, offsets[-1], t1 - t0, t2 - t1, t3 - t2
+
+
+class Scheduler:
+    """The queue in front of one model version; all methods run on the event loop."""
+
+    def __init__(
+        self, run: Run, executor: Executor, policy: BatchPolicy, stats: VersionStats
+    ) -> None:
+        self.run = run
+        self.executor = executor
+        self.policy = policy
+        self.stats = stats
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or running."""
+        return len(self._queue) + self._running
+
+    async def submit(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """Queue one validated request of ``rows`` rows; its outputs once its batch has run."""
+        if self._closed:
+            raise ModelNotReadyError("model is being unloaded; retry once it is loaded again")
+        if len(self._queue) >= self.policy.max_queue:
+            raise ResourceExhaustedError(
+                f"queue full: {len(self._queue)} requests waiting (at most "
+                f"{self.policy.max_queue}, --max-queue-size); retry later"
+            )
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        idle = self._running == 0 and not self._queue
+        item = _Pending(inputs, rows, loop.create_future(), time.perf_counter_ns())
+        self._queue.append(item)
+        self._queued_rows += rows
+        self._schedule(idle)
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._forget(item)
+            raise
+
+    def _forget(self, item: _Pending) -> None:
+        """A cancelled request leaves the queue (no-op when its batch already left)."""
+        with contextlib.suppress(ValueError):
+            self._queue.remove(item)
+            self._queued_rows -= item.rows
+            self._check_drained()
+
+    def _schedule(self, idle: bool = False) -> None:
+        """Start batches while a run slot is free and a batch is due; else arm the timer."""
+        while self._queue and self._running < self.policy.slots:
+            wait_ns = self._wait_ns(idle)
+            if wait_ns > 0:
+                self._arm_timer(wait_ns)
+                return
+            self._dispatch()
+
+    def _wait_ns(self, idle: bool) -> int:
+        policy = self.policy
+        if idle or policy.max_rows == 0 or self._queued_rows >= policy.max_rows:
+            return 0
+        return self._queue[0].enqueued_ns + policy.delay_ns - time.perf_counter_ns()
+
+    def _arm_timer(self, wait_ns: int) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_later(wait_ns / 1e9, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: leading queued requests up to max_rows (cancelled ones dropped)."""
+        batch: list[_Pending] = []
+        rows = 0
+        queue = self._queue
+        while queue:
+            item = queue[0]
+            if not item.future.done():
+                if batch and (self.policy.max_rows == 0 or rows + item.rows > self.policy.max_rows):
+                    break
+                batch.append(item)
+                rows += item.rows
+            queue.popleft()
+            self._queued_rows -= item.rows
+        return batch
+
+    def _dispatch(self) -> None:
+        batch = self._take()
+        if not batch:
+            self._check_drained()
+            return
+        now = time.perf_counter_ns()
+        for item in batch:
+            self.stats.record_queue(now - item.enqueued_ns)
+        self._running += 1
+        future = self.executor.submit(_run_batch, self.run, [item.inputs for item in batch])
+        loop = self._loop
+        future.add_done_callback(lambda f: _call_soon(loop, self._finish, batch, f))
+
+    def _finish(self, batch: list[_Pending], done: Future) -> None:
+        """Back on the loop: hand every request its rows, then start the next batch."""
+        self._running -= 1
+        if done.cancelled():  # executor shut down under us
+            for item in batch:
+                item.future.cancel()
+        elif (error := done.exception()) is not None:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            parts, rows, input_ns, infer_ns, output_ns = done.result()
+            self.stats.record_execution(rows, len(batch), input_ns, infer_ns, output_ns)
+            for item, outputs in zip(batch, parts, strict=True):
+                if not item.future.done():
+                    item.future.set_result(outputs)
+        self._schedule()
+        self._check_drained()
+
+    async def drain(self) -> None:
+        """Refuse new requests and wait until every queued and running one has finished."""
+        self._closed = True
+        if self.pending:
+            self._drained = self._drained or asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self.pending and not self._drained.done():
+            self._drained.set_result(None)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+    """From a worker thread; a loop already closed (server stopped) has nobody left to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
