@@ -27,7 +27,7 @@ class Fp16RangeError(ValueError):
 
 
 def fp16_range_warnings(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """Raise on values beyond +-65504; one warning per tensor with many values below fp16 normals."""
+    """Raise on values beyond +-65504; warn per tensor with many values below fp16 normals."""
     warnings: list[str] = []
     for name, tensor in tensors.items():
         values = tensor.detach().double().abs()
