@@ -1,0 +1,235 @@
+"""Who may talk to the server: TLS / mutual TLS, bearer tokens, model control; bounded logging.
+
+- TLS: ``--tls-cert`` + ``--tls-key`` serve over TLS; ``--tls-ca`` also requires every client to
+  present a certificate signed by that CA (mutual TLS). The client takes the same three options
+  (its ``--tls-ca`` is the CA it trusts for the server; cert + key are its own for mTLS).
+- Tokens: with ``--auth-token-file`` every RPC except the gRPC health service needs the metadata
+  ``authorization: Bearer <token>``; anything else is UNAUTHENTICATED. Health stays open so load
+  balancers and orchestrators can probe without the secret. The comparison is constant-time.
+- Model control: RepositoryModelLoad/Unload answer PERMISSION_DENIED unless the server runs with
+  ``--allow-model-control`` (off by default), whatever the token.
+
+:class:`AccessInterceptor` applies the last two before any handler runs. :class:`LogLimiter`
+bounds how many "rejected" lines a flood of bad requests can write to the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+__all__ = [
+    "HEALTH_SERVICE",
+    "MODEL_CONTROL_METHODS",
+    "SecurityError",
+    "TLSFiles",
+    "server_credentials",
+    "channel_credentials",
+    "read_token",
+    "bearer_metadata",
+    "token_matches",
+    "AccessInterceptor",
+    "LogLimiter",
+]
+
+log = logging.getLogger("bnmodel.serve")
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+MODEL_CONTROL_METHODS = ("RepositoryModelLoad", "RepositoryModelUnload")
+_MAX_TOKEN_BYTES = 4096
+
+
+class SecurityError(ValueError):
+    """A TLS or token file (named by its flag) that cannot be used."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files. Server: cert/key to serve TLS, ca to require client certificates.
+    Client: ca to trust the server (default: system roots), cert/key to present for mTLS."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise SecurityError("--tls-cert and --tls-key go together: give both or neither")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None or self.ca is not None
+
+
+def _read_pem(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SecurityError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+    if b"-----BEGIN " not in data:
+        raise SecurityError(f"{flag} {path}: not a PEM file (no '-----BEGIN' line)")
+    return data
+
+
+def server_credentials(tls: TLSFiles) -> grpc.ServerCredentials:
+    """TLS credentials for the server; mutual TLS (client certificate required) when ``ca``."""
+    if tls.cert is None:
+        raise SecurityError("--tls-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+    pair = (_read_pem(tls.key, "--tls-key"), _read_pem(tls.cert, "--tls-cert"))
+    ca = _read_pem(tls.ca, "--tls-ca")
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=bool(ca))
+
+
+def channel_credentials(tls: TLSFiles) -> grpc.ChannelCredentials:
+    """TLS credentials for a client: trust ``ca`` (or the system roots), present cert/key."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(tls.ca, "--tls-ca"),
+        private_key=_read_pem(tls.key, "--tls-key"),
+        certificate_chain=_read_pem(tls.cert, "--tls-cert"),
+    )
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace removed): printable ASCII, no spaces."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SecurityError(f"--auth-token-file {path}: cannot read it ({exc.strerror})") from None
+    token = data.strip()
+    if not token:
+        raise SecurityError(f"--auth-token-file {path}: the file is empty")
+    if len(token) > _MAX_TOKEN_BYTES or not all(0x21 <= b <= 0x7E for b in token):
+        raise SecurityError(
+            f"--auth-token-file {path}: expected one token of printable ASCII without spaces "
+            f"(at most {_MAX_TOKEN_BYTES} bytes), got {len(token)} bytes that are not"
+        )
+    if Path(path).stat().st_mode & 0o077:
+        log.warning("--auth-token-file %s is readable by other users (chmod 600 it)", path)
+    return token.decode("ascii")
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``token`` (empty when there is none)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def token_matches(metadata: Sequence[tuple[str, str | bytes]], token: str) -> bool:
+    """Whether ``metadata`` holds exactly one ``authorization: Bearer <token>``.
+
+    Both sides are hashed first, so compare_digest sees equal lengths and the time taken says
+    nothing about the token's length or content.
+    """
+    values = [value for key, value in metadata if key.lower() == "authorization"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return False
+    scheme, _, given = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    expected = hashlib.sha256(token.encode()).digest()
+    received = hashlib.sha256(given.strip().encode("utf-8", "replace")).digest()
+    return hmac.compare_digest(expected, received)
+
+
+class LogLimiter:
+    """At most ``per_second`` lines per second (burst ``burst``); the rest are counted and the
+    count is added to the next line written, so a flood of bad requests cannot fill the disk."""
+
+    def __init__(self, logger: logging.Logger, per_second: float = 10.0, burst: int = 20):
+        self.logger = logger
+        self.per_second = per_second
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def _allow(self) -> int | None:
+        """None: suppress this line; otherwise how many were suppressed before it."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.per_second)
+            self._last = now
+            if self._tokens < 1:
+                self._suppressed += 1
+                return None
+            self._tokens -= 1
+            suppressed, self._suppressed = self._suppressed, 0
+            return suppressed
+
+    def warning(self, message: str, *args: object) -> None:
+        suppressed = self._allow()
+        if suppressed is None:
+            return
+        if suppressed:
+            message += " (%d similar lines suppressed)"
+            args = (*args, suppressed)
+        self.logger.warning(message, *args)
+
+
+def _method_parts(full_method: str) -> tuple[str, str]:
+    # "/inference.GRPCInferenceService/ModelInfer" -> ("inference.GRPCInferenceService", ...)
+    _, service, method = (full_method.split("/") + ["", ""])[:3]
+    return service, method
+
+
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str):
+    """A handler of the same kind as ``handler`` that answers ``code`` and does nothing else."""
+
+    async def abort(request, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Token check (all but health) and model-control gate, before any handler runs."""
+
+    def __init__(
+        self, token: str | None, allow_model_control: bool, limiter: LogLimiter | None = None
+    ) -> None:
+        self.token = token
+        self.allow_model_control = allow_model_control
+        self.limiter = limiter or LogLimiter(log)
+
+    def _refusal(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+        service, method = _method_parts(details.method)
+        if service == HEALTH_SERVICE:
+            return None
+        if self.token is not None and not token_matches(
+            details.invocation_metadata or (), self.token
+        ):
+            return grpc.StatusCode.UNAUTHENTICATED, (
+                f"{method or details.method} needs the metadata 'authorization: Bearer <token>' "
+                "with this server's token"
+            )
+        if method in MODEL_CONTROL_METHODS and not self.allow_model_control:
+            return grpc.StatusCode.PERMISSION_DENIED, (
+                f"{method} is disabled on this server; start it with --allow-model-control "
+                "to load and unload models over gRPC"
+            )
+        return None
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        refusal = self._refusal(handler_call_details) if handler is not None else None
+        if refusal is None:
+            return handler
+        code, message = refusal
+        self.limiter.warning("%s refused: %s: %s", handler_call_details.method, code.name, message)
+        return _deny(handler, code, message)
