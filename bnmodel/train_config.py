@@ -82,8 +82,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(hidden_sizes=list(self.hidden_sizes), out_dir=str(self.out_dir),
-                 resume=None if self.resume is None else str(self.resume))
+        d.update(
+            hidden_sizes=list(self.hidden_sizes),
+            out_dir=str(self.out_dir),
+            resume=None if self.resume is None else str(self.resume),
+        )
         return d
 
 
@@ -91,16 +94,28 @@ def _config_problems(c: TrainConfig) -> Iterator[str]:
     """Each message names the command-line flag, what it must be and what it got."""
     checks: list[tuple[bool, str, str, Any]] = [
         (0 < c.val_fraction < 1, "--val-fraction", "in (0, 1)", c.val_fraction),
-        (c.task in (None, "classification", "regression"), "--task",
-         "classification or regression", c.task),
-        (len(c.hidden_sizes) >= 1 and min(c.hidden_sizes) >= 1, "--hidden",
-         "one or more sizes >= 1", list(c.hidden_sizes)),
+        (
+            c.task in (None, "classification", "regression"),
+            "--task",
+            "classification or regression",
+            c.task,
+        ),
+        (
+            len(c.hidden_sizes) >= 1 and min(c.hidden_sizes) >= 1,
+            "--hidden",
+            "one or more sizes >= 1",
+            list(c.hidden_sizes),
+        ),
         (c.activation in ACTIVATIONS, "--activation", f"one of {ACTIVATIONS}", c.activation),
         (c.bn_placement in BN_PLACEMENTS, "--bn", f"one of {BN_PLACEMENTS}", c.bn_placement),
         (0 <= c.dropout < 1, "--dropout", "in [0, 1)", c.dropout),
         (c.bn_eps > 0, "--bn-eps", "> 0", c.bn_eps),
-        (c.bn_momentum is None or 0 < c.bn_momentum <= 1, "--bn-momentum",
-         "in (0, 1] or 'none'", c.bn_momentum),
+        (
+            c.bn_momentum is None or 0 < c.bn_momentum <= 1,
+            "--bn-momentum",
+            "in (0, 1] or 'none'",
+            c.bn_momentum,
+        ),
         (c.epochs >= 1, "--epochs", ">= 1", c.epochs),
         (c.batch_size >= 2, "--batch-size", ">= 2 (batch norm needs two rows)", c.batch_size),
         (c.optimizer in OPTIMIZERS, "--optimizer", f"one of {OPTIMIZERS}", c.optimizer),
