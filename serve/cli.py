@@ -66,6 +66,32 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=0, help="concurrent model runs; 0: one per core (default)"
     )
     p.add_argument(
+        "--no-batching",
+        dest="batching",
+        action="store_false",
+        help="run every request alone (no dynamic batching, whatever config.pbtxt says)",
+    )
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        metavar="US",
+        help="batching window: overrides config.pbtxt's dynamic_batching "
+        "max_queue_delay_microseconds and turns batching on for every batchable model",
+    )
+    p.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=0,
+        help="requests queued per model version before RESOURCE_EXHAUSTED; "
+        "0: config.pbtxt's default_queue_policy, else 1024 (default)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on HOST:PORT/metrics; 0: off (default)",
+    )
+    p.add_argument(
         "--grace-seconds",
         type=float,
         default=30.0,
@@ -92,6 +118,10 @@ def _serve(args: argparse.Namespace) -> int:
             intra_op_threads=args.intra_op_threads,
             workers=args.workers,
             grace_seconds=args.grace_seconds,
+            batching=args.batching,
+            max_queue_delay_us=args.max_queue_delay_us,
+            max_queue_size=args.max_queue_size,
+            metrics_port=args.metrics_port,
             log_level=args.log_level,
         )
     except SettingsError as exc:

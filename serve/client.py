@@ -142,6 +142,13 @@ class InferenceClient:
         response = self._call("RepositoryIndex", request, timeout)
         return [(m.name, m.version, m.state, m.reason) for m in response.models]
 
+    def model_statistics(
+        self, name: str = "", version: str = "", timeout: float | None = None
+    ) -> pb.ModelStatisticsResponse:
+        """Triton's ModelStatistics: every loaded version, or ``name`` [``version``]."""
+        request = pb.ModelStatisticsRequest(name=name, version=version)
+        return self._call("ModelStatistics", request, timeout)
+
     def load_model(self, name: str, timeout: float | None = None) -> None:
         self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=name), timeout)
         self._metadata = {k: v for k, v in self._metadata.items() if k[0] != name}

@@ -19,10 +19,12 @@ import numpy as np
 
 from bnmodel import __version__
 
+from .batching import BatchingOptions
 from .errors import InvalidInputError, ModelNotFoundError, ServeError
 from .model import Model, ModelVersion, load_model
 from .repository import MAX_NAME_LENGTH, ModelSource
 from .session import SessionFactory
+from .statistics import VersionStats
 from .validation import InferRequest, check_inputs, check_outputs, quote
 
 __all__ = [
@@ -40,7 +42,7 @@ log = logging.getLogger("bnmodel.serve")
 
 SERVER_NAME = "bnmodel"
 # Protocol extensions this server implements (ServerMetadata.extensions).
-EXTENSIONS = ("model_repository", "model_configuration")
+EXTENSIONS = ("model_repository", "model_configuration", "statistics")
 MAX_ECHOED_ID = 256  # a request id is echoed back truncated to this many characters
 
 
@@ -78,10 +80,17 @@ class InferResponse:
 class DataPlane:
     """Loaded models and every operation of the protocol on them."""
 
-    def __init__(self, repository: Repository, factory: SessionFactory, executor: Executor):
+    def __init__(
+        self,
+        repository: Repository,
+        factory: SessionFactory,
+        executor: Executor,
+        batching: BatchingOptions | None = None,
+    ):
         self.repository = repository
         self.factory = factory
         self.executor = executor
+        self.batching = batching or BatchingOptions()
         self._models: dict[str, Model] = {}
         self._failures: dict[str, str] = {}  # model name -> why its last load failed
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -163,14 +172,30 @@ class DataPlane:
             return model
 
     def _build(self, name: str) -> Model:
-        return load_model(self.repository.source(name), self.factory, self.executor)
+        return load_model(
+            self.repository.source(name), self.factory, self.executor, self.batching
+        )
 
     async def unload(self, name: str) -> None:
-        """Stop serving ``name``; requests already running finish on the old model."""
-        if self._models.pop(name, None) is None and name not in self.repository.names():
+        """Stop serving ``name``: new requests get NOT_FOUND at once; returns once the requests
+        already queued or running have finished."""
+        model = self._models.pop(name, None)
+        if model is None and name not in self.repository.names():
             raise self._not_found(name)
         self._failures.pop(name, None)
-        log.info("unloaded model %s", quote(name))
+        if model is not None:
+            pending = sum(v.scheduler.pending for v in model.versions.values())
+            await model.drain()
+            log.info("unloaded model %s (drained %d requests in flight)", quote(name), pending)
+
+    def statistics(self, name: str = "", version: str = "") -> list[tuple[str, str, VersionStats]]:
+        """(model, version, counters) of every loaded version, or of ``name`` [``version``]."""
+        if name:
+            model, found = self.model(name, version)
+            chosen = [(model, found)] if version else [(model, v) for v in model.versions.values()]
+        else:
+            chosen = [(m, v) for _, m in sorted(self._models.items()) for v in m.versions.values()]
+        return [(model.name, v.version, v.stats) for model, v in chosen]
 
     async def load_all(self, names: Iterable[str] | None = None) -> list[str]:
         """Load every model of the repository; failures are logged and left UNAVAILABLE."""
@@ -194,10 +219,9 @@ class DataPlane:
         try:
             results = await version.execute(inputs)
         except Exception:
-            model.stats.record_failure(time.perf_counter_ns() - start)
+            version.stats.record_failure(time.perf_counter_ns() - start)
             raise
-        rows = next(iter(inputs.values())).shape[0] if model.signature.max_batch_size else 1
-        model.stats.record_success(rows, time.perf_counter_ns() - start)
+        version.stats.record_success(time.perf_counter_ns() - start)
         return InferResponse(
             model_name=model.name,
             model_version=version.version,

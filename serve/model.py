@@ -2,7 +2,8 @@
 
 :class:`ModelRunner` is the single place a model executes (``run(inputs) -> outputs``, blocking);
 :meth:`ModelVersion.execute` is the single async call the data plane makes to run it, today on a
-thread pool, and the seam where a dynamic batcher goes. A :class:`Model` is immutable once built:
+thread pool through the version's :class:`~.batching.Scheduler` (queue and dynamic batching).
+A :class:`Model` is immutable once built:
 loading a new one and swapping the registry entry is atomic for requests in flight.
 """
 
@@ -10,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from .batching import BatchingOptions, Scheduler, batch_policy
 from .codec import Datatype, datatype_from_config, datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
 from .repository import ModelSource, json_parameter
 from .session import SessionFactory, session_signature
+from .statistics import VersionStats
 
 __all__ = [
     "TensorSpec",
@@ -124,28 +126,14 @@ def check_session(signature: ModelSignature, session, where: str) -> None:
                 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelStats:
-    """Cumulative per-model counters (ModelStatistics builds on these); updated on the loop."""
+    """Totals over a model's versions (per-version counters: ModelVersion.stats)."""
 
-    success_count: int = 0
-    success_ns: int = 0
-    fail_count: int = 0
-    fail_ns: int = 0
-    inference_count: int = 0  # rows
-    execution_count: int = 0  # model runs
-    last_inference_ms: int = 0
-
-    def record_success(self, rows: int, elapsed_ns: int) -> None:
-        self.success_count += 1
-        self.success_ns += elapsed_ns
-        self.inference_count += rows
-        self.execution_count += 1
-        self.last_inference_ms = time.time_ns() // 1_000_000
-
-    def record_failure(self, elapsed_ns: int) -> None:
-        self.fail_count += 1
-        self.fail_ns += elapsed_ns
+    success_count: int
+    fail_count: int
+    inference_count: int  # rows
+    execution_count: int  # model runs
 
 
 class ModelRunner:
@@ -169,15 +157,20 @@ class ModelRunner:
 class ModelVersion:
     version: str
     runner: ModelRunner
-    executor: Executor
+    scheduler: Scheduler  # queue, batching and drain of this version's runs
+    batched: bool  # the model has a batch axis (max_batch_size > 0)
+
+    @property
+    def stats(self) -> VersionStats:
+        return self.scheduler.stats
 
     async def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model off the event loop (a slow run never stalls other requests).
 
-        The one call the data plane makes to execute; a dynamic batcher replaces this body.
+        The one call the data plane makes to execute: queued, maybe batched with others.
         """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.runner.run, inputs)
+        rows = next(iter(inputs.values())).shape[0] if self.batched else 1
+        return await self.scheduler.submit(inputs, rows)
 
 
 @dataclass(frozen=True)
@@ -188,7 +181,20 @@ class Model:
     config: model_config_pb2.ModelConfig
     signature: ModelSignature
     versions: dict[str, ModelVersion]  # ascending by number
-    stats: ModelStats = field(default_factory=ModelStats, compare=False)
+
+    @property
+    def stats(self) -> ModelStats:
+        every = [v.stats for v in self.versions.values()]
+        return ModelStats(
+            success_count=sum(s.success.count for s in every),
+            fail_count=sum(s.fail.count for s in every),
+            inference_count=sum(s.inference_count for s in every),
+            execution_count=sum(s.execution_count for s in every),
+        )
+
+    async def drain(self) -> None:
+        """Refuse new requests; return when every queued and running one has finished."""
+        await asyncio.gather(*(v.scheduler.drain() for v in self.versions.values()))
 
     @property
     def latest(self) -> str:
@@ -210,12 +216,19 @@ class Model:
         return json_parameter(self.config, "class_labels")
 
 
-def load_model(source: ModelSource, factory: SessionFactory, executor: Executor) -> Model:
+def load_model(
+    source: ModelSource,
+    factory: SessionFactory,
+    executor: Executor,
+    batching: BatchingOptions | None = None,
+) -> Model:
     """Create sessions for every version of ``source`` and check them against its config.
 
-    Blocking (file reads, session creation): call it off the event loop.
+    Blocking (file reads, session creation): call it off the event loop. ``batching`` (server
+    options) and the config's dynamic_batching decide how each version's requests are queued.
     """
     signature = signature_from_config(source.config)
+    policy = batch_policy(source.config, batching or BatchingOptions())
     output_names = tuple(spec.name for spec in signature.outputs)
     versions = {}
     for version, path in sorted(source.versions.items(), key=lambda item: int(item[0])):
@@ -225,5 +238,9 @@ def load_model(source: ModelSource, factory: SessionFactory, executor: Executor)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
         check_session(signature, session, where)
-        versions[version] = ModelVersion(version, ModelRunner(session, output_names), executor)
+        runner = ModelRunner(session, output_names)
+        scheduler = Scheduler(runner.run, executor, policy, VersionStats())
+        versions[version] = ModelVersion(
+            version, runner, scheduler, batched=signature.max_batch_size > 0
+        )
     return Model(source.name, source.config, signature, versions)

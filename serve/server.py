@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .batching import BatchingOptions
 from .codec import datatype_from_config
 from .dataplane import DataPlane
 from .errors import InvalidInputError, ServeError
@@ -108,7 +109,16 @@ class InferenceServer:
         threads = default_threads(settings.intra_op_threads, settings.workers)
         self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
         self.factory = SessionFactory(settings.device, threads.intra_op)
-        self.dataplane = DataPlane(_open_repository(settings), self.factory, self.executor)
+        batching = BatchingOptions(
+            enabled=settings.batching,
+            max_queue_delay_us=settings.max_queue_delay_us,
+            max_queue_size=settings.max_queue_size,
+            runs=threads.workers,
+        )
+        self.dataplane = DataPlane(
+            _open_repository(settings), self.factory, self.executor, batching
+        )
+        self.metrics = None  # the Prometheus HTTP server, when --metrics-port is set
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -147,6 +157,22 @@ class InferenceServer:
         log.info("listening on %s:%d (max message %d bytes)", self.settings.host, self.port, limit)
         return self.port
 
+    def start_metrics(self) -> int:
+        """Serve Prometheus metrics if --metrics-port is set; returns the port (0: off)."""
+        port = self.settings.metrics_port
+        if not port:
+            return 0
+        from .metrics import start_metrics_server  # prometheus-client only when asked for
+
+        try:
+            self.metrics = start_metrics_server(
+                self.settings.host, port, self.dataplane.statistics
+            )
+        except OSError as exc:
+            raise ServeError(f"--metrics-port {port}: cannot listen ({exc.strerror})") from None
+        log.info("metrics on http://%s:%d/metrics", self.settings.host, port)
+        return port
+
     async def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
@@ -162,6 +188,8 @@ class InferenceServer:
     async def stop(self, grace: float | None) -> None:
         """NOT_SERVING at once, refuse new RPCs, wait up to ``grace`` s for those in flight."""
         self.dataplane.set_ready(False)
+        if self.metrics is not None:  # shutdown() waits for its poll loop: off the loop
+            await asyncio.to_thread(self.metrics.shutdown)
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
@@ -204,6 +232,7 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
     # Installed first, so a signal during model loading also ends in an orderly stop.
     _install_signal_handlers(server, stop)
     port = await server.start()
+    server.start_metrics()
     loaded = await server.load_models()
     if not loaded:
         log.error("no model could be loaded; stopping")

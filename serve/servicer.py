@@ -22,6 +22,7 @@ from .dataplane import DataPlane, InferResponse
 from .errors import InvalidInputError, ServeError, status_code_for
 from .proto import grpc_service_pb2 as pb
 from .repository import check_model_name
+from .statistics import version_statistics
 from .validation import InferInput, InferRequest
 
 __all__ = [
@@ -128,6 +129,12 @@ class InferenceServicer:
     async def ModelInfer(self, request: bytes) -> bytes:
         response = await self.dataplane.infer(decode_infer_request(request))
         return encode_infer_response(response)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest
+    ) -> pb.ModelStatisticsResponse:
+        entries = self.dataplane.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[version_statistics(*e) for e in entries])
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest

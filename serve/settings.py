@@ -27,6 +27,11 @@ class ServerSettings:
     intra_op_threads: int = 0  # 0: suited to the machine (serve/session.py)
     workers: int = 0  # concurrent model runs; 0: one per core
     grace_seconds: float = 30.0  # how long SIGTERM waits for requests in flight
+    # Dynamic batching (serve/batching.py); None/0 defer to each model's config.pbtxt.
+    batching: bool = True  # False (--no-batching): every request runs alone
+    max_queue_delay_us: int | None = None  # overrides dynamic_batching's delay (and turns it on)
+    max_queue_size: int = 0  # requests queued per model version; 0: config's, else 1024
+    metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0: off
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -48,8 +53,12 @@ class ServerSettings:
             ("--intra-op-threads", self.intra_op_threads),
             ("--workers", self.workers),
             ("--grace-seconds", self.grace_seconds),
+            ("--max-queue-delay-us", self.max_queue_delay_us or 0),
+            ("--max-queue-size", self.max_queue_size),
         ):
             if value < 0:
                 raise SettingsError(f"{flag} must be >= 0, got {value}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
         if self.max_batch_size < 1:
             raise SettingsError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")

@@ -179,8 +179,8 @@ def test_each_bad_request_gets_its_status_then_a_good_one_succeeds(
 
 
 def test_unimplemented_rpcs_and_undecodable_control_requests(server):
-    code, details = _raw_call(server.url, "ModelStatistics", b"")
-    assert code == grpc.StatusCode.UNIMPLEMENTED and "ModelStatistics" in details
+    code, details = _raw_call(server.url, "TraceSetting", b"")
+    assert code == grpc.StatusCode.UNIMPLEMENTED and "TraceSetting" in details
     code, details = _raw_call(server.url, "ModelMetadata", b"\x0a\x05ab")  # truncated string
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "ModelMetadataRequest" in details
 
