@@ -98,10 +98,47 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         help="on SIGTERM, wait this long for requests in flight (default: %(default)s)",
     )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _add_access_flags(p, server=True)
+    p.add_argument(
+        "--allow-model-control",
+        action="store_true",
+        help="allow RepositoryModelLoad/Unload over gRPC (default: PERMISSION_DENIED)",
+    )
+    p.add_argument(
+        "--reject-non-finite",
+        action="store_true",
+        help="refuse NaN/inf inputs with INVALID_ARGUMENT (default: run them as sent)",
+    )
     p.set_defaults(handler=_serve)
 
 
+def _add_access_flags(p: argparse.ArgumentParser, *, server: bool) -> None:
+    """TLS and token flags, the same names for ``serve`` and ``infer`` (serve/security.py)."""
+    who = "the server's" if server else "this client's"
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help=f"{who} TLS certificate chain")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help=f"{who} TLS private key")
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS)"
+        if server
+        else "CA that signed the server's certificate (turns TLS on)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="FILE",
+        help="every RPC but health needs 'authorization: Bearer <token in FILE>'"
+        if server
+        else "send 'authorization: Bearer <token in FILE>'",
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from .shutdown import catch_early_signals
+
+    catch_early_signals()  # before the heavy imports: a SIGTERM now must not kill us
     from .server import ready_line, serve
     from .settings import ServerSettings, SettingsError
 
@@ -123,6 +160,12 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue_size=args.max_queue_size,
             metrics_port=args.metrics_port,
             log_level=args.log_level,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            auth_token_file=args.auth_token_file,
+            allow_model_control=args.allow_model_control,
+            reject_non_finite=args.reject_non_finite,
         )
     except SettingsError as exc:
         print(f"bnmodel serve: {exc}", file=sys.stderr)
@@ -147,6 +190,7 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", type=Path, metavar="FILE.csv", help="write here instead of stdout")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    _add_access_flags(p, server=False)
     p.set_defaults(handler=_infer)
 
 
@@ -154,10 +198,15 @@ def _infer(args: argparse.Namespace) -> int:
     from .client import InferenceServerError
     from .errors import InvalidInputError
     from .predict import predict_file, write_predictions
+    from .security import SecurityError, TLSFiles, read_token
 
     try:
-        predictions = predict_file(args.url, args.model, args.input, timeout=args.timeout)
-    except (InferenceServerError, InvalidInputError, OSError) as exc:
+        tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
+        token = read_token(args.auth_token_file) if args.auth_token_file else None
+        predictions = predict_file(
+            args.url, args.model, args.input, timeout=args.timeout, tls=tls, auth_token=token
+        )
+    except (InferenceServerError, InvalidInputError, SecurityError, OSError) as exc:
         print(f"bnmodel infer: {exc}", file=sys.stderr)
         return 1
     text = write_predictions(predictions, args.output)

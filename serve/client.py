@@ -19,6 +19,7 @@ from .errors import InvalidInputError
 from .proto import grpc_service_pb2 as pb
 from .proto import grpc_service_pb2_grpc as pb_grpc
 from .proto import model_config_pb2
+from .security import TLSFiles, bearer_metadata, channel_credentials
 
 __all__ = ["InferenceServerError", "TensorInfo", "ModelInfo", "InferenceClient"]
 
@@ -70,16 +71,27 @@ def _decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
 class InferenceClient:
     """Blocking client; every call takes ``timeout`` seconds at most (default: the client's)."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        tls: TLSFiles | None = None,
+        auth_token: str | None = None,
+    ) -> None:
+        """``tls``: connect with TLS (its ca: the CA to trust; cert/key: for mutual TLS).
+        ``auth_token``: sent as ``authorization: Bearer <token>`` on every call."""
         self.url = url
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            url,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ]
+        if tls is not None and tls.enabled:
+            self._channel = grpc.secure_channel(url, channel_credentials(tls), options=options)
+        else:
+            self._channel = grpc.insecure_channel(url, options=options)
+        self._auth = bearer_metadata(auth_token)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata: dict[tuple[str, str], ModelInfo] = {}
 
@@ -94,7 +106,9 @@ class InferenceClient:
 
     def _call(self, method: str, request, timeout: float | None):
         try:
-            return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+            return getattr(self._stub, method)(
+                request, timeout=timeout or self.timeout, metadata=self._auth
+            )
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() else "UNKNOWN"
             details = exc.details() or ""

@@ -25,7 +25,14 @@ from .model import Model, ModelVersion, load_model
 from .repository import MAX_NAME_LENGTH, ModelSource
 from .session import SessionFactory
 from .statistics import VersionStats
-from .validation import InferRequest, check_inputs, check_outputs, quote
+from .validation import (
+    InferRequest,
+    check_finite,
+    check_inputs,
+    check_outputs,
+    check_parameters,
+    quote,
+)
 
 __all__ = [
     "SERVER_NAME",
@@ -94,6 +101,7 @@ class DataPlane:
         self._models: dict[str, Model] = {}
         self._failures: dict[str, str] = {}  # model name -> why its last load failed
         self._load_locks: dict[str, asyncio.Lock] = {}
+        self.reject_non_finite = False  # --reject-non-finite: NaN/inf inputs are refused
         self._ready = False
 
     # -- health and metadata ------------------------------------------------------------------
@@ -213,7 +221,10 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate ``request`` completely, then run it; errors leave other requests untouched."""
         model, version = self.model(request.model_name, request.model_version)
+        check_parameters(model, request)
         inputs = check_inputs(model, request)
+        if self.reject_non_finite:
+            check_finite(model, inputs)
         outputs = check_outputs(model, request.outputs)
         start = time.perf_counter_ns()
         try:

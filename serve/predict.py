@@ -18,6 +18,7 @@ from .client import InferenceClient
 from .errors import InvalidInputError
 from .proto import model_config_pb2
 from .repository import json_parameter
+from .security import TLSFiles
 
 __all__ = ["Predictions", "read_rows", "predict_file", "write_predictions"]
 
@@ -92,9 +93,17 @@ def _predictions(config, outputs: dict[str, np.ndarray]) -> Predictions:
     return Predictions("regression", columns, values)
 
 
-def predict_file(url: str, model: str, input_path: Path, *, timeout: float = 30.0) -> Predictions:
+def predict_file(
+    url: str,
+    model: str,
+    input_path: Path,
+    *,
+    timeout: float = 30.0,
+    tls: TLSFiles | None = None,
+    auth_token: str | None = None,
+) -> Predictions:
     """Send the rows of ``input_path`` to ``model`` at ``url`` and collect the predictions."""
-    with InferenceClient(url, timeout=timeout) as client:
+    with InferenceClient(url, timeout=timeout, tls=tls, auth_token=auth_token) as client:
         config = client.model_config(model)
         rows = read_rows(input_path, json_parameter(config, "feature_names"))
         dtype = (

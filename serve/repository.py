@@ -131,6 +131,11 @@ class ModelRepository:
             )
         config.platform = ONNX_PLATFORM
         filename = config.default_model_filename or DEFAULT_MODEL_FILE
+        if filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
+            raise ModelLoadError(
+                f"{name}/{CONFIG_FILE}: default_model_filename {filename[:64]!r} is not a plain "
+                "file name; the model file must lie in the version folder"
+            )
         return ModelSource(name, config, self._versions(folder, filename, config))
 
     def _versions(self, folder: Path, filename: str, config) -> dict[str, Path]:
@@ -145,7 +150,19 @@ class ModelRepository:
                 f"{folder.name}: no version folder (1/, 2/, ...) holding {filename} "
                 f"matches the version policy (found versions: {sorted(available) or 'none'})"
             )
-        return {str(v): folder / str(v) / filename for v in chosen}
+        return {str(v): _inside(folder, folder / str(v) / filename) for v in chosen}
+
+
+def _inside(folder: Path, path: Path) -> Path:
+    """``path`` resolved; ModelLoadError when a symlink takes it out of the model ``folder``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder):
+        shown = path.relative_to(folder.parent)
+        raise ModelLoadError(
+            f"{shown} resolves to a file outside the model folder {folder.name}/ "
+            "(a symlink out of the repository); copy the file in instead"
+        )
+    return resolved
 
 
 class SingleModelRepository:

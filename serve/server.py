@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -29,9 +30,11 @@ from .dataplane import DataPlane
 from .errors import InvalidInputError, ServeError
 from .proto import model_config_pb2
 from .repository import ModelRepository, SingleModelRepository
+from .security import AccessInterceptor, SecurityError, TLSFiles, read_token, server_credentials
 from .servicer import SERVICE_NAME, InferenceServicer, build_handler
 from .session import SessionFactory, default_threads
 from .settings import ServerSettings
+from .shutdown import SHUTDOWN_SIGNALS, DrainGate, early_signals
 
 __all__ = [
     "ServerInfo",
@@ -120,6 +123,8 @@ class InferenceServer:
         )
         self.metrics = None  # the Prometheus HTTP server, when --metrics-port is set
         self.health = health.aio.HealthServicer()
+        self.gate = DrainGate()  # counts RPCs in flight for the drain
+        self.dataplane.reject_non_finite = settings.reject_non_finite
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
@@ -136,6 +141,7 @@ class InferenceServer:
         """Bind and start serving (health NOT_SERVING, no models yet); returns the bound port."""
         limit = self._message_limit()
         self._server = grpc.aio.server(
+            interceptors=self._interceptors(),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -149,13 +155,45 @@ class InferenceServer:
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self._bind(address)
+        await self._server.start()
+        log.info(
+            "listening on %s:%d (max message %d bytes; %s)",
+            self.settings.host,
+            self.port,
+            limit,
+            self._access_summary(),
+        )
+        return self.port
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """The drain gate, then token auth and the model-control gate (serve/security.py)."""
+        file = self.settings.auth_token_file
+        token = read_token(file) if file is not None else None
+        return [self.gate, AccessInterceptor(token, self.settings.allow_model_control)]
+
+    def _tls(self) -> TLSFiles:
+        return TLSFiles(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca)
+
+    def _bind(self, address: str) -> int:
+        tls = self._tls()
+        credentials = server_credentials(tls) if tls.enabled else None
         try:
-            self.port = self._server.add_insecure_port(address)
+            if credentials is not None:
+                return self._server.add_secure_port(address, credentials)
+            return self._server.add_insecure_port(address)
         except RuntimeError:
             raise ServeError(f"cannot listen on {address} (in use, or not local)") from None
-        await self._server.start()
-        log.info("listening on %s:%d (max message %d bytes)", self.settings.host, self.port, limit)
-        return self.port
+
+    def _access_summary(self) -> str:
+        s = self.settings
+        transport = "mutual TLS" if s.tls_ca else "TLS" if s.tls_cert else "plaintext"
+        if s.auth_token_file and not s.tls_cert and s.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("--auth-token-file without TLS: tokens cross the network in clear text")
+        return (
+            f"{transport}; token auth {'on' if s.auth_token_file else 'off'}; "
+            f"model control {'on' if s.allow_model_control else 'off'}"
+        )
 
     def start_metrics(self) -> int:
         """Serve Prometheus metrics if --metrics-port is set; returns the port (0: off)."""
@@ -185,15 +223,23 @@ class InferenceServer:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return loaded
 
-    async def stop(self, grace: float | None) -> None:
-        """NOT_SERVING at once, refuse new RPCs, wait up to ``grace`` s for those in flight."""
+    async def stop(self, grace: float | None) -> bool:
+        """NOT_SERVING at once, refuse new RPCs, wait up to ``grace`` s for those in flight.
+
+        The listener stays open while draining, so health checks see NOT_SERVING and new
+        requests get UNAVAILABLE instead of a refused connection. True: all were answered.
+        """
         self.dataplane.set_ready(False)
         if self.metrics is not None:  # shutdown() waits for its poll loop: off the loop
             await asyncio.to_thread(self.metrics.shutdown)
         await self.health.enter_graceful_shutdown()
+        drained = await self.gate.drain(grace)
         if self._server is not None:
-            await self._server.stop(grace)
-        self.executor.shutdown(wait=True, cancel_futures=True)
+            # After a full drain only streams (health Watch) remain: give them a moment.
+            await self._server.stop(1.0 if drained else 0)
+        # Off the loop, so a second signal is still handled while runs finish.
+        await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+        return drained
 
     async def cancel_all(self) -> None:
         """Cancel RPCs still running (the second signal)."""
@@ -202,26 +248,41 @@ class InferenceServer:
 
 
 def _install_signal_handlers(server: InferenceServer, stop: asyncio.Event) -> None:
-    """First SIGTERM/SIGINT: set ``stop`` (drain). Second: cancel what is still running."""
+    """First SIGTERM/SIGINT: set ``stop`` (drain). Second: cancel what is running and exit.
+
+    Signals caught before the loop existed (serve/shutdown.py) are replayed here.
+    """
     loop = asyncio.get_running_loop()
     seen = []
 
     def on_signal(signum: int) -> None:
         seen.append(signum)
+        name = signal.Signals(signum).name
         if len(seen) == 1:
-            name = signal.Signals(signum).name
             log.info(
-                "%s: draining requests in flight (up to %.0f s)",
+                "%s: draining %d requests in flight (up to %.0f s)",
                 name,
+                server.gate.in_flight,
                 server.settings.grace_seconds,
             )
             stop.set()
         else:
-            log.warning("second signal: cancelling requests still in flight")
-            loop.create_task(server.cancel_all())
+            log.warning("%s again: exiting now, cancelling requests still in flight", name)
+            loop.create_task(_force_exit(server, 128 + signum))
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in SHUTDOWN_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    for signum in early_signals():
+        on_signal(signum)
+
+
+async def _force_exit(server: InferenceServer, code: int) -> None:
+    """The second signal: cancel RPCs (1 s at most), flush the log, exit without waiting."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.cancel_all(), 1.0)
+    for handler in logging.getLogger("bnmodel").handlers:
+        handler.flush()
+    os._exit(code)
 
 
 async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], None]) -> int:
@@ -231,6 +292,9 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
     stop = asyncio.Event()
     # Installed first, so a signal during model loading also ends in an orderly stop.
     _install_signal_handlers(server, stop)
+    if stop.is_set():  # signalled while Python was still importing: nothing to drain
+        log.info("stopped before serving")
+        return 0
     port = await server.start()
     server.start_metrics()
     loaded = await server.load_models()
@@ -243,7 +307,9 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
         elapsed = time.perf_counter() - start
         on_ready(ServerInfo(settings.host, port, tuple(loaded), providers, elapsed))
     await stop.wait()
-    await server.stop(settings.grace_seconds)
+    if not await server.stop(settings.grace_seconds):
+        log.warning("grace period over: requests still in flight were cancelled")
+        return 1
     log.info("stopped")
     return 0
 
@@ -263,6 +329,6 @@ def serve(settings: ServerSettings, on_ready: Callable[[ServerInfo], None] | Non
     configure_logging(settings.log_level)
     try:
         return asyncio.run(run_server(settings, on_ready or (lambda info: None)))
-    except ServeError as exc:
+    except (ServeError, SecurityError) as exc:
         log.error("%s", exc)
         return 1

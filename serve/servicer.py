@@ -22,8 +22,9 @@ from .dataplane import DataPlane, InferResponse
 from .errors import InvalidInputError, ServeError, status_code_for
 from .proto import grpc_service_pb2 as pb
 from .repository import check_model_name
+from .security import LogLimiter
 from .statistics import version_statistics
-from .validation import InferInput, InferRequest
+from .validation import InferInput, InferRequest, Parameter
 
 __all__ = [
     "SERVICE_NAME",
@@ -36,6 +37,17 @@ __all__ = [
 log = logging.getLogger("bnmodel.serve")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# One line per rejected request, but a flood of bad requests cannot flood the log.
+_rejections = LogLimiter(log)
+
+
+def _parameters(entries) -> tuple[Parameter, ...]:
+    """map<string, InferParameter> -> Parameters with the set oneof field and its value."""
+    found = []
+    for name, param in entries.items():
+        kind = param.WhichOneof("parameter_choice") or ""
+        found.append(Parameter(name, kind, getattr(param, kind) if kind else None))
+    return tuple(found)
 
 
 def decode_infer_request(data: bytes) -> InferRequest:
@@ -65,6 +77,12 @@ def decode_infer_request(data: bytes) -> InferRequest:
         inputs=inputs,
         outputs=tuple(output.name for output in message.outputs),
         raw_count=len(raw),
+        parameters=_parameters(message.parameters),
+        output_parameters=tuple(
+            (output.name, param)
+            for output in message.outputs
+            for param in _parameters(output.parameters)
+        ),
     )
 
 
@@ -170,7 +188,7 @@ def _guarded(method: str, call: Callable[[Any], Awaitable[Any]]):
             return await call(request)
         except ServeError as exc:
             code, message = status_code_for(exc), str(exc)
-            log.warning("%s rejected: %s: %s", method, code.name, message)
+            _rejections.warning("%s rejected: %s: %s", method, code.name, message)
         except Exception:
             log.exception("%s failed unexpectedly", method)
             code = grpc.StatusCode.INTERNAL

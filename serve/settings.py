@@ -33,6 +33,13 @@ class ServerSettings:
     max_queue_size: int = 0  # requests queued per model version; 0: config's, else 1024
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0: off
     log_level: str = "INFO"
+    # Access control (serve/security.py): TLS when cert+key, mutual TLS when also ca.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    auth_token_file: Path | None = None  # every RPC but health needs "Bearer <token>"
+    allow_model_control: bool = False  # RepositoryModelLoad/Unload: PERMISSION_DENIED when off
+    reject_non_finite: bool = False  # NaN/inf inputs: INVALID_ARGUMENT instead of computed
 
     def __post_init__(self) -> None:
         if (self.model_repository is None) == (self.model_path is None):
@@ -46,6 +53,7 @@ class ServerSettings:
         if self.device not in DEVICES:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
         self._check_non_negative()
+        self._check_access_files()
 
     def _check_non_negative(self) -> None:
         for flag, value in (
@@ -62,3 +70,17 @@ class ServerSettings:
             raise SettingsError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
         if self.max_batch_size < 1:
             raise SettingsError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+
+    def _check_access_files(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise SettingsError("--tls-ca (require client certificates) needs --tls-cert/--tls-key")
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-ca", self.tls_ca),
+            ("--auth-token-file", self.auth_token_file),
+        ):
+            if path is not None and not Path(path).is_file():
+                raise SettingsError(f"{flag} {path}: no such file")

@@ -16,7 +16,16 @@ from .codec import decode_raw, decode_typed
 from .errors import InvalidInputError
 from .model import Model, ModelSignature, TensorSpec
 
-__all__ = ["InferInput", "InferRequest", "quote", "check_inputs", "check_outputs"]
+__all__ = [
+    "InferInput",
+    "InferRequest",
+    "Parameter",
+    "quote",
+    "check_inputs",
+    "check_outputs",
+    "check_parameters",
+    "check_finite",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,15 @@ class InferInput:
 
 
 @dataclass(frozen=True)
+class Parameter:
+    """One InferParameter: ``kind`` is the set oneof field ("int64_param"), "" when none is."""
+
+    name: str
+    kind: str
+    value: Any = None
+
+
+@dataclass(frozen=True)
 class InferRequest:
     model_name: str
     model_version: str = ""
@@ -42,6 +60,8 @@ class InferRequest:
     inputs: tuple[InferInput, ...] = ()
     outputs: tuple[str, ...] = ()  # empty: every output
     raw_count: int = 0  # len(raw_input_contents), to check it against the inputs
+    parameters: tuple[Parameter, ...] = ()  # request-level
+    output_parameters: tuple[tuple[str, Parameter], ...] = ()  # (output name, parameter)
 
 
 def quote(name: str, limit: int = 64) -> str:
@@ -152,3 +172,63 @@ def check_outputs(model: Model, requested: tuple[str, ...]) -> tuple[str, ...]:
         if count > 1:
             raise InvalidInputError(f"{where}: output {quote(name)} requested {count} times")
     return requested
+
+
+# Request parameters of the protocol that change what a request means: their type is checked.
+# priority and timeout are accepted and not acted on (no priority queues; the gRPC deadline
+# bounds a request). Other names are ignored, as Triton passes unknown ones to its backends.
+_INTEGER = ("int64_param", "uint64_param")
+_REQUEST_PARAMETERS = {
+    "priority": _INTEGER,
+    "timeout": _INTEGER,
+    "sequence_id": (*_INTEGER, "string_param"),
+    "sequence_start": ("bool_param",),
+    "sequence_end": ("bool_param",),
+}
+_SEQUENCE = ("sequence_id", "sequence_start", "sequence_end")
+
+
+def _check_kind(param: Parameter, allowed: tuple[str, ...], where: str) -> None:
+    if param.kind not in allowed:
+        got = param.kind or "no value"
+        raise InvalidInputError(
+            f"{where}: parameter {quote(param.name)} is {got}, expected {' or '.join(allowed)}"
+        )
+
+
+def check_parameters(model: Model, request: InferRequest) -> None:
+    """Type-check the parameters that matter; refuse the ones this model cannot honour."""
+    where = f"model {quote(model.name)}"
+    for param in request.parameters:
+        allowed = _REQUEST_PARAMETERS.get(param.name)
+        if allowed is None:
+            continue
+        _check_kind(param, allowed, where)
+        if param.name == "timeout" and param.value < 0:
+            raise InvalidInputError(f"{where}: parameter 'timeout' is {param.value}, expected >= 0")
+        if param.name in _SEQUENCE and param.value:
+            raise InvalidInputError(
+                f"{where}: parameter {quote(param.name)} is set, but this model is not a "
+                "sequence model (no sequence batching); send the request without it"
+            )
+    for output, param in request.output_parameters:
+        if param.name == "classification":
+            raise InvalidInputError(
+                f"{where} output {quote(output)}: parameter 'classification' is not supported "
+                "(no classification extension); request 'probabilities' and take the top classes"
+            )
+
+
+def check_finite(model: Model, inputs: dict[str, np.ndarray]) -> None:
+    """Refuse NaN and +-inf in floating-point inputs (``--reject-non-finite``)."""
+    for name, array in inputs.items():
+        if array.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = [int(i) for i in np.argwhere(bad)[0]]
+            raise InvalidInputError(
+                f"model {quote(model.name)} input {quote(name)}: {int(bad.sum())} non-finite "
+                f"value(s) (NaN or inf), the first at index {first}; this server refuses them "
+                "(--reject-non-finite)"
+            )

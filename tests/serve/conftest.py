@@ -27,8 +27,11 @@ class ServerProcess:
     process: subprocess.Popen
     url: str
     ready_line: str
+    log_path: Path | None = None  # where stderr goes when run_server(log_path=...) was used
 
     def stderr_text(self) -> str:
+        if self.log_path is not None:
+            return self.log_path.read_text()
         return self.process.stderr.read() if self.process.stderr else ""
 
 
@@ -38,7 +41,8 @@ def _read_ready_line(process: subprocess.Popen, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read()}")
+            log = process.stderr.read() if process.stderr else "(see its log file)"
+            raise RuntimeError(f"server exited with {process.returncode}: {log}")
         if selector.select(timeout=0.1):
             line = process.stdout.readline()
             if READY.search(line):
@@ -47,17 +51,24 @@ def _read_ready_line(process: subprocess.Popen, timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def run_server(*args: str, timeout: float = 30.0) -> Iterator[ServerProcess]:
-    """`python -m bnmodel serve ARGS --port 0` on 127.0.0.1; always terminated afterwards."""
+def run_server(
+    *args: str, timeout: float = 30.0, log_path: Path | None = None
+) -> Iterator[ServerProcess]:
+    """`python -m bnmodel serve ARGS --port 0` on 127.0.0.1; always terminated afterwards.
+
+    ``log_path``: stderr goes to that file instead of a pipe (a pipe nobody reads fills up
+    and blocks a server that logs a lot).
+    """
     command = [sys.executable, "-m", "bnmodel", "serve", "--host", "127.0.0.1", "--port", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    stderr = subprocess.PIPE if log_path is None else open(log_path, "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [*command, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
     )
     try:
         line = _read_ready_line(process, timeout)
         host, port = READY.search(line).groups()
-        yield ServerProcess(process, f"{host}:{port}", line)
+        yield ServerProcess(process, f"{host}:{port}", line, log_path)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -66,8 +77,9 @@ def run_server(*args: str, timeout: float = 30.0) -> Iterator[ServerProcess]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        for stream in (process.stdout, process.stderr):
-            stream.close()
+        for stream in (process.stdout, process.stderr, None if log_path is None else stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture(scope="session")
@@ -82,5 +94,6 @@ def repository(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(repository) -> Iterator[ServerProcess]:
-    with run_server("--model-repository", str(repository)) as running:
+    # Model control on: the tritonclient check loads and unloads (off by default in `serve`).
+    with run_server("--model-repository", str(repository), "--allow-model-control") as running:
         yield running
