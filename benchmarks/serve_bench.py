@@ -59,10 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--ours-off-args",
-        default="--max-queue-delay-us 0",
+        default="--no-batching",
         help="extra arguments for our server with batching off",
     )
-    p.add_argument("--ours-on-args", default="", help="extra arguments with batching on")
+    p.add_argument(
+        "--ours-on-args",
+        default="",
+        help="extra arguments with batching on (default: config.pbtxt's window, --queue-delay-us)",
+    )
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to become ready")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/...)")
     args = p.parse_args(argv)
