@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -10,17 +12,18 @@ import pytest
 from bnmodel.export.api import export_checkpoint
 from bnmodel.export.repository import MAX_QUEUE_DELAY_US, validate_layout
 from export_testlib import make_checkpoint
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
-_ONNX_TO_TRITON = {
-    onnx.TensorProto.FLOAT: model_config_pb2.TYPE_FP32,
-    onnx.TensorProto.FLOAT16: model_config_pb2.TYPE_FP16,
-}
+_ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
+_PARSER = Path(__file__).with_name("triton_config_json.py")
 
 
-def _parse(path: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+def _parse(path: Path) -> dict:
+    """The config as tritonclient's ModelConfig reads it, in a process of its own."""
+    done = subprocess.run(
+        [sys.executable, str(_PARSER), str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def _io(values) -> list[tuple[str, int, list[int]]]:
@@ -53,12 +56,22 @@ def test_config_parses_as_triton_config_and_matches_the_graph(
     assert result.repository.model == tmp_path / "repo" / "clf" / "3" / "model.onnx"
     config = _parse(result.repository.config)
     graph = onnx.load(result.repository.model).graph
-    assert (config.name, config.platform, config.max_batch_size) == ("clf", "onnxruntime_onnx", 256)
-    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == _io(graph.input)
-    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == _io(graph.output)
-    assert config.dynamic_batching.max_queue_delay_microseconds == MAX_QUEUE_DELAY_US
-    assert config.version_policy.latest.num_versions == 1
-    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert (config["name"], config["platform"], config["max_batch_size"]) == (
+        "clf",
+        "onnxruntime_onnx",
+        256,
+    )
+    # JSON renders int64 dims as strings.
+    assert [(i["name"], i["data_type"], [int(d) for d in i["dims"]]) for i in config["input"]] == (
+        _io(graph.input)
+    )
+    assert [(o["name"], o["data_type"], [int(d) for d in o["dims"]]) for o in config["output"]] == (
+        _io(graph.output)
+    )
+    delay = config["dynamic_batching"]["max_queue_delay_microseconds"]
+    assert int(delay) == MAX_QUEUE_DELAY_US
+    assert config["version_policy"]["latest"]["num_versions"] == 1
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
     assert params["task"] == task
     assert json.loads(params["feature_names"]) == [f"x{i}" for i in range(6)]
     labels = json.loads(params["class_labels"])
