@@ -1,4 +1,4 @@
-"""Training checkpoints: one file that export needs nothing beside, loaded without running pickled code.
+"""Training checkpoints: one self-contained file for export, loaded without running pickled code.
 
 The file is ``torch.save`` of plain containers, strings, numbers and tensors, read back with
 ``torch.load(weights_only=True)``: a file that smuggles in a pickled callable is refused, not run.
@@ -19,8 +19,14 @@ import torch
 from bnmodel.config import ModelConfig
 from bnmodel.model import BNMLP
 
-__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "file_sha256", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "file_sha256",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "bnmodel-checkpoint/1"
 Task = Literal["classification", "regression"]
@@ -95,8 +101,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a bnmodel checkpoint: format {found!r}, "
-                              f"expected {FORMAT!r}")
+        raise CheckpointError(
+            f"{path} is not a bnmodel checkpoint: format {found!r}, expected {FORMAT!r}"
+        )
     try:
         config = ModelConfig.from_dict(payload["model_config"])
         return Checkpoint(

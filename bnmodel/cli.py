@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Each subcommand's register() sets handler: a function of the parsed args returning an exit code.
+    # Each subcommand's register() sets handler: parsed args -> exit code.
     return int(args.handler(args) or 0)
 
 

@@ -17,13 +17,14 @@ class ModelConfig:
     hidden_sizes: tuple[int, ...]
     out_features: int
     activation: Literal["relu", "gelu", "sigmoid", "tanh"] = "relu"
-    # pre: Linear(bias=False) -> BN -> act (Ioffe & Szegedy); post: Linear -> act -> BN; none: baseline.
+    # pre: Linear(bias=False) -> BN -> act (Ioffe & Szegedy); post: Linear -> act -> BN;
+    # none: the baseline without BN.
     bn_placement: Literal["pre", "post", "none"] = "pre"
     dropout: float = 0.0
     bn_eps: float = 1e-5
     # None selects the cumulative moving average (exact population statistics after one pass).
     bn_momentum: float | None = 0.1
-    # Hold the training set's per-feature mean/std as buffers, so the exported model takes raw features.
+    # Keep the training set's feature mean/std as buffers: the exported model takes raw features.
     standardize_input: bool = False
 
     def __post_init__(self) -> None:
