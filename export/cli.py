@@ -98,5 +98,9 @@ def _run(args: argparse.Namespace) -> int:
             print(report)
         print(f"bnmodel export: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # an unwritable destination: say which path, no traceback
+        message = f"cannot write {exc.filename}: {exc.strerror}"
+        print(f"bnmodel export: error: {message}", file=sys.stderr)
+        return 1
     print(result)
     return 0

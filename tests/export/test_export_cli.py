@@ -69,6 +69,16 @@ def test_missing_checkpoint_exits_1_naming_it(
     assert str(missing) in capsys.readouterr().err
 
 
+def test_unwritable_destination_exits_1_naming_the_path(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["export", str(checkpoint_path), "-o", str(blocker / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert str(blocker) in err and "Traceback" not in err
+
+
 def test_no_destination_is_a_usage_error(
     checkpoint_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
