@@ -310,7 +310,7 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
     if not await server.stop(settings.grace_seconds):
         log.warning("grace period over: requests still in flight were cancelled")
         return 1
-    log.info("stopped")
+    log.info("stopped (%d new requests refused while draining)", server.gate.refused)
     return 0
 
 

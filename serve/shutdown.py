@@ -39,12 +39,28 @@ def early_signals() -> list[int]:
 
 
 class DrainGate(grpc.aio.ServerInterceptor):
-    """Counts unary RPCs in flight; once draining, refuses new ones (``exempt`` services pass)."""
+    """Counts unary RPCs in flight; once draining, refuses new ones (``exempt`` services pass).
 
-    def __init__(self, exempt: tuple[str, ...] = ("grpc.health.v1.Health",)) -> None:
+    The drain, in order: (1) a settle window in which RPCs are still served, because under
+    load many requests sent before the signal are still queued inside gRPC, not yet handed to
+    Python; (2) new RPCs refused with UNAVAILABLE while the ones running finish; (3) a quiet
+    period: the server only stops once nothing has arrived for a moment, so gRPC's shutdown
+    never cancels a request that it had already received.
+    """
+
+    def __init__(
+        self,
+        exempt: tuple[str, ...] = ("grpc.health.v1.Health",),
+        settle: float = 0.5,  # s: (1) above
+        quiet: float = 0.05,  # s: (3) above
+    ) -> None:
         self.exempt = exempt
+        self.settle = settle
+        self.quiet = quiet
         self.draining = False
         self.in_flight = 0
+        self.refused = 0  # RPCs answered UNAVAILABLE while draining
+        self._last_arrival = 0.0  # loop time of the latest RPC handed to us
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -66,7 +82,9 @@ class DrainGate(grpc.aio.ServerInterceptor):
 
     def _gated(self, behaviour):
         async def gated(request, context: grpc.aio.ServicerContext):
+            self._last_arrival = asyncio.get_running_loop().time()
             if self.draining:
+                self.refused += 1
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     "the server is shutting down and takes no new requests; retry elsewhere",
@@ -83,12 +101,15 @@ class DrainGate(grpc.aio.ServerInterceptor):
         return gated
 
     async def drain(self, timeout: float | None) -> bool:
-        """Refuse new RPCs and wait up to ``timeout`` s for those in flight; True if all ended."""
+        """Settle, refuse new RPCs, wait up to ``timeout`` s in all; True if every one ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else float("inf"))
+        await asyncio.sleep(max(0.0, min(self.settle, deadline - loop.time())))
         self.draining = True
-        if self.in_flight == 0:
-            return True
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            return False
+            return self.in_flight == 0
+        while loop.time() < min(deadline, self._last_arrival + self.quiet):
+            await asyncio.sleep(self.quiet)
         return True

@@ -1,0 +1,267 @@
+"""Soak, then drain: a server under mixed valid/invalid load for a while, then SIGTERM under load.
+
+    python benchmarks/soak.py                          # 60 s at concurrency 64, then the drain
+    python benchmarks/soak.py --seconds 10 --concurrency 16
+
+Run by hand, never in CI. The benchmark MLP (bench_model.py, 64-256-256-256-10) is served by
+``bnmodel serve``; ``--concurrency`` coroutines of one grpc.aio client send raw ModelInfer
+requests back to back, ``--invalid`` of them malformed (eight kinds). Checked for every answer:
+valid requests are OK with ONNX Runtime's probabilities for their rows; invalid ones get their
+status (never OK, INTERNAL or UNKNOWN). Resident memory of the server is sampled every 5 s;
+growth is measured from the sample after ``--warmup`` seconds to the last one.
+
+Then, with every coroutine's request in flight, SIGTERM: health must say NOT_SERVING at once,
+every request sent before the signal must be answered, and the server must exit 0 within its
+grace period. Exit status 1 if any of these, or the <10% memory growth, fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import IN_FEATURES, MODEL_NAME, NUM_CLASSES, write_repository  # noqa: E402
+from bnmodel.serve.process import spawn_server  # noqa: E402
+from bnmodel.serve.proto import grpc_service_pb2 as pb  # noqa: E402
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+OK = grpc.StatusCode.OK
+
+
+def _request(x: np.ndarray, **edits) -> bytes:
+    r = pb.ModelInferRequest(model_name=edits.pop("model", MODEL_NAME))
+    shape = edits.pop("shape", x.shape)
+    r.inputs.add(name=edits.pop("name", "features"), datatype=edits.pop("datatype", "FP32"))
+    r.inputs[0].shape.extend(shape)
+    r.raw_input_contents.append(edits.pop("raw", x.tobytes()))
+    r.outputs.add(name="probabilities")
+    return r.SerializeToString()
+
+
+def invalid_requests(x: np.ndarray) -> dict[str, tuple[bytes, grpc.StatusCode]]:
+    """Eight kinds of malformed request and the status each must get."""
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    return {
+        "unknown model": (_request(x, model="nope"), grpc.StatusCode.NOT_FOUND),
+        "wrong input name": (_request(x, name="feature"), bad),
+        "wrong datatype": (_request(x, datatype="FP64"), bad),
+        "wrong feature count": (_request(x, shape=(2, 32)), bad),
+        "raw size": (_request(x, raw=x.tobytes()[:-4]), bad),
+        "negative dims": (_request(x, shape=(-1, IN_FEATURES)), bad),
+        "truncated protobuf": (_request(x)[:-9], bad),
+        "garbage bytes": (bytes(random.Random(0).randrange(256) for _ in range(300)), bad),
+    }
+
+
+@dataclass
+class Tally:
+    valid: Counter = field(default_factory=Counter)  # status name -> count
+    invalid: Counter = field(default_factory=Counter)
+    wrong: list[str] = field(default_factory=list)  # what went wrong, first few
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        if len(self.wrong) < 20:
+            self.wrong.append(text)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Load:
+    """``concurrency`` coroutines sending back to back until told to stop."""
+
+    def __init__(self, url: str, invalid_share: float, seed: int) -> None:
+        self.url, self.invalid_share = url, invalid_share
+        rng = np.random.default_rng(seed)
+        self.inputs = [rng.normal(size=(n, IN_FEATURES)).astype(np.float32) for n in (1, 2, 4, 8)]
+        self.invalid = invalid_requests(self.inputs[1])
+        self.tally = Tally()
+        self.stop_sending = asyncio.Event()
+        self.in_flight = 0
+
+    def expected(self, model_path: Path) -> None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model_path))
+        self.want = [session.run(["probabilities"], {"features": x})[0] for x in self.inputs]
+
+    async def _one(self, call, rng: random.Random) -> None:
+        if rng.random() < self.invalid_share:
+            kind = rng.choice(list(self.invalid))
+            payload, status = self.invalid[kind]
+            expect, i = status, None
+        else:
+            i = rng.randrange(len(self.inputs))
+            payload, expect, kind = _request(self.inputs[i]), OK, "valid"
+        start = time.perf_counter()
+        self.in_flight += 1
+        try:
+            response, code = await call(payload, timeout=30), OK
+        except grpc.aio.AioRpcError as exc:
+            response, code, details = b"", exc.code(), exc.details()
+        finally:
+            self.in_flight -= 1
+        tally = self.tally  # read after the answer: the drain swaps in its own tally
+        tally.latencies_ms.append(1000 * (time.perf_counter() - start))
+        (tally.valid if i is not None else tally.invalid)[code.name] += 1
+        if code != expect:
+            tally.problem(f"{kind}: {code.name} {details if code != OK else ''}")
+        elif i is not None:
+            got = pb.ModelInferResponse.FromString(response)
+            p = np.frombuffer(got.raw_output_contents[0], np.float32)
+            if not np.allclose(p.reshape(-1, NUM_CLASSES), self.want[i], rtol=1e-4, atol=1e-6):
+                tally.problem(f"valid request {i}: wrong probabilities")
+
+    async def worker(self, channel: grpc.aio.Channel, seed: int) -> None:
+        call, rng = channel.unary_unary(INFER), random.Random(seed)
+        while not self.stop_sending.is_set():
+            await self._one(call, rng)
+
+
+async def _sample_rss(pid: int, samples: list[tuple[float, int]], every: float) -> None:
+    start = time.monotonic()
+    while True:
+        samples.append((time.monotonic() - start, _rss_kib(pid)))
+        await asyncio.sleep(every)
+
+
+async def _health(url: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(url) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
+async def soak_and_drain(server, args, model_path: Path) -> dict:
+    load = Load(server.url, args.invalid, args.seed)
+    load.expected(model_path)
+    samples: list[tuple[float, int]] = []
+    sampler = asyncio.create_task(_sample_rss(server.process.pid, samples, 5.0))
+    async with grpc.aio.insecure_channel(server.url) as channel:
+        workers = [
+            asyncio.create_task(load.worker(channel, args.seed + i))
+            for i in range(args.concurrency)
+        ]
+        await asyncio.sleep(args.seconds)
+        soak = load.tally
+        samples.append((args.seconds, _rss_kib(server.process.pid)))
+        sampler.cancel()
+        # The drain: stop sending new requests, signal with every worker's request in flight.
+        load.tally = Tally()
+        load.stop_sending.set()
+        in_flight = load.in_flight
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        health = await _health(server.url)
+        await asyncio.gather(*workers)
+        answered = time.monotonic() - signalled
+        exit_code = await asyncio.to_thread(server.process.wait, args.grace + 30)
+        exited = time.monotonic() - signalled
+    return {
+        "soak": soak,
+        "samples": samples,
+        "drain": load.tally,
+        "in_flight": in_flight,
+        "health": health,
+        "answered_s": answered,
+        "exit_code": exit_code,
+        "exit_s": exited,
+    }
+
+
+def _report(result: dict, args) -> bool:
+    soak: Tally = result["soak"]
+    total = sum(soak.valid.values()) + sum(soak.invalid.values())
+    valid_errors = sum(n for code, n in soak.valid.items() if code != "OK")
+    warm = [kib for t, kib in result["samples"] if t >= args.warmup] or [0]
+    growth = (warm[-1] - warm[0]) / max(warm[0], 1)
+    lat = sorted(soak.latencies_ms)
+    print(
+        f"soak: {args.seconds:.0f} s, concurrency {args.concurrency}, invalid share "
+        f"{args.invalid:.0%}"
+    )
+    print(
+        "| requests | req/s | valid | valid errors | invalid | invalid by status | "
+        "wrong answers | p50 ms | p99 ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {total} | {total / args.seconds:.0f} | {sum(soak.valid.values())} | {valid_errors} "
+        f"| {sum(soak.invalid.values())} | {dict(soak.invalid)} | {len(soak.wrong)} | "
+        f"{statistics.median(lat):.2f} | {lat[int(0.99 * (len(lat) - 1))]:.2f} |"
+    )
+    series = ", ".join(f"{t:.0f}s {kib / 1024:.1f}" for t, kib in result["samples"])
+    print(f"server RSS MiB: {series}")
+    print(
+        f"RSS after {args.warmup:.0f} s warm-up: {warm[0] / 1024:.1f} MiB -> end "
+        f"{warm[-1] / 1024:.1f} MiB ({100 * growth:+.1f}%; limit +10%)"
+    )
+    drain: Tally = result["drain"]
+    drained_bad = sum(n for code, n in drain.valid.items() if code != "OK")
+    print(
+        f"drain: SIGTERM with {result['in_flight']} requests in flight; health right after: "
+        f"{result['health']}; answers {dict(drain.valid)} valid, {dict(drain.invalid)} "
+        f"invalid; last answer {result['answered_s']:.2f} s, exit {result['exit_code']} after "
+        f"{result['exit_s']:.2f} s (grace {args.grace:.0f} s)"
+    )
+    for text in soak.wrong + drain.wrong:
+        print("  problem:", text)
+    return (
+        valid_errors == 0
+        and not soak.wrong
+        and growth < 0.10
+        and result["health"] == "NOT_SERVING"
+        and drained_bad == 0
+        and not drain.wrong
+        and result["exit_code"] == 0
+        and result["exit_s"] <= args.grace
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--invalid", type=float, default=0.3, help="share of malformed requests")
+    parser.add_argument("--warmup", type=float, default=10.0, help="RSS baseline after this")
+    parser.add_argument("--grace", type=float, default=30.0, help="server --grace-seconds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-args", default="", help="extra `bnmodel serve` flags")
+    args = parser.parse_args(argv)
+    with TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        model = write_repository(repo)  # .../mlp/1/model.onnx
+        serve_args = ["--model-repository", str(repo), "--grace-seconds", str(args.grace)]
+        with spawn_server([*serve_args, *args.server_args.split()]) as server:
+            print(f"server: {server.ready_line}")
+            result = asyncio.run(soak_and_drain(server, args, model))
+            log = server.stderr_text(wait=5.0)
+    print(f"server log: {len(log.splitlines())} lines, {log.count('Traceback')} tracebacks")
+    return 0 if _report(result, args) and "Traceback" not in log else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
