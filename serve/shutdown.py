@@ -61,6 +61,7 @@ class DrainGate(grpc.aio.ServerInterceptor):
         self.in_flight = 0
         self.refused = 0  # RPCs answered UNAVAILABLE while draining
         self._last_arrival = 0.0  # loop time of the latest RPC handed to us
+        self._wrapped: dict[str, tuple[object, grpc.RpcMethodHandler]] = {}  # method -> (h, gated)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -74,11 +75,15 @@ class DrainGate(grpc.aio.ServerInterceptor):
             or service in self.exempt
         ):
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._gated(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is None or cached[0] is not handler:  # built once per method, not per RPC
+            gated = grpc.unary_unary_rpc_method_handler(
+                self._gated(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            cached = self._wrapped[handler_call_details.method] = (handler, gated)
+        return cached[1]
 
     def _gated(self, behaviour):
         async def gated(request, context: grpc.aio.ServicerContext):
