@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from bnmodel.serve.codec import CONTENT_FIELDS
 from bnmodel.serve.proto import grpc_service_pb2 as pb
 from google.protobuf.message import DecodeError
 
@@ -42,16 +43,6 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 OUTPUTS = ("logits", "probabilities")
 # model -> (datatype, numpy dtype, typed contents field or None)
 SPECS = {"clf": ("FP32", np.float32, "fp32_contents"), "half": ("FP16", np.float16, None)}
-CONTENT_FIELDS = (
-    "bool_contents",
-    "int_contents",
-    "int64_contents",
-    "uint_contents",
-    "uint64_contents",
-    "fp32_contents",
-    "fp64_contents",
-    "bytes_contents",
-)
 MAX_BATCH, FEATURES, MAX_ID = 64, 8, 256
 OK, INVALID = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
