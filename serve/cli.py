@@ -86,6 +86,15 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         "0: config.pbtxt's default_queue_policy, else 1024 (default)",
     )
     p.add_argument(
+        "--max-inline-us",
+        type=int,
+        default=50,
+        metavar="US",
+        help="run batches that take at most US microseconds (timed at load) on the event "
+        "loop, saving a thread hand-off; larger ones run on a thread; 0: always a thread "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -158,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
             batching=args.batching,
             max_queue_delay_us=args.max_queue_delay_us,
             max_queue_size=args.max_queue_size,
+            max_inline_us=args.max_inline_us,
             metrics_port=args.metrics_port,
             log_level=args.log_level,
             tls_cert=args.tls_cert,

@@ -221,15 +221,15 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate ``request`` completely, then run it; errors leave other requests untouched."""
         model, version = self.model(request.model_name, request.model_version)
-        check_parameters(model, request)
-        inputs = check_inputs(model, request)
-        if self.reject_non_finite:
-            check_finite(model, inputs)
-        outputs = check_outputs(model, request.outputs)
         start = time.perf_counter_ns()
-        try:
+        try:  # Triton counts refused, failed, expired and cancelled requests as failures
+            check_parameters(model, request)
+            inputs = check_inputs(model, request)
+            if self.reject_non_finite:
+                check_finite(model, inputs)
+            outputs = check_outputs(model, request.outputs)
             results = await version.execute(inputs)
-        except Exception:
+        except BaseException:
             version.stats.record_failure(time.perf_counter_ns() - start)
             raise
         version.stats.record_success(time.perf_counter_ns() - start)
@@ -249,5 +249,6 @@ def _describe(model: Model) -> str:
     providers = ",".join(p.removesuffix("ExecutionProvider") for p in first.runner.providers)
     return (
         f"loaded model {quote(model.name)} version(s) {', '.join(model.versions)} "
-        f"(inputs {inputs}; max_batch_size {model.signature.max_batch_size}; {providers})"
+        f"(inputs {inputs}; max_batch_size {model.signature.max_batch_size}; {providers}; "
+        f"batches of up to {first.scheduler.inline_rows} rows run on the event loop)"
     )

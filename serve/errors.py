@@ -18,6 +18,7 @@ __all__ = [
     "ResourceExhaustedError",
     "UnsupportedError",
     "ServerShuttingDownError",
+    "DeadlineExceededError",
     "STATUS_CODES",
     "status_code_for",
 ]
@@ -62,6 +63,10 @@ class ServerShuttingDownError(ServeError):
     """The server is draining and takes no new work."""
 
 
+class DeadlineExceededError(ServeError):
+    """The client's deadline passed while its request waited; it was not run."""
+
+
 # The one table from domain error to status code; the most specific class wins (checked in MRO
 # order by status_code_for), and anything that is not a ServeError is INTERNAL.
 STATUS_CODES: dict[type[ServeError], grpc.StatusCode] = {
@@ -72,6 +77,7 @@ STATUS_CODES: dict[type[ServeError], grpc.StatusCode] = {
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
     ServerShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .batching import BatchingOptions, Scheduler, batch_policy
+from .batching import BatchingOptions, Scheduler, batch_policy, with_inline_runs
 from .codec import Datatype, datatype_from_config, datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
@@ -216,6 +216,22 @@ class Model:
         return json_parameter(self.config, "class_labels")
 
 
+def _example_inputs(signature: ModelSignature):
+    """rows -> zero inputs of that many rows (to time the model), or None when a non-batch
+    dimension is variable (the cost depends on what clients send)."""
+    if any(-1 in spec.dims for spec in signature.inputs):
+        return None
+    batched = signature.max_batch_size > 0
+
+    def example(rows: int) -> dict[str, np.ndarray]:
+        return {
+            spec.name: np.zeros(((rows,) if batched else ()) + spec.dims, spec.datatype.dtype)
+            for spec in signature.inputs
+        }
+
+    return example
+
+
 def load_model(
     source: ModelSource,
     factory: SessionFactory,
@@ -239,7 +255,14 @@ def load_model(
             raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
         check_session(signature, session, where)
         runner = ModelRunner(session, output_names)
-        scheduler = Scheduler(runner.run, executor, policy, VersionStats())
+        timed = with_inline_runs(
+            policy,
+            runner.run,
+            _example_inputs(signature),
+            signature.max_batch_size,
+            (batching or BatchingOptions()).max_inline_us,
+        )
+        scheduler = Scheduler(runner.run, executor, timed, VersionStats())
         versions[version] = ModelVersion(
             version, runner, scheduler, batched=signature.max_batch_size > 0
         )

@@ -117,6 +117,7 @@ class InferenceServer:
             max_queue_delay_us=settings.max_queue_delay_us,
             max_queue_size=settings.max_queue_size,
             runs=threads.workers,
+            max_inline_us=settings.max_inline_us,
         )
         self.dataplane = DataPlane(
             _open_repository(settings), self.factory, self.executor, batching

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from .batching import set_request_deadline
 from .codec import encode_raw
 from .dataplane import DataPlane, InferResponse
 from .errors import InvalidInputError, ServeError, status_code_for
@@ -184,6 +185,7 @@ def _guarded(method: str, call: Callable[[Any], Awaitable[Any]]):
     """Wrap an RPC: domain errors -> their status (one log line), anything else -> INTERNAL."""
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        set_request_deadline(context.time_remaining())  # the batch queue drops late requests
         try:
             return await call(request)
         except ServeError as exc:

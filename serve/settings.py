@@ -31,6 +31,7 @@ class ServerSettings:
     batching: bool = True  # False (--no-batching): every request runs alone
     max_queue_delay_us: int | None = None  # overrides dynamic_batching's delay (and turns it on)
     max_queue_size: int = 0  # requests queued per model version; 0: config's, else 1024
+    max_inline_us: int = 50  # batches calibrated to run this fast run on the loop; 0: never
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0: off
     log_level: str = "INFO"
     # Access control (serve/security.py): TLS when cert+key, mutual TLS when also ca.
@@ -63,6 +64,7 @@ class ServerSettings:
             ("--grace-seconds", self.grace_seconds),
             ("--max-queue-delay-us", self.max_queue_delay_us or 0),
             ("--max-queue-size", self.max_queue_size),
+            ("--max-inline-us", self.max_inline_us),
         ):
             if value < 0:
                 raise SettingsError(f"{flag} must be >= 0, got {value}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,8 +19,14 @@ from bnmodel.serve.batching import (
     BatchPolicy,
     Scheduler,
     batch_policy,
+    calibrate_inline_rows,
+    set_request_deadline,
 )
-from bnmodel.serve.errors import ModelNotReadyError, ResourceExhaustedError
+from bnmodel.serve.errors import (
+    DeadlineExceededError,
+    ModelNotReadyError,
+    ResourceExhaustedError,
+)
 from bnmodel.serve.proto import model_config_pb2
 from bnmodel.serve.statistics import VersionStats
 from google.protobuf import text_format
@@ -31,9 +38,11 @@ class FakeModel:
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.gate = gate
         self.runs: list[int] = []
+        self.threads: list[int] = []  # where each run happened
         self.started = threading.Event()
 
     def __call__(self, inputs):
+        self.threads.append(threading.get_ident())
         self.started.set()
         if self.gate is not None:
             self.gate.wait(30)
@@ -42,8 +51,8 @@ class FakeModel:
         return {"y": 3 * x + 1}
 
 
-def _scheduler(model, max_rows=64, delay_us=0, max_queue=100, slots=1):
-    policy = BatchPolicy(max_rows, delay_us * 1000, max_queue, slots)
+def _scheduler(model, max_rows=64, delay_us=0, max_queue=100, slots=1, inline_rows=0):
+    policy = BatchPolicy(max_rows, delay_us * 1000, max_queue, slots, inline_rows, 50_000)
     executor = ThreadPoolExecutor(2)
     return Scheduler(model, executor, policy, VersionStats()), executor
 
@@ -240,3 +249,70 @@ def _config(text: str) -> model_config_pb2.ModelConfig:
 )
 def test_policy_follows_config_and_flags(config, options, expected):
     assert batch_policy(_config(config), options) == expected
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_fails_and_never_runs():
+    async def late(scheduler):
+        set_request_deadline(0.01)  # what the servicer does with the RPC's time_remaining()
+        return await scheduler.submit(_x(5, 1), 5)
+
+    async def main():
+        model = FakeModel(threading.Event())
+        scheduler, executor = _scheduler(model)
+        first = await _held_first(scheduler, model)
+        doomed = asyncio.create_task(late(scheduler))
+        kept = asyncio.create_task(scheduler.submit(_x(2, 2), 2))  # no deadline
+        await _until(lambda: scheduler.pending == 3)
+        await asyncio.sleep(0.05)  # past the 10 ms deadline, still queued
+        model.gate.set()
+        with pytest.raises(DeadlineExceededError, match="deadline passed"):
+            await doomed
+        await asyncio.gather(first, kept)
+        executor.shutdown()
+        return model
+
+    assert asyncio.run(main()).runs == [1, 2]
+
+
+def test_small_batches_run_on_the_loop_thread_and_larger_ones_on_the_executor():
+    async def main():
+        model = FakeModel()
+        scheduler, executor = _scheduler(model, inline_rows=4)
+        small = await scheduler.submit(_x(3, 1), 3)
+        large = await scheduler.submit(_x(9, 2), 9)
+        executor.shutdown()
+        return model, small, large, threading.get_ident(), scheduler
+
+    model, small, large, loop_thread, scheduler = asyncio.run(main())
+    assert model.runs == [3, 9]
+    assert model.threads[0] == loop_thread and model.threads[1] != loop_thread
+    np.testing.assert_array_equal(small["y"], 3 * _x(3, 1)["x"] + 1)
+    assert scheduler.stats.execution_count == 2 and scheduler.stats.inference_count == 12
+
+
+def test_an_inline_run_far_over_its_budget_moves_that_size_off_the_loop():
+    def slow(inputs):
+        time.sleep(0.01)  # 10 ms, 200 times the 50 us budget the policy was calibrated for
+        return {"y": inputs["x"]}
+
+    async def main():
+        scheduler, executor = _scheduler(slow, inline_rows=8)
+        await scheduler.submit(_x(4, 1), 4)
+        executor.shutdown()
+        return scheduler.inline_rows
+
+    assert asyncio.run(main()) == 2
+
+
+def test_calibration_keeps_the_largest_power_of_two_batch_within_the_budget():
+    def model(inputs):  # cheap up to 4 rows, 2 ms beyond: far from any noise
+        if inputs["x"].shape[0] > 4:
+            time.sleep(0.002)
+        return {"y": inputs["x"]}
+
+    def example(rows):
+        return {"x": np.zeros((rows, 4), np.float32)}
+
+    assert calibrate_inline_rows(model, example, max_rows=64, budget_us=500) == 4
+    assert calibrate_inline_rows(model, example, max_rows=2, budget_us=500) == 2
+    assert calibrate_inline_rows(model, example, max_rows=64, budget_us=0) == 0

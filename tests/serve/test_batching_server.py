@@ -105,7 +105,7 @@ def _check_metrics(port: int, requests: int, rows: int, executions: int) -> None
     assert match and float(match.group(1)) == requests
 
 
-def test_failed_requests_are_counted_as_failures_only_when_they_reached_the_model(
+def test_requests_refused_by_validation_are_counted_as_failures_of_their_model(
     batching_server,
 ):
     server, _, port = batching_server
@@ -117,7 +117,9 @@ def test_failed_requests_are_counted_as_failures_only_when_they_reached_the_mode
             client.model_statistics("nope")
         after = client.model_statistics("clf", "1").model_stats[0].inference_stats
     assert info.value.code == "NOT_FOUND"
+    # As Triton: a request its model refused is one failure (nv_inference_request_failure).
     assert after.success.count == before.success.count
+    assert after.fail.count == before.fail.count + 1
 
 
 @pytest.fixture(scope="module")
@@ -152,4 +154,5 @@ def test_deadline_in_queue_means_never_run_and_full_queue_is_resource_exhausted(
     # Ran: the 512 rows, then the 7 queued rows; never the 3 rows whose deadline passed.
     assert stats.inference_count == 512 + 7
     assert stats.inference_stats.success.count == 2
-    assert stats.inference_stats.fail.count == 1  # the queue-full one
+    # Failures: the one whose deadline passed in the queue, and the queue-full one.
+    assert stats.inference_stats.fail.count == 2
