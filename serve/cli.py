@@ -63,7 +63,11 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         help="ONNX Runtime threads per run; 0: suited to the machine (default)",
     )
     p.add_argument(
-        "--workers", type=int, default=0, help="concurrent model runs; 0: one per core (default)"
+        "--workers",
+        type=int,
+        default=0,
+        help="server processes sharing the port (SO_REUSEPORT; clients are balanced per "
+        "connection); 0: one per two cores (default)",
     )
     p.add_argument(
         "--no-batching",
@@ -148,8 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .shutdown import catch_early_signals
 
     catch_early_signals()  # before the heavy imports: a SIGTERM now must not kill us
-    from .server import ready_line, serve
     from .settings import ServerSettings, SettingsError
+    from .workers import run
 
     try:
         settings = ServerSettings(
@@ -180,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"bnmodel serve: {exc}", file=sys.stderr)
         return 2
-    return serve(settings, on_ready=lambda info: print(ready_line(info), flush=True))
+    return run(settings, on_ready=lambda line: print(line, flush=True))
 
 
 def _register_infer(subparsers: argparse._SubParsersAction) -> None:

@@ -86,6 +86,9 @@ class InferenceClient:
         options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
+            # One client, one TCP connection of its own (gRPC would share one between clients
+            # of the same URL): with --workers N the server balances connections, not calls.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if tls is not None and tls.enabled:
             self._channel = grpc.secure_channel(url, channel_credentials(tls), options=options)

@@ -109,7 +109,7 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        threads = default_threads(settings.intra_op_threads, settings.workers)
+        threads = default_threads(settings.intra_op_threads)  # runs in flight: one per core
         self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
         self.factory = SessionFactory(settings.device, threads.intra_op)
         batching = BatchingOptions(
@@ -146,7 +146,8 @@ class InferenceServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),  # never share a port by accident
+                # Only worker processes (serve/workers.py) share a port; never by accident.
+                ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
             ]
         )
         self._server.add_generic_rpc_handlers((build_handler(InferenceServicer(self.dataplane)),))

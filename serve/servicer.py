@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from .batching import set_request_deadline
 from .codec import encode_raw
 from .dataplane import DataPlane, InferResponse
-from .errors import InvalidInputError, ServeError, status_code_for
+from .errors import DeadlineExceededError, InvalidInputError, ServeError, status_code_for
 from .proto import grpc_service_pb2 as pb
 from .repository import check_model_name
 from .security import LogLimiter
@@ -190,7 +190,8 @@ def _guarded(method: str, call: Callable[[Any], Awaitable[Any]]):
             return await call(request)
         except ServeError as exc:
             code, message = status_code_for(exc), str(exc)
-            _rejections.warning("%s rejected: %s: %s", method, code.name, message)
+            if not isinstance(exc, DeadlineExceededError):  # the client gave up: not news
+                _rejections.warning("%s rejected: %s: %s", method, code.name, message)
         except Exception:
             log.exception("%s failed unexpectedly", method)
             code = grpc.StatusCode.INTERNAL

@@ -25,7 +25,8 @@ class ServerSettings:
     max_batch_size: int = 1024  # for model_path, which has no config.pbtxt
     max_message_bytes: int = 0  # 0: what max_batch_size rows of the largest model need
     intra_op_threads: int = 0  # 0: suited to the machine (serve/session.py)
-    workers: int = 0  # concurrent model runs; 0: one per core
+    workers: int = 0  # server processes sharing the port (serve/workers.py); 0: suited
+    reuse_port: bool = False  # set for each worker process: bind with SO_REUSEPORT
     grace_seconds: float = 30.0  # how long SIGTERM waits for requests in flight
     # Dynamic batching (serve/batching.py); None/0 defer to each model's config.pbtxt.
     batching: bool = True  # False (--no-batching): every request runs alone

@@ -36,8 +36,9 @@ def batching_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("batching")
     path = write_model(root, "clf", mlp_model(seed=5), config_text("clf"))
     port = _free_port()
-    # A 2 ms window makes requests from several clients meet in one batch.
-    args = ("--model-repository", str(root), "--metrics-port", str(port))
+    # A 2 ms window makes requests from several clients meet in one batch. Every run on a
+    # thread (--max-inline-us 0): an inline run never leaves a queue behind it to merge.
+    args = ("--model-repository", str(root), "--metrics-port", str(port), "--max-inline-us", "0")
     with run_server(*args, "--max-queue-delay-us", "2000") as running:
         yield running, path, port
 

@@ -7,6 +7,7 @@ queue are in test_live_repository.py and test_batching_server.py.)
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -52,7 +53,8 @@ def _health(channel: grpc.Channel) -> int:
 @pytest.mark.slow
 def test_sigterm_with_64_in_flight_answers_every_one(slow_repository, tmp_path):
     log_path = tmp_path / "server.log"
-    args = ("--model-repository", str(slow_repository), "--workers", "2")
+    # --workers means server processes (serve/workers.py); one process, two runs in flight.
+    args = ("--model-repository", str(slow_repository), "--workers", "1")
     with run_server(*args, "--grace-seconds", "60", log_path=log_path) as server:
         channel = grpc.insecure_channel(server.url)
         call = channel.unary_unary(INFER)
@@ -170,7 +172,10 @@ def test_clients_that_give_up_cost_no_run_and_no_log_noise(slow_repository, tmp_
     with run_server(*args, log_path=tmp_path / "log") as server:
         channel = grpc.insecure_channel(server.url)
         call = channel.unary_unary(INFER)
-        busy = [call.future(_request(64), timeout=60) for _ in range(2)]  # hold the one worker
+        # One process runs one request per core at once: fill every run slot, and the queue
+        # ahead of the given-up requests with as many again.
+        slots = len(os.sched_getaffinity(0))
+        busy = [call.future(_request(64), timeout=60) for _ in range(2 * slots)]
         time.sleep(0.1)
         expired = [call.future(_request(64), timeout=0.05) for _ in range(8)]
         cancelled = [call.future(_request(64), timeout=60) for _ in range(8)]
@@ -194,7 +199,8 @@ def test_clients_that_give_up_cost_no_run_and_no_log_noise(slow_repository, tmp_
     assert all(f.cancelled() for f in cancelled)
     # Only the two requests that waited for their answer ran (the first may have started one
     # more before its own run; none of the 16 given-up requests reached the model).
-    assert stats.execution_count == 2 and stats.inference_stats.success.count == 2
+    assert stats.execution_count == len(busy)
+    assert stats.inference_stats.success.count == len(busy)
     noise = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
     assert noise == [] and "Traceback" not in log
 

@@ -1,0 +1,286 @@
+"""``--workers N``: N server processes sharing one port through SO_REUSEPORT.
+
+One Python process tops out near one core (the GIL: gRPC's Python half, decoding, the event loop).
+To use more cores the parent forks N children *before* any gRPC server or channel exists (the
+pattern gRPC documents for multiprocessing; importing grpc first is fine); each child builds its
+own grpc.aio server with ``grpc.so_reuseport`` and its own ONNX Runtime sessions, and the kernel
+spreads incoming TCP connections over the children. Consequences for users:
+
+- Balancing is per connection, not per request: one client channel (one tritonclient client) is
+  one TCP connection and stays on one worker. Use several channels (tritonclient: one client per
+  worker thread/coroutine group, ``channel_args=[("grpc.use_local_subchannel_pool", 1)]`` so
+  they do not share a connection) or several client processes to load several workers.
+- Statistics are per process: ModelStatistics answers for the worker holding the connection, and
+  each worker serves Prometheus on ``--metrics-port`` + its index (0..N-1); sum them by model and
+  version when scraping.
+- The parent prints the one ready line once every worker is ready; SIGTERM/SIGINT to the parent
+  are forwarded to every worker (each in its own process group, so a terminal's Ctrl-C reaches
+  them once, through the parent), which drain as a single server does; the parent exits 0 when
+  all of them exited 0. Workers die with the parent, even a SIGKILLed one. A worker that
+  dies while serving stops the others (exit 1): the orchestrator restarts the whole server, as
+  it would a single process.
+- ``--port 0``: the parent picks the free port first (and holds it, SO_REUSEPORT, until the
+  workers are up), so every worker binds the same one.
+
+The default (``--workers 0``) is :func:`default_workers`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from .settings import ServerSettings
+from .shutdown import SHUTDOWN_SIGNALS, early_signals
+
+__all__ = ["default_workers", "run", "serve_workers", "hold_port"]
+
+log = logging.getLogger("bnmodel.serve")
+
+_READY_TIMEOUT_S = 300.0  # model loading included
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Server processes for ``--workers 0``: one per two cores, at least one.
+
+    Each process keeps about one core busy with gRPC and Python and hands ONNX Runtime work to a
+    thread that needs part of another; measured on 2 cores, a second process only adds contention
+    (benchmarks/README.md, "workers").
+    """
+    return max(1, (cores or _cores()) // 2)
+
+
+def hold_port(host: str, port: int) -> socket.socket:
+    """A bound (not listening) SO_REUSEPORT socket on ``host:port`` (port 0: a free one).
+
+    It reserves the port for the workers, which bind it with SO_REUSEPORT too. A fixed port is
+    first bound without SO_REUSEPORT, so a port held by someone else is refused, not shared.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise OSError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind((host, port))
+    return held
+
+
+def run(settings: ServerSettings, on_ready: Callable[[str], None]) -> int:
+    """Serve with ``settings.workers`` processes (0: :func:`default_workers`); the exit code.
+
+    ``on_ready`` gets the ready line once, when every worker is ready.
+    """
+    count = settings.workers or default_workers()
+    if count == 1:
+        from .server import ready_line, serve
+
+        return serve(settings, on_ready=lambda info: on_ready(ready_line(info)))
+    return serve_workers(settings, count, on_ready)
+
+
+def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str], None]) -> int:
+    """Fork ``count`` workers on one port, print one ready line, forward signals, reap them."""
+    from .server import configure_logging
+
+    configure_logging(settings.log_level)
+    if early_signals():
+        log.info("stopped before serving")
+        return 0
+    try:
+        held = hold_port(settings.host, settings.port)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    port = held.getsockname()[1]
+    with held, _Supervisor(count) as supervisor:
+        for index in range(count):
+            supervisor.fork(lambda fd, i=index: _worker(settings, i, port, fd))
+        return supervisor.wait(on_ready, held)
+
+
+def _worker(settings: ServerSettings, index: int, port: int, ready_fd: int) -> int:
+    """In the child: one ordinary server on the shared port; reports its ready line on a pipe."""
+    from .server import ready_line, serve
+
+    metrics = settings.metrics_port + index if settings.metrics_port else 0
+    mine = dataclasses.replace(
+        settings, port=port, workers=1, reuse_port=True, metrics_port=metrics
+    )
+
+    def ready(info) -> None:
+        line = ready_line(info)
+        os.write(ready_fd, (json.dumps({"line": line}) + "\n").encode())
+
+    return serve(mine, on_ready=ready)
+
+
+class _Supervisor:
+    """The parent: children by pid, their ready pipes, and signals as events on one selector."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.codes: dict[int, int] = {}  # worker index -> exit code
+        self.selector = selectors.DefaultSelector()
+        self.signals: list[int] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._previous: dict[int, object] = {}
+        self._watched = (*SHUTDOWN_SIGNALS, signal.SIGCHLD)
+
+    def __enter__(self) -> _Supervisor:
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in self._watched:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._kill_all(signal.SIGKILL)  # only children still alive: an exception got here
+        self._reap(block=True)
+        signal.set_wakeup_fd(-1)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.signals.append(signum)
+
+    def fork(self, body: Callable[[int], int]) -> None:
+        read_fd, write_fd = os.pipe()
+        # Blocked across the fork: a signal in between reaches the child's own handlers.
+        signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the parent's code
+            code = 1
+            try:
+                os.close(read_fd)
+                _detach_from_parent_group()
+                signal.set_wakeup_fd(-1)
+                for signum, handler in self._previous.items():
+                    signal.signal(signum, handler)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self._watched)
+                code = body(write_fd)
+            except BaseException:  # noqa: BLE001 -- a child must never unwind into the parent
+                logging.getLogger("bnmodel.serve").exception("worker failed")
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self._watched)
+        os.close(write_fd)
+        index = len(self.children)
+        self.children[pid] = index
+        self.selector.register(os.fdopen(read_fd, "rb", buffering=0), selectors.EVENT_READ, index)
+        log.info("worker %d: pid %d", index, pid)
+
+    def wait(self, on_ready: Callable[[str], None], held: socket.socket) -> int:
+        """Until every worker has exited: ready line, forwarded signals; 0 if all exited 0."""
+        lines: dict[int, str] = {}
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        stopping = announced = False
+        while self.children:
+            for key, _ in self.selector.select(timeout=1.0):
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        self._wake_r.recv(4096)
+                else:
+                    self._read_ready(key, lines)
+            if len(lines) == self.count and not stopping and not announced:
+                announced = True
+                held.close()  # every worker listens now: the port needs no guard
+                on_ready(_combined(lines[0], self.count))
+            stopping = self._handle_signals(stopping)
+            exited = self._reap(block=False)
+            if exited and not stopping:  # a worker died while others serve: stop them all
+                log.error("worker exited unexpectedly (%s); stopping the others", exited)
+                self._kill_all(signal.SIGTERM)
+                stopping = True
+            if not stopping and len(lines) < self.count and time.monotonic() > deadline:
+                log.error("workers not ready after %.0f s; stopping", _READY_TIMEOUT_S)
+                self._kill_all(signal.SIGTERM)
+                stopping = True
+        failed = {i: c for i, c in self.codes.items() if c != 0}
+        if failed:
+            log.error("workers exited with %s", failed)
+        return 0 if not failed and len(lines) == self.count else 1
+
+    def _read_ready(self, key: selectors.SelectorKey, lines: dict[int, str]) -> None:
+        data = key.fileobj.read(65536)
+        if not data:  # the child closed its end (exited)
+            self.selector.unregister(key.fileobj)
+            key.fileobj.close()
+            return
+        for raw in data.decode().splitlines():
+            lines[key.data] = json.loads(raw)["line"]
+
+    def _handle_signals(self, stopping: bool) -> bool:
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum in SHUTDOWN_SIGNALS:
+                log.info("%s: forwarding to %d workers", signal.Signals(signum).name, self.count)
+                self._kill_all(signum)
+                stopping = True
+        return stopping
+
+    def _kill_all(self, signum: int) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _reap(self, block: bool) -> str:
+        """Collect exited children; 'worker I: code C' for each, comma-separated."""
+        gone = []
+        while self.children:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            if pid == 0:
+                break
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            self.codes[index] = os.waitstatus_to_exitcode(status)
+            gone.append(f"worker {index}: exit {self.codes[index]}")
+        return ", ".join(gone)
+
+
+def _detach_from_parent_group() -> None:
+    """Own process group: a terminal's Ctrl-C (or ``timeout``'s group kill) reaches only the
+    parent, which forwards it once; a worker that got it twice would take it as the second,
+    cancel-everything signal. And die with the parent (SIGTERM, so it still drains) even if the
+    parent is SIGKILLed, so no orphan keeps the port."""
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _combined(line: str, count: int) -> str:
+    """Worker 0's ready line, saying how many workers serve the port."""
+    return line[:-1] + f"; {count} workers)" if line.endswith(")") else line
