@@ -105,17 +105,27 @@ def reference(model_path: str, x: np.ndarray) -> np.ndarray:
 
 
 def group_cpu_seconds(pgid: int) -> float:
-    """User+system CPU seconds of the live processes in process group `pgid` (Linux /proc)."""
-    total = 0
+    """User+system CPU seconds of the live processes in process group `pgid` and of all their
+    descendants (bnmodel's --workers run in process groups of their own) (Linux /proc)."""
+    procs = {}  # pid -> (ppid, pgrp, cpu ticks)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             # fields after the ")" that closes the command name: state ppid pgrp ... utime stime
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited meanwhile
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        procs[int(stat.parent.name)] = (
+            int(fields[1]),
+            int(fields[2]),
+            int(fields[11]) + int(fields[12]),
+        )
+    members = {pid for pid, (_, pgrp, _) in procs.items() if pgrp == pgid}
+    grew = True
+    while grew:
+        new = {pid for pid, (ppid, _, _) in procs.items() if ppid in members} - members
+        members |= new
+        grew = bool(new)
+    return sum(procs[pid][2] for pid in members) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_cpu_seconds() -> float:
@@ -133,10 +143,34 @@ async def _sample_cpu(rec: Recorder, server_pgid: int | None) -> None:
             rec.server_cpu[i] = group_cpu_seconds(server_pgid)
 
 
+def _channel_options() -> list[tuple[str, int]]:
+    """tritonclient's own defaults (message size, keepalive), so only the pool differs."""
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc.aio import MAX_GRPC_MESSAGE_SIZE
+
+    keep = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keep.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keep.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keep.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keep.http2_max_pings_without_data),
+    ]
+
+
 async def run_remote(args: argparse.Namespace, x: np.ndarray) -> Recorder:
     import tritonclient.grpc.aio as tc
 
-    client = tc.InferenceServerClient(args.url)
+    # One client = one channel = one TCP connection (own subchannel pool, or gRPC would share
+    # one connection between them); SO_REUSEPORT workers are balanced per connection.
+    clients = [
+        tc.InferenceServerClient(
+            args.url, channel_args=[*_channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(args.connections)
+    ]
+    client = clients[0]
     inp = tc.InferInput(INPUT, list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     outputs = [tc.InferRequestedOutput(OUTPUT)]
@@ -147,7 +181,7 @@ async def run_remote(args: argparse.Namespace, x: np.ndarray) -> Recorder:
         t = time.perf_counter() + args.warmup
         rec = Recorder(t, t + args.duration)
 
-        async def worker() -> None:
+        async def worker(client) -> None:
             while (t0 := time.perf_counter()) < rec.end:
                 try:
                     result = await client.infer(
@@ -160,11 +194,13 @@ async def run_remote(args: argparse.Namespace, x: np.ndarray) -> Recorder:
                     await asyncio.sleep(0.001)
 
         await asyncio.gather(
-            _sample_cpu(rec, args.server_pgid), *(worker() for _ in range(args.concurrency))
+            _sample_cpu(rec, args.server_pgid),
+            *(worker(clients[i % len(clients)]) for i in range(args.concurrency)),
         )
         return rec
     finally:
-        await client.close()
+        for c in clients:
+            await c.close()
 
 
 def run_inproc(args: argparse.Namespace, x: np.ndarray) -> Recorder:
@@ -207,6 +243,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="per-request client timeout (s)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=1, help="client channels (TCP connections)"
     )
     parser.add_argument("--server-pgid", type=int, help="process group whose CPU to report")
     parser.add_argument("--verify", metavar="MODEL.onnx", help="check the first answer against ORT")

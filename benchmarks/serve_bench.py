@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each point")
     p.add_argument("--runs", type=int, default=3, help="repeat everything; tables show medians")
     p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="client TCP connections per point (bnmodel --workers balances connections)",
+    )
+    p.add_argument(
         "--queue-delay-us",
         type=int,
         default=500,
@@ -88,6 +94,7 @@ def measure(
         f"--concurrency={conc}",
         f"--duration={args.duration}",
         f"--warmup={args.warmup}",
+        f"--connections={args.connections}",
     ]
     if pgid:
         cmd.append(f"--server-pgid={pgid}")

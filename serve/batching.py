@@ -20,7 +20,7 @@ loop itself, but only when that is provably short: at load, :func:`calibrate_inl
 the model and finds the largest batch (power of two) whose run takes at most
 ``max_inline_us`` (default 50 us, about what the loop spends parsing one request); larger batches,
 and every batch of a model too slow for the budget, run on the executor, so a slow batch never
-stalls request handling. An inline run that ever takes four times the budget halves the limit.
+stalls request handling. Three inline runs in a row over four times the budget halve the limit.
 A request that finds the scheduler idle and is small enough runs at once inside its own handler,
 which then never suspends: resuming a suspended grpc.aio handler costs about 100 us of CPU
 (measured: 628 -> 518 us of server CPU per batch-1 request).
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import statistics
 import time
 from collections import deque
@@ -58,9 +59,12 @@ __all__ = [
     "Scheduler",
 ]
 
+log = logging.getLogger("bnmodel.serve")
+
 DEFAULT_MAX_QUEUE_SIZE = 1024  # requests waiting per model version, when nothing says otherwise
 DEFAULT_MAX_INLINE_US = 50  # longest calibrated run allowed on the event loop
-_INLINE_OVERRUN = 4  # an inline run this many times over budget halves the inline limit
+_INLINE_OVERRUN = 4  # inline runs this many times over budget ...
+_INLINE_OVERRUNS_IN_A_ROW = 3  # ... this many times in a row halve the inline limit
 
 # perf_counter_ns() after which the current request's client has given up (None: no deadline).
 # Set per RPC by the servicer (each gRPC call is its own asyncio task, so its own context).
@@ -198,7 +202,8 @@ class Scheduler:
         self.executor = executor
         self.policy = policy
         self.stats = stats
-        self.inline_rows = policy.inline_rows  # lowered if an inline run overruns its budget
+        self.inline_rows = policy.inline_rows  # lowered if inline runs overrun their budget
+        self._overruns = 0  # inline runs over budget in a row
         self._inline_limit_ns = _INLINE_OVERRUN * policy.inline_budget_ns
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
@@ -250,8 +255,27 @@ class Scheduler:
         return parts[0]
 
     def _after_inline(self, result, rows: int) -> None:
-        if result[3] > self._inline_limit_ns:  # slower than calibrated: keep off the loop
+        """Several inline runs in a row far over budget: this size leaves the loop for good.
+
+        One overrun proves nothing (the loop thread waited for the GIL, or was preempted);
+        a model that is really slower than calibrated overruns every time.
+        """
+        if result[3] <= self._inline_limit_ns:
+            self._overruns = 0
+            return
+        self._overruns += 1
+        if self._overruns >= _INLINE_OVERRUNS_IN_A_ROW:
+            self._overruns = 0
             self.inline_rows = min(self.inline_rows, rows // 2)
+            log.info(
+                "inline runs of %d rows took %.0f us, over %d x the %d us budget; batches "
+                "above %d rows now run on a thread",
+                rows,
+                result[3] / 1000,
+                _INLINE_OVERRUN,
+                self.policy.inline_budget_ns // 1000,
+                self.inline_rows,
+            )
 
     def _forget(self, item: _Pending) -> None:
         """A cancelled request leaves the queue (no-op when its batch already left)."""

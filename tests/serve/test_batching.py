@@ -290,18 +290,22 @@ def test_small_batches_run_on_the_loop_thread_and_larger_ones_on_the_executor():
     assert scheduler.stats.execution_count == 2 and scheduler.stats.inference_count == 12
 
 
-def test_an_inline_run_far_over_its_budget_moves_that_size_off_the_loop():
+def test_inline_runs_far_over_their_budget_move_that_size_off_the_loop():
     def slow(inputs):
         time.sleep(0.01)  # 10 ms, 200 times the 50 us budget the policy was calibrated for
         return {"y": inputs["x"]}
 
     async def main():
         scheduler, executor = _scheduler(slow, inline_rows=8)
-        await scheduler.submit(_x(4, 1), 4)
+        limits = []
+        for seed in range(3):
+            await scheduler.submit(_x(4, seed), 4)
+            limits.append(scheduler.inline_rows)
         executor.shutdown()
-        return scheduler.inline_rows
+        return limits
 
-    assert asyncio.run(main()) == 2
+    # One overrun may be a preemption; three in a row are a slow model.
+    assert asyncio.run(main()) == [8, 8, 2]
 
 
 def test_calibration_keeps_the_largest_power_of_two_batch_within_the_budget():
