@@ -180,9 +180,7 @@ class DataPlane:
             return model
 
     def _build(self, name: str) -> Model:
-        return load_model(
-            self.repository.source(name), self.factory, self.executor, self.batching
-        )
+        return load_model(self.repository.source(name), self.factory, self.executor, self.batching)
 
     async def unload(self, name: str) -> None:
         """Stop serving ``name``: new requests get NOT_FOUND at once; returns once the requests

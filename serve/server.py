@@ -148,7 +148,7 @@ class InferenceServer:
                 ("grpc.max_send_message_length", limit),
                 # Only worker processes (serve/workers.py) share a port; never by accident.
                 ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
-            ]
+            ],
         )
         self._server.add_generic_rpc_handlers((build_handler(InferenceServicer(self.dataplane)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -205,9 +205,7 @@ class InferenceServer:
         from .metrics import start_metrics_server  # prometheus-client only when asked for
 
         try:
-            self.metrics = start_metrics_server(
-                self.settings.host, port, self.dataplane.statistics
-            )
+            self.metrics = start_metrics_server(self.settings.host, port, self.dataplane.statistics)
         except OSError as exc:
             raise ServeError(f"--metrics-port {port}: cannot listen ({exc.strerror})") from None
         log.info("metrics on http://%s:%d/metrics", self.settings.host, port)
