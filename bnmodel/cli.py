@@ -14,6 +14,11 @@ from bnmodel import __version__
 
 __all__ = ["build_parser", "main"]
 
+# What `pip install bnmodel[train]` adds; a serving-only install lacks these.
+TRAIN_EXTRA_MODULES = frozenset(
+    {"torch", "onnx", "sklearn", "pandas", "pyarrow", "matplotlib", "tqdm"}
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from bnmodel import demo_cli, train_cli
@@ -34,8 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Each subcommand's register() sets handler: parsed args -> exit code.
-    return int(args.handler(args) or 0)
+    try:
+        # Each subcommand's register() sets handler: parsed args -> exit code.
+        return int(args.handler(args) or 0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print(
+            f"bnmodel {args.command}: needs the training extra (module {exc.name!r} is not "
+            "installed): pip install 'bnmodel[train]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":
