@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 __all__ = ["READY_PATTERN", "ServerProcess", "ServerStartError", "spawn_server", "stop_server"]
@@ -56,13 +57,18 @@ class ServerProcess:
     url: str  # HOST:PORT
     ready_line: str
     _stderr: _Collector
+    log_path: Path | None = None  # stderr went to this file instead of a pipe
 
-    def stderr_text(self, wait: float = 0.0) -> str:
-        """What the server logged so far (after it exits, pass ``wait`` to read to the end)."""
-        return self._stderr.text(wait)
+    def stderr_text(self) -> str:
+        """What the server logged so far; all of it once the process has exited."""
+        if self.log_path is not None:
+            return self.log_path.read_text()
+        return self._stderr.text(wait=5.0 if self.process.poll() is not None else 0.0)
 
 
-def _wait_ready(process: subprocess.Popen, timeout: float, stderr: _Collector) -> str:
+def _wait_ready(
+    process: subprocess.Popen, timeout: float, stderr: _Collector, log_path: Path | None
+) -> str:
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -76,7 +82,7 @@ def _wait_ready(process: subprocess.Popen, timeout: float, stderr: _Collector) -
         elif process.poll() is not None:
             break
     if process.poll() is not None:
-        errors = stderr.text(wait=5.0)
+        errors = log_path.read_text() if log_path is not None else stderr.text(wait=5.0)
         raise ServerStartError(f"bnmodel serve exited with {process.returncode}: {errors.strip()}")
     raise ServerStartError(f"bnmodel serve printed no ready line within {timeout:.0f} s")
 
@@ -100,25 +106,34 @@ def spawn_server(
     host: str = "127.0.0.1",
     timeout: float = 60.0,
     capture_stderr: bool = True,
+    log_path: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """``python -m bnmodel serve ARGS --host HOST --port 0``, yielded once ready, stopped on exit.
 
-    With ``capture_stderr=False`` the server's log lines go to this process's stderr.
+    The server's log (stderr) is kept in memory, or written to ``log_path``, or with
+    ``capture_stderr=False`` passed through to this process's stderr.
     """
     command = [sys.executable, "-m", "bnmodel", "serve", "--host", host, "--port", "0", *args]
+    log_file = None if log_path is None else open(log_path, "w")  # noqa: SIM115
+    if log_file is not None:
+        stderr_target = log_file
+    else:
+        stderr_target = subprocess.PIPE if capture_stderr else None
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE if capture_stderr else None,
+        stderr=stderr_target,
         text=True,
         env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
     )
     stderr = _Collector(process.stderr, keep=True)
     try:
-        line = _wait_ready(process, timeout, stderr)
+        line = _wait_ready(process, timeout, stderr, log_path)
         _Collector(process.stdout, keep=False)
         bound_host, port = READY_PATTERN.search(line).groups()
-        yield ServerProcess(process, f"{bound_host}:{port}", line, stderr)
+        yield ServerProcess(process, f"{bound_host}:{port}", line, stderr, log_path)
     finally:
         stop_server(process)
+        if log_file is not None:
+            log_file.close()

@@ -42,7 +42,7 @@ def test_sigterm_drains_requests_in_flight(slow_repository):
         for thread in threads:
             thread.join(timeout=60)
         assert server.process.wait(timeout=60) == 0
-        log = server.process.stderr.read()
+        log = server.stderr_text()
     assert results == [(64, 3)] * 4  # every request in flight was answered
     assert max(finished_at) > signalled_at  # ... some of them after the signal
     assert "SIGTERM: draining" in log and "stopped" in log
