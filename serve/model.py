@@ -10,6 +10,7 @@ loading a new one and swapping the registry entry is atomic for requests in flig
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -58,6 +59,15 @@ class ModelSignature:
     def shape(self, spec: TensorSpec) -> list[int]:
         """Full protocol shape: -1 for the batch axis when the model batches."""
         return [-1, *spec.dims] if self.max_batch_size > 0 else list(spec.dims)
+
+    # Computed once: request validation reads them on every request.
+    @functools.cached_property
+    def input_names(self) -> frozenset[str]:
+        return frozenset(spec.name for spec in self.inputs)
+
+    @functools.cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.outputs)
 
 
 def _specs(tensors, where: str) -> tuple[TensorSpec, ...]:

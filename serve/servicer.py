@@ -44,6 +44,8 @@ _rejections = LogLimiter(log)
 
 def _parameters(entries) -> tuple[Parameter, ...]:
     """map<string, InferParameter> -> Parameters with the set oneof field and its value."""
+    if not entries:  # the usual case: no parameters
+        return ()
     found = []
     for name, param in entries.items():
         kind = param.WhichOneof("parameter_choice") or ""

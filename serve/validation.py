@@ -6,6 +6,7 @@ message names the model, the tensor, what was expected and what came.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,12 @@ def quote(name: str, limit: int = 64) -> str:
     return repr(name[:limit]) + ("..." if len(name) > limit else "")
 
 
+@functools.lru_cache(maxsize=256)
+def _where(model_name: str) -> str:
+    """Prefix of messages about a request to ``model_name`` (cached: built on every request)."""
+    return f"model {quote(model_name)}"
+
+
 def _check_content_kinds(request: InferRequest, where: str) -> None:
     if request.raw_count == 0:
         return
@@ -86,6 +93,9 @@ def _check_content_kinds(request: InferRequest, where: str) -> None:
 
 
 def _check_names(signature: ModelSignature, inputs, where: str) -> dict[str, InferInput]:
+    by_name = {t.name: t for t in inputs}
+    if len(by_name) == len(inputs) and by_name.keys() == signature.input_names:
+        return by_name  # the common case, without building any message
     counts = Counter(t.name for t in inputs)
     duplicated = [name for name, n in counts.items() if n > 1]
     if duplicated:
@@ -110,6 +120,15 @@ def _check_names(signature: ModelSignature, inputs, where: str) -> dict[str, Inf
 
 
 def _check_tensor(signature: ModelSignature, spec: TensorSpec, tensor: InferInput, where: str):
+    shape, expected = tensor.shape, signature.shape(spec)
+    if (
+        tensor.datatype == spec.datatype.name
+        and len(shape) == len(expected)
+        and all(d == e or (e == -1 and d >= 0) for d, e in zip(shape, expected, strict=True))
+        and signature.max_batch_size > 0
+        and 0 < shape[0] <= signature.max_batch_size
+    ):
+        return  # the common case, without building any message
     where = f"{where} input {quote(spec.name)}"
     if tensor.datatype != spec.datatype.name:
         raise InvalidInputError(
@@ -134,20 +153,20 @@ def _check_tensor(signature: ModelSignature, spec: TensorSpec, tensor: InferInpu
 
 
 def _decode(tensor: InferInput, where: str) -> np.ndarray:
-    where = f"{where} input {quote(tensor.name)}"
     try:
         if tensor.raw is not None:
             return decode_raw(tensor.raw, tensor.datatype, tensor.shape)
         if tensor.contents is not None:
             return decode_typed(tensor.contents, tensor.datatype, tensor.shape)
     except InvalidInputError as exc:
-        raise InvalidInputError(f"{where}: {exc}") from None
+        raise InvalidInputError(f"{where} input {quote(tensor.name)}: {exc}") from None
+    where = f"{where} input {quote(tensor.name)}"
     raise InvalidInputError(f"{where}: no data; expected typed contents or raw_input_contents")
 
 
 def check_inputs(model: Model, request: InferRequest) -> dict[str, np.ndarray]:
     """Validate every input against ``model`` and decode it: {input name: array}."""
-    where = f"model {quote(model.name)}"
+    where = _where(model.name)
     _check_content_kinds(request, where)
     by_name = _check_names(model.signature, request.inputs, where)
     for spec in model.signature.inputs:
@@ -160,10 +179,10 @@ def check_inputs(model: Model, request: InferRequest) -> dict[str, np.ndarray]:
 
 def check_outputs(model: Model, requested: tuple[str, ...]) -> tuple[str, ...]:
     """The outputs to return: the requested ones (known, no repeats) or all of them."""
-    names = tuple(spec.name for spec in model.signature.outputs)
-    if not requested:
-        return names
-    where = f"model {quote(model.name)}"
+    names = model.signature.output_names
+    if not requested or (len(requested) == 1 and requested[0] in names):
+        return requested or names
+    where = _where(model.name)
     for name, count in Counter(requested).items():
         if name not in names:
             raise InvalidInputError(
@@ -198,7 +217,7 @@ def _check_kind(param: Parameter, allowed: tuple[str, ...], where: str) -> None:
 
 def check_parameters(model: Model, request: InferRequest) -> None:
     """Type-check the parameters that matter; refuse the ones this model cannot honour."""
-    where = f"model {quote(model.name)}"
+    where = _where(model.name)
     for param in request.parameters:
         allowed = _REQUEST_PARAMETERS.get(param.name)
         if allowed is None:
