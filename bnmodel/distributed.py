@@ -59,11 +59,17 @@ def init_distributed(device: str) -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), dev)
 
 
-def cleanup(ctx: DistContext) -> None:
+def cleanup(ctx: DistContext, *, wait_for_peers: bool = True) -> None:
+    """Leave the process group; ``wait_for_peers=False`` after an error (a barrier could hang)."""
     if ctx.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # Rank 0 still writes checkpoints after the last collective; a rank that tore down
+            # its gloo connections meanwhile could abort ("terminate called without an active
+            # exception"), so every rank waits for the others before leaving the group.
+            if wait_for_peers:
+                dist.barrier()
             dist.destroy_process_group()
 
 

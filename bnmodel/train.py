@@ -481,6 +481,7 @@ def train(
     Ctrl-C at a chosen step). Under torchrun every rank calls this; only rank 0 writes files.
     """
     ctx = init_distributed(config.device)
+    finished = False
     try:
         if config.sync_bn and ctx.device.type != "cuda":
             raise ValueError(
@@ -489,9 +490,11 @@ def train(
             )
         with _numerics(config, ctx.device):
             run = _setup(config, ctx)
-            return _fit(run, progress, on_step)
+            result = _fit(run, progress, on_step)
+        finished = True
+        return result
     finally:
-        cleanup(ctx)
+        cleanup(ctx, wait_for_peers=finished)
 
 
 def _fit(run: _Run, progress: bool, on_step: Callable[[int], None] | None) -> TrainResult:
