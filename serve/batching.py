@@ -16,14 +16,21 @@ its batch is formed (DEADLINE_EXCEEDED) instead of being run for nobody.
 
 Where a batch runs. A thread hand-off (submit, wake a worker, wake the loop) costs about 80 us of
 CPU and GIL traffic, five times what this MLP needs for one row, so tiny batches run on the event
-loop itself, but only when that is provably short: at load, :func:`calibrate_inline_rows` times
-the model and finds the largest batch (power of two) whose run takes at most
-``max_inline_us`` (default 50 us, about what the loop spends parsing one request); larger batches,
-and every batch of a model too slow for the budget, run on the executor, so a slow batch never
-stalls request handling. Three inline runs in a row over four times the budget halve the limit.
-A request that finds the scheduler idle and is small enough runs at once inside its own handler,
-which then never suspends: resuming a suspended grpc.aio handler costs about 100 us of CPU
-(measured: 628 -> 518 us of server CPU per batch-1 request).
+loop itself, but only when that is provably short: at load, :func:`calibrate_run_times` times
+the model at every power-of-two batch and :func:`rows_within` keeps the largest whose run takes
+at most ``max_inline_us`` (default 50 us, about what the loop spends parsing one request); larger
+batches, and every batch of a model too slow for the budget, run on the executor, so a slow batch
+never stalls request handling. Three inline runs in a row over four times the budget halve the
+limit. A request that finds the scheduler idle and is small enough runs at once inside its own
+handler, which then never suspends: resuming a suspended grpc.aio handler costs about 100 us of
+CPU (measured: 628 -> 518 us of server CPU per batch-1 request).
+
+A lone client. When requests come one at a time (nothing arrived while the last few executor
+runs were in flight), there is no other request for the loop to serve, and the thread hand-off
+is pure latency (about 150 us of a 1 ms round trip at 64 rows). The scheduler then runs idle
+batches calibrated under ``SOLO_INLINE_US`` (1 ms) on the loop too. Every
+``_SOLO_PROBE_EVERY``-th such request still goes to the executor as a probe: if another request
+arrives while it runs, the client is no longer alone and larger batches leave the loop again.
 """
 
 from __future__ import annotations
@@ -53,7 +60,9 @@ __all__ = [
     "BatchingOptions",
     "BatchPolicy",
     "batch_policy",
-    "calibrate_inline_rows",
+    "SOLO_INLINE_US",
+    "calibrate_run_times",
+    "rows_within",
     "with_inline_runs",
     "set_request_deadline",
     "Scheduler",
@@ -63,8 +72,11 @@ log = logging.getLogger("bnmodel.serve")
 
 DEFAULT_MAX_QUEUE_SIZE = 1024  # requests waiting per model version, when nothing says otherwise
 DEFAULT_MAX_INLINE_US = 50  # longest calibrated run allowed on the event loop
+SOLO_INLINE_US = 1000  # ... and for a lone client's requests (nothing else to serve)
 _INLINE_OVERRUN = 4  # inline runs this many times over budget ...
 _INLINE_OVERRUNS_IN_A_ROW = 3  # ... this many times in a row halve the inline limit
+_QUIET_RUNS_TO_SOLO = 3  # executor runs in a row during which nothing arrived: a lone client
+_SOLO_PROBE_EVERY = 16  # a lone client's every 16th request runs on the executor, as a probe
 
 # perf_counter_ns() after which the current request's client has given up (None: no deadline).
 # Set per RPC by the servicer (each gRPC call is its own asyncio task, so its own context).
@@ -94,6 +106,7 @@ class BatchPolicy:
     slots: int  # model runs in flight at most
     inline_rows: int = 0  # batches of at most this many rows run on the event loop
     inline_budget_ns: int = 0  # what those runs were calibrated against
+    solo_rows: int = 0  # ... and, for a lone client, batches of at most this many (SOLO_INLINE_US)
 
 
 def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions) -> BatchPolicy:
@@ -128,29 +141,43 @@ def set_request_deadline(seconds_left: float | None) -> None:
         _deadline_ns.set(time.perf_counter_ns() + int(seconds_left * 1e9))
 
 
-def calibrate_inline_rows(
+def calibrate_run_times(
     run: Run,
     example: Callable[[int], Mapping[str, np.ndarray]],
     max_rows: int,
-    budget_us: int,
-) -> int:
-    """Largest power-of-two batch (<= ``max_rows``) whose median run is <= ``budget_us``; 0: none.
+    up_to_us: int,
+) -> dict[int, int]:
+    """Median run time (ns) of each power-of-two batch (<= ``max_rows``), stopping after the
+    first one over ``up_to_us``.
 
     Blocking (it runs the model): call it where the model is loaded, off the event loop.
     ``example(rows)`` builds inputs of ``rows`` rows.
     """
-    best, rows = 0, 1
-    while budget_us > 0 and rows <= max(max_rows, 1):
+    times: dict[int, int] = {}
+    rows = 1
+    while up_to_us > 0 and rows <= max(max_rows, 1):
         inputs = example(rows)
         run(inputs)  # the first run of a shape allocates; do not time it
-        times = []
+        samples = []
         for _ in range(5):
             start = time.perf_counter_ns()
             run(inputs)
-            times.append(time.perf_counter_ns() - start)
-        if statistics.median(times) > budget_us * 1000:
+            samples.append(time.perf_counter_ns() - start)
+        times[rows] = int(statistics.median(samples))
+        if times[rows] > up_to_us * 1000:
             break
-        best, rows = rows, rows * 2
+        rows *= 2
+    return times
+
+
+def rows_within(times: Mapping[int, int], budget_us: int) -> int:
+    """The largest batch of ``times`` (from :func:`calibrate_run_times`) that ran within
+    ``budget_us``, counting only up to the first one that did not; 0: none."""
+    best = 0
+    for rows, ns in sorted(times.items()):
+        if ns > budget_us * 1000:
+            break
+        best = rows
     return best
 
 
@@ -165,8 +192,13 @@ def with_inline_runs(
     a model whose cost cannot be measured ahead, such as variable non-batch dimensions)."""
     if example is None or budget_us <= 0:
         return policy
-    rows = calibrate_inline_rows(run, example, max_rows, budget_us)
-    return dataclasses.replace(policy, inline_rows=rows, inline_budget_ns=budget_us * 1000)
+    times = calibrate_run_times(run, example, max_rows, max(budget_us, SOLO_INLINE_US))
+    return dataclasses.replace(
+        policy,
+        inline_rows=rows_within(times, budget_us),
+        inline_budget_ns=budget_us * 1000,
+        solo_rows=rows_within(times, SOLO_INLINE_US),
+    )
 
 
 class _Pending:
@@ -203,8 +235,17 @@ class Scheduler:
         self.policy = policy
         self.stats = stats
         self.inline_rows = policy.inline_rows  # lowered if inline runs overrun their budget
+        self.solo_rows = policy.solo_rows  # likewise
         self._overruns = 0  # inline runs over budget in a row
         self._inline_limit_ns = _INLINE_OVERRUN * policy.inline_budget_ns
+        self._solo_limit_ns = _INLINE_OVERRUN * SOLO_INLINE_US * 1000
+        # Lone-client detection (module docstring): executor runs in a row during which no
+        # other request arrived, whether larger idle batches now run inline, requests since
+        # the last probe, and whether a request arrived during the current executor run.
+        self._quiet_runs = 0
+        self.solo = False
+        self._since_probe = 0
+        self._crowded = False
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._running = 0
@@ -228,8 +269,18 @@ class Scheduler:
                 f"{self.policy.max_queue}, --max-queue-size); retry later"
             )
         idle = self._running == 0 and not self._queue
-        if idle and rows <= self.inline_rows:
-            return self._run_now(inputs, rows)
+        if idle:
+            if rows <= self.inline_rows:
+                return self._run_now(inputs, rows, solo=False)
+            if self.solo and rows <= self.solo_rows:
+                self._since_probe += 1
+                if self._since_probe < _SOLO_PROBE_EVERY:
+                    return self._run_now(inputs, rows, solo=True)
+                self._since_probe = 0  # this one runs on the executor: does anyone else come?
+        else:  # another request is queued or running: the client is not alone
+            self._crowded = True
+            self._quiet_runs = 0
+            self.solo = False
         loop = self._loop = self._loop or asyncio.get_running_loop()
         item = _Pending(inputs, rows, loop.create_future(), time.perf_counter_ns())
         self._queue.append(item)
@@ -241,41 +292,51 @@ class Scheduler:
             self._forget(item)
             raise
 
-    def _run_now(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """The fast path: idle scheduler, calibrated-short run. No queue, no future, and the
-        handler never suspends (a suspended gRPC handler costs ~100 us of CPU to resume)."""
+    def _run_now(
+        self, inputs: Mapping[str, np.ndarray], rows: int, solo: bool
+    ) -> dict[str, np.ndarray]:
+        """The fast path: idle scheduler, calibrated-short run (``solo``: short enough for a
+        lone client). No queue, no future, and the handler never suspends (a suspended gRPC
+        handler costs ~100 us of CPU to resume)."""
         self.stats.record_queue(0)
         self._running += 1
         try:
             parts, _, input_ns, infer_ns, output_ns = result = _run_batch(self.run, [inputs])
         finally:
             self._running -= 1
-        self._after_inline(result, rows)
+        self._after_inline(result, rows, solo)
         self.stats.record_execution(rows, 1, input_ns, infer_ns, output_ns)
         return parts[0]
 
-    def _after_inline(self, result, rows: int) -> None:
+    def _after_inline(self, result, rows: int, solo: bool = False) -> None:
         """Several inline runs in a row far over budget: this size leaves the loop for good.
 
         One overrun proves nothing (the loop thread waited for the GIL, or was preempted);
         a model that is really slower than calibrated overruns every time.
         """
-        if result[3] <= self._inline_limit_ns:
+        limit_ns = self._solo_limit_ns if solo else self._inline_limit_ns
+        if result[3] <= limit_ns:
             self._overruns = 0
             return
         self._overruns += 1
-        if self._overruns >= _INLINE_OVERRUNS_IN_A_ROW:
-            self._overruns = 0
+        if self._overruns < _INLINE_OVERRUNS_IN_A_ROW:
+            return
+        self._overruns = 0
+        budget_us = limit_ns // _INLINE_OVERRUN // 1000
+        if solo:
+            self.solo_rows = min(self.solo_rows, rows // 2)
+        else:
             self.inline_rows = min(self.inline_rows, rows // 2)
-            log.info(
-                "inline runs of %d rows took %.0f us, over %d x the %d us budget; batches "
-                "above %d rows now run on a thread",
-                rows,
-                result[3] / 1000,
-                _INLINE_OVERRUN,
-                self.policy.inline_budget_ns // 1000,
-                self.inline_rows,
-            )
+        log.info(
+            "inline runs of %d rows took %.0f us, over %d x the %d us budget; batches "
+            "above %d rows now run on a thread%s",
+            rows,
+            result[3] / 1000,
+            _INLINE_OVERRUN,
+            budget_us,
+            self.solo_rows if solo else self.inline_rows,
+            " (lone client)" if solo else "",
+        )
 
     def _forget(self, item: _Pending) -> None:
         """A cancelled request leaves the queue (no-op when its batch already left)."""
@@ -345,6 +406,7 @@ class Scheduler:
             self._run_inline(batch, inputs, rows)
             return
         self._running += 1
+        self._crowded = False
         future = self.executor.submit(_run_batch, self.run, inputs)
         loop = self._loop
         future.add_done_callback(lambda f: _call_soon(loop, self._finish, batch, f))
@@ -362,6 +424,9 @@ class Scheduler:
     def _finish(self, batch: list[_Pending], done: Future) -> None:
         """Back on the loop from a worker thread: deliver, then start the next batch."""
         self._running -= 1
+        if not self._crowded and self._running == 0 and not self._queue:
+            self._quiet_runs += 1  # nobody else came while this batch ran
+            self.solo = self._quiet_runs >= _QUIET_RUNS_TO_SOLO
         if done.cancelled():  # executor shut down under us
             for item in batch:
                 item.future.cancel()

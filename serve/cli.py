@@ -95,7 +95,8 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         default=50,
         metavar="US",
         help="run batches that take at most US microseconds (timed at load) on the event "
-        "loop, saving a thread hand-off; larger ones run on a thread; 0: always a thread "
+        "loop, saving a thread hand-off; larger ones run on a thread, except a lone "
+        "client's (up to 1 ms: nothing else is waiting for the loop); 0: always a thread "
         "(default: %(default)s)",
     )
     p.add_argument(
