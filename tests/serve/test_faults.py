@@ -173,9 +173,10 @@ def test_clients_that_give_up_cost_no_run_and_no_log_noise(slow_repository, tmp_
         channel = grpc.insecure_channel(server.url)
         call = channel.unary_unary(INFER)
         # One process runs one request per core at once: fill every run slot, and the queue
-        # ahead of the given-up requests with as many again.
+        # ahead of the given-up requests with twice as many again, so the queue reaches them
+        # only after their deadline (two rounds of runs of ~70 ms could end before it).
         slots = len(os.sched_getaffinity(0))
-        busy = [call.future(_request(64), timeout=60) for _ in range(2 * slots)]
+        busy = [call.future(_request(64), timeout=60) for _ in range(3 * slots)]
         time.sleep(0.1)
         expired = [call.future(_request(64), timeout=0.05) for _ in range(8)]
         cancelled = [call.future(_request(64), timeout=60) for _ in range(8)]
