@@ -9,8 +9,11 @@
 - Model control: RepositoryModelLoad/Unload answer PERMISSION_DENIED unless the server runs with
   ``--allow-model-control`` (off by default), whatever the token.
 
-:class:`AccessInterceptor` applies the last two before any handler runs. :class:`LogLimiter`
-bounds how many "rejected" lines a flood of bad requests can write to the log.
+:class:`TokenInterceptor` checks tokens before any handler runs; it is installed only when a
+token is set, so a server without tokens pays nothing per RPC. The model-control switch is
+applied where the inference service's handlers are registered (serve/servicer.py), with
+:func:`model_control_refusal`'s message. :class:`LogLimiter` bounds how many "rejected" lines a
+flood of bad requests can write to the log.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ __all__ = [
     "read_token",
     "bearer_metadata",
     "token_matches",
-    "AccessInterceptor",
+    "TokenInterceptor",
+    "model_control_refusal",
     "LogLimiter",
 ]
 
@@ -197,39 +201,37 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str):
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
-class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Token check (all but health) and model-control gate, before any handler runs."""
+def model_control_refusal(method: str) -> str:
+    """PERMISSION_DENIED's message for RepositoryModelLoad/Unload without --allow-model-control."""
+    return (
+        f"{method} is disabled on this server; start it with --allow-model-control "
+        "to load and unload models over gRPC"
+    )
 
-    def __init__(
-        self, token: str | None, allow_model_control: bool, limiter: LogLimiter | None = None
-    ) -> None:
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer-token check for every RPC but health, before any handler runs."""
+
+    def __init__(self, token: str, limiter: LogLimiter | None = None) -> None:
         self.token = token
-        self.allow_model_control = allow_model_control
         self.limiter = limiter or LogLimiter(log)
 
-    def _refusal(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+    def _refusal(self, details: grpc.HandlerCallDetails) -> str | None:
         service, method = _method_parts(details.method)
-        if service == HEALTH_SERVICE:
-            return None
-        if self.token is not None and not token_matches(
+        if service == HEALTH_SERVICE or token_matches(
             details.invocation_metadata or (), self.token
         ):
-            return grpc.StatusCode.UNAUTHENTICATED, (
-                f"{method or details.method} needs the metadata 'authorization: Bearer <token>' "
-                "with this server's token"
-            )
-        if method in MODEL_CONTROL_METHODS and not self.allow_model_control:
-            return grpc.StatusCode.PERMISSION_DENIED, (
-                f"{method} is disabled on this server; start it with --allow-model-control "
-                "to load and unload models over gRPC"
-            )
-        return None
+            return None
+        return (
+            f"{method or details.method} needs the metadata 'authorization: Bearer <token>' "
+            "with this server's token"
+        )
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         refusal = self._refusal(handler_call_details) if handler is not None else None
         if refusal is None:
             return handler
-        code, message = refusal
-        self.limiter.warning("%s refused: %s: %s", handler_call_details.method, code.name, message)
-        return _deny(handler, code, message)
+        code = grpc.StatusCode.UNAUTHENTICATED
+        self.limiter.warning("%s refused: %s: %s", handler_call_details.method, code.name, refusal)
+        return _deny(handler, code, refusal)

@@ -30,7 +30,7 @@ from .dataplane import DataPlane
 from .errors import InvalidInputError, ServeError
 from .proto import model_config_pb2
 from .repository import ModelRepository, SingleModelRepository
-from .security import AccessInterceptor, SecurityError, TLSFiles, read_token, server_credentials
+from .security import SecurityError, TLSFiles, TokenInterceptor, read_token, server_credentials
 from .servicer import SERVICE_NAME, InferenceServicer, build_handler
 from .session import SessionFactory, default_threads
 from .settings import ServerSettings
@@ -124,7 +124,7 @@ class InferenceServer:
         )
         self.metrics = None  # the Prometheus HTTP server, when --metrics-port is set
         self.health = health.aio.HealthServicer()
-        self.gate = DrainGate()  # counts RPCs in flight for the drain
+        self.gate = DrainGate()  # counts inference RPCs in flight for the drain
         self.dataplane.reject_non_finite = settings.reject_non_finite
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -150,7 +150,10 @@ class InferenceServer:
                 ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
             ],
         )
-        self._server.add_generic_rpc_handlers((build_handler(InferenceServicer(self.dataplane)),))
+        servicer = InferenceServicer(self.dataplane)
+        self._server.add_generic_rpc_handlers(
+            (build_handler(servicer, self.gate, self.settings.allow_model_control),)
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -169,10 +172,10 @@ class InferenceServer:
         return self.port
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The drain gate, then token auth and the model-control gate (serve/security.py)."""
+        """Token auth when a token is set (serve/security.py); nothing otherwise. The drain
+        gate and the model-control switch live in the inference handlers (serve/servicer.py)."""
         file = self.settings.auth_token_file
-        token = read_token(file) if file is not None else None
-        return [self.gate, AccessInterceptor(token, self.settings.allow_model_control)]
+        return [TokenInterceptor(read_token(file))] if file is not None else []
 
     def _tls(self) -> TLSFiles:
         return TLSFiles(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca)

@@ -5,7 +5,9 @@ implement answer UNIMPLEMENTED. ModelInfer is registered without a request deser
 the raw request bytes and parses them here, so an undecodable request is answered
 INVALID_ARGUMENT by our code (grpcio would answer it with an opaque error); the other RPCs get
 their bytes parsed by :func:`_parsed` for the same reason. All errors pass through
-:func:`_guarded`, the one place domain errors become status codes.
+:func:`_guarded`, the one place domain errors become status codes; it also counts the RPC in the
+drain gate (serve/shutdown.py). Both are done in the handler rather than by gRPC interceptors:
+each interceptor costs every request another round of coroutines.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from .dataplane import DataPlane, InferResponse
 from .errors import DeadlineExceededError, InvalidInputError, ServeError, status_code_for
 from .proto import grpc_service_pb2 as pb
 from .repository import check_model_name
-from .security import LogLimiter
+from .security import MODEL_CONTROL_METHODS, LogLimiter, model_control_refusal
+from .shutdown import DrainGate
 from .statistics import version_statistics
 from .validation import InferInput, InferRequest, Parameter
 
@@ -183,22 +186,29 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
 
-def _guarded(method: str, call: Callable[[Any], Awaitable[Any]]):
-    """Wrap an RPC: domain errors -> their status (one log line), anything else -> INTERNAL."""
+def _guarded(method: str, call: Callable[[Any], Awaitable[Any]], gate: DrainGate | None):
+    """Wrap an RPC: counted in ``gate`` (UNAVAILABLE once it drains), domain errors -> their
+    status (one log line), anything else -> INTERNAL."""
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        set_request_deadline(context.time_remaining())  # the batch queue drops late requests
+        if gate is not None and not gate.admit():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, gate.REFUSAL)
         try:
-            return await call(request)
-        except ServeError as exc:
-            code, message = status_code_for(exc), str(exc)
-            if not isinstance(exc, DeadlineExceededError):  # the client gave up: not news
-                _rejections.warning("%s rejected: %s: %s", method, code.name, message)
-        except Exception:
-            log.exception("%s failed unexpectedly", method)
-            code = grpc.StatusCode.INTERNAL
-            message = f"internal error while handling {method}; the server log has the details"
-        await context.abort(code, message)
+            set_request_deadline(context.time_remaining())  # the batch queue drops late ones
+            try:
+                return await call(request)
+            except ServeError as exc:
+                code, message = status_code_for(exc), str(exc)
+                if not isinstance(exc, DeadlineExceededError):  # the client gave up: not news
+                    _rejections.warning("%s rejected: %s: %s", method, code.name, message)
+            except Exception:
+                log.exception("%s failed unexpectedly", method)
+                code = grpc.StatusCode.INTERNAL
+                message = f"internal error while handling {method}; the server log has the details"
+            await context.abort(code, message)
+        finally:
+            if gate is not None:
+                gate.done()
 
     return handler
 
@@ -218,6 +228,14 @@ def _parsed(request_class, call: Callable[[Any], Awaitable[Any]]):
     return parse_then_call
 
 
+def _refused(method: str, code: grpc.StatusCode, message: str):
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
+        _rejections.warning("%s refused: %s: %s", method, code.name, message)
+        await context.abort(code, message)
+
+    return handler
+
+
 def _unimplemented(method: str):
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(
@@ -227,8 +245,16 @@ def _unimplemented(method: str):
     return handler
 
 
-def build_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
-    """One generic handler for every method of GRPCInferenceService."""
+def build_handler(
+    servicer: InferenceServicer,
+    gate: DrainGate | None = None,
+    allow_model_control: bool = True,
+) -> grpc.GenericRpcHandler:
+    """One generic handler for every method of GRPCInferenceService.
+
+    ``gate`` counts the RPCs for the drain; without ``allow_model_control`` RepositoryModelLoad
+    and RepositoryModelUnload answer PERMISSION_DENIED.
+    """
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {}
     for method in service.methods:
@@ -239,6 +265,14 @@ def build_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
             )
         elif implementation is None:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unimplemented(method.name))
+        elif method.name in MODEL_CONTROL_METHODS and not allow_model_control:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _refused(
+                    method.full_name,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    model_control_refusal(method.name),
+                )
+            )
         else:
             # No request deserializer anywhere: every request arrives as bytes and is parsed
             # in _parsed (ModelInfer: decode_infer_request), so undecodable input is ours to
@@ -247,7 +281,7 @@ def build_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
                 implementation = _parsed(getattr(pb, method.input_type.name), implementation)
             response_class = getattr(pb, method.output_type.name)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _guarded(method.name, implementation),
+                _guarded(method.name, implementation, gate),
                 response_serializer=None
                 if method.name == "ModelInfer"
                 else response_class.SerializeToString,

@@ -52,9 +52,7 @@ class FakeModel:
         return {"y": 3 * x + 1}
 
 
-def _scheduler(
-    model, max_rows=64, delay_us=0, max_queue=100, slots=1, inline_rows=0, solo_rows=0
-):
+def _scheduler(model, max_rows=64, delay_us=0, max_queue=100, slots=1, inline_rows=0, solo_rows=0):
     policy = BatchPolicy(
         max_rows, delay_us * 1000, max_queue, slots, inline_rows, 50_000, solo_rows
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,15 @@ import numpy as np
 import pytest
 import trustme
 from bnmodel.serve.client import InferenceClient, InferenceServerError
+from bnmodel.serve.proto import grpc_service_pb2 as pb
 from bnmodel.serve.security import (
-    AccessInterceptor,
     SecurityError,
     TLSFiles,
+    TokenInterceptor,
     read_token,
     token_matches,
 )
+from bnmodel.serve.servicer import InferenceServicer, build_handler
 from conftest import run_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -156,14 +159,55 @@ def test_token_matching_rules():
     assert not token_matches((), TOKEN)
 
 
-def test_model_control_stays_off_even_with_the_token():
-    class Details:
-        method = "/inference.GRPCInferenceService/RepositoryModelUnload"
-        invocation_metadata = (("authorization", f"Bearer {TOKEN}"),)
+class _Details:
+    def __init__(self, method: str, metadata=()) -> None:
+        self.method = f"/inference.GRPCInferenceService/{method}"
+        self.invocation_metadata = metadata
 
-    refusal = AccessInterceptor(TOKEN, allow_model_control=False)._refusal(Details)
-    assert refusal is not None and refusal[0] == grpc.StatusCode.PERMISSION_DENIED
-    assert AccessInterceptor(TOKEN, allow_model_control=True)._refusal(Details) is None
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def time_remaining(self):
+        return None
+
+    async def abort(self, code, message):
+        raise _Aborted(code, message)
+
+
+def test_model_control_stays_off_even_with_the_token():
+    class Plane:  # what the servicer calls on RepositoryModelUnload
+        unloaded: list[str] = []
+
+        async def unload(self, name):
+            self.unloaded.append(name)
+
+    details = _Details("RepositoryModelUnload", (("authorization", f"Bearer {TOKEN}"),))
+    assert TokenInterceptor(TOKEN)._refusal(details) is None  # the token is right ...
+    request = pb.RepositoryModelUnloadRequest(model_name="reg").SerializeToString()
+    for allowed, expected in ((False, grpc.StatusCode.PERMISSION_DENIED), (True, None)):
+        plane = Plane()
+        handler = build_handler(InferenceServicer(plane), allow_model_control=allowed)
+        call = handler.service(details).unary_unary(request, _Context())
+        try:
+            asyncio.run(call)
+            code = None
+        except _Aborted as aborted:
+            code, message = aborted.args
+            assert "--allow-model-control" in message
+        assert code == expected  # ... but only --allow-model-control lets it through
+        assert plane.unloaded == ([] if expected else ["reg"])
+
+
+def test_token_interceptor_spares_health_only():
+    interceptor = TokenInterceptor(TOKEN)
+    assert interceptor._refusal(_Details("ModelInfer")) is not None
+    assert "Bearer" in interceptor._refusal(_Details("ServerReady", (("x", "y"),)))
+    health = _Details("Check")
+    health.method = "/grpc.health.v1.Health/Check"
+    assert interceptor._refusal(health) is None
 
 
 def test_token_and_tls_files_are_checked(tmp_path):
