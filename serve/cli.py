@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .eventloop import EVENT_LOOPS
+
 __all__ = ["register"]
 
 
@@ -100,6 +102,13 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="event loop: uvloop (faster per request) or the standard asyncio one; auto: "
+        "uvloop when installed (default: %(default)s)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -174,6 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue_size=args.max_queue_size,
             max_inline_us=args.max_inline_us,
             metrics_port=args.metrics_port,
+            event_loop=args.loop,
             log_level=args.log_level,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

@@ -28,6 +28,7 @@ from .batching import BatchingOptions
 from .codec import datatype_from_config
 from .dataplane import DataPlane
 from .errors import InvalidInputError, ServeError
+from .eventloop import resolve_loop, run_on_loop
 from .proto import model_config_pb2
 from .repository import ModelRepository, SingleModelRepository
 from .security import SecurityError, TLSFiles, TokenInterceptor, read_token, server_credentials
@@ -163,10 +164,11 @@ class InferenceServer:
         self.port = self._bind(address)
         await self._server.start()
         log.info(
-            "listening on %s:%d (max message %d bytes; %s)",
+            "listening on %s:%d (max message %d bytes; %s event loop; %s)",
             self.settings.host,
             self.port,
             limit,
+            resolve_loop(self.settings.event_loop),
             self._access_summary(),
         )
         return self.port
@@ -331,7 +333,8 @@ def serve(settings: ServerSettings, on_ready: Callable[[ServerInfo], None] | Non
     """Run the server in this process until a signal; returns the exit code."""
     configure_logging(settings.log_level)
     try:
-        return asyncio.run(run_server(settings, on_ready or (lambda info: None)))
+        loop = resolve_loop(settings.event_loop)
+        return run_on_loop(run_server(settings, on_ready or (lambda info: None)), loop)
     except (ServeError, SecurityError) as exc:
         log.error("%s", exc)
         return 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .eventloop import EventLoopError, resolve_loop
+
 __all__ = ["DEVICES", "SettingsError", "ServerSettings"]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,6 +36,7 @@ class ServerSettings:
     max_queue_size: int = 0  # requests queued per model version; 0: config's, else 1024
     max_inline_us: int = 50  # batches calibrated to run this fast run on the loop; 0: never
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0: off
+    event_loop: str = "auto"  # auto: uvloop when installed, else asyncio (serve/eventloop.py)
     log_level: str = "INFO"
     # Access control (serve/security.py): TLS when cert+key, mutual TLS when also ca.
     tls_cert: Path | None = None
@@ -56,6 +59,10 @@ class ServerSettings:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
         self._check_non_negative()
         self._check_access_files()
+        try:
+            resolve_loop(self.event_loop)
+        except EventLoopError as exc:
+            raise SettingsError(str(exc)) from None
 
     def _check_non_negative(self) -> None:
         for flag, value in (
