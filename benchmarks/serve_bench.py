@@ -134,7 +134,7 @@ def run_server(args, spec, ctx: Context, run: int, points) -> list[dict]:
         return out
     with running(spec, ctx, run) as started:
         verify = [f"--url={started.url}"] + (
-            [] if spec.key == "echo" else [f"--verify={ctx.model_path}"]
+            [] if spec.key.startswith("echo") else [f"--verify={ctx.model_path}"]
         )
         for b, c in points:
             out.append(measure(args, verify, b, c, started.pgid))
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         " machine, noise when above ~0.1)\n"
     )
     print(report.results_table(med, labels) + "\n")
-    print(report.ratio_table(med, labels, ("kserve", "echo")))
+    print(report.ratio_table(med, labels, ("kserve", "echo", "echo_uvloop")))
     if checks:
         print(report.checks_table(checks, labels))
     for failure in failures:

@@ -151,8 +151,12 @@ def _mlserver(batching: bool) -> Callable[[Context, int], tuple[list[str], dict[
     return build
 
 
-def _echo(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
-    return [sys.executable, str(HERE / "peers" / "echo_server.py"), f"--port={port}"], {}
+def _echo(loop: str) -> Callable[[Context, int], tuple[list[str], dict[str, str]]]:
+    def build(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+        script = str(HERE / "peers" / "echo_server.py")
+        return [sys.executable, script, f"--port={port}", f"--loop={loop}"], {}
+
+    return build
 
 
 def _ours(batching: bool) -> Callable[[Context, int], tuple[list[str], dict[str, str]]]:
@@ -169,7 +173,8 @@ def _ours(batching: bool) -> Callable[[Context, int], tuple[list[str], dict[str,
 def server_specs() -> dict[str, ServerSpec]:
     specs = [
         ServerSpec("inproc", "ORT in-process (no network)", None),
-        ServerSpec("echo", "grpc.aio echo (floor)", _echo),
+        ServerSpec("echo", "grpc.aio echo (floor)", _echo("asyncio")),
+        ServerSpec("echo_uvloop", "grpc.aio echo on uvloop", _echo("uvloop")),
         ServerSpec("kserve", "KServe 0.21", _kserve, venv="kserve"),
         ServerSpec("mlserver_off", "MLServer 1.7 batching off", _mlserver(False), venv="mlserver"),
         ServerSpec("mlserver_on", "MLServer 1.7 batching on", _mlserver(True), venv="mlserver"),

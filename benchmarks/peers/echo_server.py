@@ -3,7 +3,8 @@
 The floor of Python gRPC: it parses the request (the framework does), reads the batch size from the
 input shape and returns a precomputed zero "probabilities" tensor of that size, so the bytes on the
 wire match a real server's. Uses the service stubs shipped with tritonclient.
-Usage: python echo_server.py --port N [--host 127.0.0.1]
+Usage: python echo_server.py --port N [--host 127.0.0.1] [--loop asyncio|uvloop]
+(asyncio, the default, is the issue's floor; uvloop shows the floor on the loop our server uses.)
 """
 
 from __future__ import annotations
@@ -58,5 +59,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(args.host, args.port))
+    else:
+        asyncio.run(serve(args.host, args.port))
