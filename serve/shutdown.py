@@ -74,12 +74,11 @@ class DrainGate:
             self.refused += 1
             return False
         self.in_flight += 1
-        self._idle.clear()
         return True
 
     def done(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0:
+        if self.in_flight == 0 and self.draining:  # only drain() waits for it
             self._idle.set()
 
     async def drain(self, timeout: float | None) -> bool:
@@ -88,6 +87,8 @@ class DrainGate:
         deadline = clock() + (timeout if timeout is not None else float("inf"))
         await asyncio.sleep(max(0.0, min(self.settle, deadline - clock())))
         self.draining = True
+        if self.in_flight:
+            self._idle.clear()
         try:
             await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - clock()))
         except TimeoutError:
