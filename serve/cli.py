@@ -69,7 +69,7 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="server processes sharing the port (SO_REUSEPORT; clients are balanced per "
-        "connection); 0: one per two cores (default)",
+        "connection); 0: one per core, or 1 with --allow-model-control (default)",
     )
     p.add_argument(
         "--no-batching",

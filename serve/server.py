@@ -110,7 +110,8 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        threads = default_threads(settings.intra_op_threads)  # runs in flight: one per core
+        # Runs in flight: one per core of this process's share of the machine.
+        threads = default_threads(settings.intra_op_threads, processes=settings.processes)
         self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
         self.factory = SessionFactory(settings.device, threads.intra_op)
         batching = BatchingOptions(

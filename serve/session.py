@@ -51,14 +51,15 @@ class ThreadSettings:
     workers: int
 
 
-def default_threads(intra_op: int = 0, workers: int = 0) -> ThreadSettings:
-    """Fill 0s with machine-suited values.
+def default_threads(intra_op: int = 0, workers: int = 0, processes: int = 1) -> ThreadSettings:
+    """Fill 0s with values suited to this process's share of the machine.
 
-    A small MLP at small batches gains nothing from several intra-op threads, and their spinning
-    steals the CPU that gRPC needs, so each run gets about half the cores (1 on 2 cores) and as
-    many runs as cores may proceed side by side.
+    ``processes`` server processes (serve/workers.py) split the cores. A small MLP at small
+    batches gains nothing from several intra-op threads, and their spinning steals the CPU that
+    gRPC needs, so each run gets about half of the share (at most 4) and as many runs as the
+    share has cores may proceed side by side.
     """
-    cores = _cpu_count()
+    cores = max(1, _cpu_count() // max(1, processes))
     return ThreadSettings(
         intra_op=intra_op or max(1, min(4, cores // 2)),
         workers=workers or max(1, cores),

@@ -29,6 +29,7 @@ class ServerSettings:
     intra_op_threads: int = 0  # 0: suited to the machine (serve/session.py)
     workers: int = 0  # server processes sharing the port (serve/workers.py); 0: suited
     reuse_port: bool = False  # set for each worker process: bind with SO_REUSEPORT
+    processes: int = 1  # set for each worker process: how many share the machine's cores
     grace_seconds: float = 30.0  # how long SIGTERM waits for requests in flight
     # Dynamic batching (serve/batching.py); None/0 defer to each model's config.pbtxt.
     batching: bool = True  # False (--no-batching): every request runs alone
@@ -59,6 +60,11 @@ class ServerSettings:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
         self._check_non_negative()
         self._check_access_files()
+        if self.allow_model_control and self.workers > 1:
+            raise SettingsError(
+                "--allow-model-control needs --workers 1: every worker process has its own "
+                "models, and a load or unload would reach only the one holding the connection"
+            )
         try:
             resolve_loop(self.event_loop)
         except EventLoopError as exc:

@@ -56,14 +56,19 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers(cores: int | None = None) -> int:
-    """Server processes for ``--workers 0``: one per two cores, at least one.
+def default_workers(cores: int | None = None, model_control: bool = False) -> int:
+    """Server processes for ``--workers 0``: one per core; one with model control.
 
-    Each process keeps about one core busy with gRPC and Python and hands ONNX Runtime work to a
-    thread that needs part of another; measured on 2 cores, a second process only adds contention
-    (benchmarks/README.md, "workers").
+    A Python gRPC server tops out near one core (the GIL), so a process per core is what lets
+    the server use the machine; each process gets its share of the cores for its ONNX Runtime
+    threads (serve/session.py). Measured on 2 cores with the client on the same machine and 4
+    connections: 2 processes served 12-15% more rows/s at batch 1 and 23-40% more at batch 64
+    than 1 (benchmarks/README.md, "workers"). Model control (load/unload over gRPC) reaches only
+    the process holding the caller's connection, so it keeps one process.
     """
-    return max(1, (cores or _cores()) // 2)
+    if model_control:
+        return 1
+    return max(1, cores or _cores())
 
 
 def hold_port(host: str, port: int) -> socket.socket:
@@ -90,7 +95,7 @@ def run(settings: ServerSettings, on_ready: Callable[[str], None]) -> int:
 
     ``on_ready`` gets the ready line once, when every worker is ready.
     """
-    count = settings.workers or default_workers()
+    count = settings.workers or default_workers(model_control=settings.allow_model_control)
     if count == 1:
         from .server import ready_line, serve
 
@@ -114,17 +119,17 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
     port = held.getsockname()[1]
     with held, _Supervisor(count) as supervisor:
         for index in range(count):
-            supervisor.fork(lambda fd, i=index: _worker(settings, i, port, fd))
+            supervisor.fork(lambda fd, i=index: _worker(settings, i, count, port, fd))
         return supervisor.wait(on_ready, held)
 
 
-def _worker(settings: ServerSettings, index: int, port: int, ready_fd: int) -> int:
+def _worker(settings: ServerSettings, index: int, count: int, port: int, ready_fd: int) -> int:
     """In the child: one ordinary server on the shared port; reports its ready line on a pipe."""
     from .server import ready_line, serve
 
     metrics = settings.metrics_port + index if settings.metrics_port else 0
     mine = dataclasses.replace(
-        settings, port=port, workers=1, reuse_port=True, metrics_port=metrics
+        settings, port=port, workers=1, processes=count, reuse_port=True, metrics_port=metrics
     )
 
     def ready(info) -> None:

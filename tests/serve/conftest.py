@@ -20,8 +20,12 @@ def run_server(
 ) -> Iterator[ServerProcess]:
     """`python -m bnmodel serve ARGS --port 0` on 127.0.0.1; always stopped afterwards.
 
+    One server process unless ``args`` name ``--workers``: statistics are per process, and
+    most tests count what one process saw (test_workers.py tests several).
     ``log_path``: the server's log goes to that file instead of being kept in memory.
     """
+    if "--workers" not in args:
+        args = (*args, "--workers", "1")
     with spawn_server(args, timeout=timeout, log_path=log_path) as server:
         yield server
 

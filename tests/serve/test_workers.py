@@ -16,7 +16,9 @@ import urllib.request
 
 import numpy as np
 import pytest
+from bnmodel.serve import session
 from bnmodel.serve.client import InferenceClient
+from bnmodel.serve.settings import ServerSettings, SettingsError
 from bnmodel.serve.workers import default_workers, hold_port
 from conftest import run_server
 from models import FEATURES, config_text, mlp_model, write_model
@@ -111,6 +113,25 @@ def test_a_fixed_port_already_taken_is_refused_not_shared():
         held.close()
 
 
-@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (4, 2), (16, 8)])
-def test_default_workers_is_one_per_two_cores(cores, expected):
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (16, 16)])
+def test_default_workers_is_one_per_core_and_one_with_model_control(cores, expected):
     assert default_workers(cores) == expected
+    assert default_workers(cores, model_control=True) == 1
+
+
+def test_worker_processes_split_the_cores_for_their_threads(monkeypatch):
+    monkeypatch.setattr(session, "_cpu_count", lambda: 16)
+    alone = session.default_threads()
+    assert (alone.intra_op, alone.workers) == (4, 16)
+    shared = session.default_threads(processes=8)  # 2 cores each
+    assert (shared.intra_op, shared.workers) == (1, 2)
+    assert session.default_threads(processes=32) == session.ThreadSettings(1, 1)
+    assert session.default_threads(intra_op=3, workers=5, processes=8) == (
+        session.ThreadSettings(3, 5)
+    )
+
+
+def test_model_control_with_several_workers_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="--allow-model-control needs --workers 1"):
+        ServerSettings(model_repository=tmp_path, workers=2, allow_model_control=True)
+    ServerSettings(model_repository=tmp_path, workers=1, allow_model_control=True)
