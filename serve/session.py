@@ -52,16 +52,18 @@ class ThreadSettings:
 
 
 def default_threads(intra_op: int = 0, workers: int = 0, processes: int = 1) -> ThreadSettings:
-    """Fill 0s with values suited to this process's share of the machine.
+    """Fill 0s with values suited to the machine and to this process's share of it.
 
-    ``processes`` server processes (serve/workers.py) split the cores. A small MLP at small
-    batches gains nothing from several intra-op threads, and their spinning steals the CPU that
-    gRPC needs, so each run gets about half of the share (at most 4) and as many runs as the
-    share has cores may proceed side by side.
+    A small MLP at small batches gains nothing from several intra-op threads, and their spinning
+    steals the CPU that gRPC needs, so each run gets about half of this process's share of the
+    cores (``processes`` server processes split them, serve/workers.py; at most 4). Runs in
+    flight are not divided: one connection keeps one process busy while the others idle, and
+    that process may then use every core.
     """
-    cores = max(1, _cpu_count() // max(1, processes))
+    cores = _cpu_count()
+    share = max(1, cores // max(1, processes))
     return ThreadSettings(
-        intra_op=intra_op or max(1, min(4, cores // 2)),
+        intra_op=intra_op or max(1, min(4, share // 2)),
         workers=workers or max(1, cores),
     )
 

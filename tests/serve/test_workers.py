@@ -123,9 +123,9 @@ def test_worker_processes_split_the_cores_for_their_threads(monkeypatch):
     monkeypatch.setattr(session, "_cpu_count", lambda: 16)
     alone = session.default_threads()
     assert (alone.intra_op, alone.workers) == (4, 16)
-    shared = session.default_threads(processes=8)  # 2 cores each
-    assert (shared.intra_op, shared.workers) == (1, 2)
-    assert session.default_threads(processes=32) == session.ThreadSettings(1, 1)
+    shared = session.default_threads(processes=4)  # 4 cores each: 2 per run ...
+    assert (shared.intra_op, shared.workers) == (2, 16)  # ... and any process may use all
+    assert session.default_threads(processes=32) == session.ThreadSettings(1, 16)
     assert session.default_threads(intra_op=3, workers=5, processes=8) == (
         session.ThreadSettings(3, 5)
     )
