@@ -255,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(tmp) / "repo"
         model = write_repository(repo)  # .../mlp/1/model.onnx
         serve_args = ["--model-repository", str(repo), "--grace-seconds", str(args.grace)]
-        with spawn_server([*serve_args, *args.server_args.split()]) as server:
+        extra = args.server_args.split()
+        if "--workers" not in extra:  # RSS is sampled from one process: the server itself
+            extra += ["--workers", "1"]
+        with spawn_server([*serve_args, *extra]) as server:
             print(f"server: {server.ready_line}")
             result = asyncio.run(soak_and_drain(server, args, model))
-            log = server.stderr_text(wait=5.0)
+            log = server.stderr_text()  # all of it: the drain phase stopped the server
     print(f"server log: {len(log.splitlines())} lines, {log.count('Traceback')} tracebacks")
     return 0 if _report(result, args) and "Traceback" not in log else 1
 
