@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .affinity import PIN_CHOICES
 from .eventloop import EVENT_LOOPS
 
 __all__ = ["register"]
@@ -102,6 +103,14 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--pin-loop",
+        choices=PIN_CHOICES,
+        default="auto",
+        help="pin each worker's event loop and gRPC threads to a core of their own (ONNX "
+        "Runtime's runs stay free to use every core); auto: when several workers each have a "
+        "core (default: %(default)s)",
+    )
+    p.add_argument(
         "--loop",
         choices=EVENT_LOOPS,
         default="auto",
@@ -184,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_inline_us=args.max_inline_us,
             metrics_port=args.metrics_port,
             event_loop=args.loop,
+            pin_loop=args.pin_loop,
             log_level=args.log_level,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .affinity import allowed_cpus, loop_cpu, pin_this_thread
 from .batching import BatchingOptions
 from .codec import datatype_from_config
 from .dataplane import DataPlane
@@ -112,7 +113,14 @@ class InferenceServer:
         self.settings = settings
         # Runs in flight: one per core of this process's share of the machine.
         threads = default_threads(settings.intra_op_threads, processes=settings.processes)
-        self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
+        # ORT's runs may use every allowed core, even when the loop thread gets pinned.
+        self.cpus = allowed_cpus()
+        self.executor = ThreadPoolExecutor(
+            threads.workers,
+            thread_name_prefix="bnmodel-run",
+            initializer=pin_this_thread,
+            initargs=(self.cpus,),
+        )
         self.factory = SessionFactory(settings.device, threads.intra_op)
         batching = BatchingOptions(
             enabled=settings.batching,
@@ -173,6 +181,15 @@ class InferenceServer:
             self._access_summary(),
         )
         return self.port
+
+    def pin_loop_thread(self) -> None:
+        """Keep this worker's event-loop thread, and the gRPC threads started after this, on a
+        core of its own (serve/affinity.py); the executor's threads unpin themselves."""
+        s = self.settings
+        cpu = loop_cpu(s.pin_loop, s.worker_index, s.processes, self.cpus)
+        if cpu is not None:
+            pin_this_thread([cpu])
+            log.info("event loop pinned to CPU %d", cpu)
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """Token auth when a token is set (serve/security.py); nothing otherwise. The drain
@@ -301,6 +318,7 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
     if stop.is_set():  # signalled while Python was still importing: nothing to drain
         log.info("stopped before serving")
         return 0
+    server.pin_loop_thread()  # before start: gRPC's threads are made pinned too
     port = await server.start()
     server.start_metrics()
     loaded = await server.load_models()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .affinity import PIN_CHOICES
 from .eventloop import EventLoopError, resolve_loop
 
 __all__ = ["DEVICES", "SettingsError", "ServerSettings"]
@@ -30,6 +31,8 @@ class ServerSettings:
     workers: int = 0  # server processes sharing the port (serve/workers.py); 0: suited
     reuse_port: bool = False  # set for each worker process: bind with SO_REUSEPORT
     processes: int = 1  # set for each worker process: how many share the machine's cores
+    worker_index: int = 0  # set for each worker process: which one it is (its core when pinned)
+    pin_loop: str = "auto"  # pin the event-loop thread to a core (serve/affinity.py)
     grace_seconds: float = 30.0  # how long SIGTERM waits for requests in flight
     # Dynamic batching (serve/batching.py); None/0 defer to each model's config.pbtxt.
     batching: bool = True  # False (--no-batching): every request runs alone
@@ -60,6 +63,10 @@ class ServerSettings:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
         self._check_non_negative()
         self._check_access_files()
+        if self.pin_loop not in PIN_CHOICES:
+            raise SettingsError(
+                f"--pin-loop must be one of {', '.join(PIN_CHOICES)}, got {self.pin_loop}"
+            )
         if self.allow_model_control and self.workers > 1:
             raise SettingsError(
                 "--allow-model-control needs --workers 1: every worker process has its own "

@@ -129,7 +129,13 @@ def _worker(settings: ServerSettings, index: int, count: int, port: int, ready_f
 
     metrics = settings.metrics_port + index if settings.metrics_port else 0
     mine = dataclasses.replace(
-        settings, port=port, workers=1, processes=count, reuse_port=True, metrics_port=metrics
+        settings,
+        port=port,
+        workers=1,
+        processes=count,
+        worker_index=index,
+        reuse_port=True,
+        metrics_port=metrics,
     )
 
     def ready(info) -> None:
