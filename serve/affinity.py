@@ -9,7 +9,10 @@ worker that gets all the connections can still spread its model runs. Measured o
 the client on the same box and 4 connections, three interleaved rounds (benchmarks/README.md):
 about 10% more rows/s at concurrency 1 (batch 1 and 64), 6% at batch 64 / concurrency 64,
 within noise elsewhere. Pinning only the loop thread, leaving gRPC's poller free, gained
-nothing measurable.
+nothing measurable. The cost: a worker that gets more work than one core can carry (one client
+connection at concurrency 16, its requests all on that worker) can no longer spill its gRPC
+poller onto another core: 13% fewer rows/s there (3,028 -> 2,637 at batch 1). So pinning is
+opt-in (``--pin-loop on``), for deployments whose load spreads over many connections.
 
 Linux only (``os.sched_setaffinity``); elsewhere nothing is pinned.
 """
@@ -20,7 +23,7 @@ import os
 
 __all__ = ["PIN_CHOICES", "allowed_cpus", "loop_cpu", "pin_this_thread"]
 
-PIN_CHOICES = ("auto", "on", "off")
+PIN_CHOICES = ("off", "on")
 
 
 def allowed_cpus() -> list[int]:
@@ -30,16 +33,10 @@ def allowed_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def loop_cpu(choice: str, index: int, processes: int, cpus: list[int]) -> int | None:
-    """The CPU for the loop thread of worker ``index`` of ``processes``; None: do not pin.
-
-    "auto" pins when several workers share the machine and there is a core for each (a lone
-    server process has no neighbour to keep apart from); "on" pins any worker, wrapping around
-    the allowed cores; "off" never pins.
-    """
-    if choice == "off" or len(cpus) < 2:
-        return None
-    if choice == "auto" and not 1 < processes <= len(cpus):
+def loop_cpu(choice: str, index: int, cpus: list[int]) -> int | None:
+    """The CPU for the loop thread of worker ``index`` ("on": the index-th allowed core,
+    wrapping around); None: do not pin ("off", or a single allowed core)."""
+    if choice != "on" or len(cpus) < 2:
         return None
     return cpus[index % len(cpus)]
 

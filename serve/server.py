@@ -186,7 +186,7 @@ class InferenceServer:
         """Keep this worker's event-loop thread, and the gRPC threads started after this, on a
         core of its own (serve/affinity.py); the executor's threads unpin themselves."""
         s = self.settings
-        cpu = loop_cpu(s.pin_loop, s.worker_index, s.processes, self.cpus)
+        cpu = loop_cpu(s.pin_loop, s.worker_index, self.cpus)
         if cpu is not None:
             pin_this_thread([cpu])
             log.info("event loop pinned to CPU %d", cpu)

@@ -32,7 +32,7 @@ class ServerSettings:
     reuse_port: bool = False  # set for each worker process: bind with SO_REUSEPORT
     processes: int = 1  # set for each worker process: how many share the machine's cores
     worker_index: int = 0  # set for each worker process: which one it is (its core when pinned)
-    pin_loop: str = "auto"  # pin the event-loop thread to a core (serve/affinity.py)
+    pin_loop: str = "off"  # "on": pin the event loop and gRPC threads to a core (affinity.py)
     grace_seconds: float = 30.0  # how long SIGTERM waits for requests in flight
     # Dynamic batching (serve/batching.py); None/0 defer to each model's config.pbtxt.
     batching: bool = True  # False (--no-batching): every request runs alone

@@ -15,15 +15,11 @@ needs_affinity = pytest.mark.skipif(
 )
 
 
-def test_auto_pins_only_several_workers_with_a_core_each():
+def test_each_worker_gets_the_next_allowed_core_only_when_asked():
     cpus = [2, 5, 7]
-    assert [loop_cpu("auto", i, 3, cpus) for i in range(3)] == [2, 5, 7]
-    assert loop_cpu("auto", 0, 1, cpus) is None  # a lone process: nothing to keep apart
-    assert loop_cpu("auto", 0, 4, cpus) is None  # more workers than cores
-    assert loop_cpu("on", 3, 4, cpus) == 2  # wraps around
-    assert loop_cpu("on", 0, 1, cpus) == 2
-    assert loop_cpu("off", 1, 3, cpus) is None
-    assert loop_cpu("on", 0, 2, [4]) is None  # one core: nowhere else to be
+    assert [loop_cpu("on", i, cpus) for i in range(4)] == [2, 5, 7, 2]  # wraps around
+    assert loop_cpu("off", 1, cpus) is None
+    assert loop_cpu("on", 0, [4]) is None  # one core: nowhere else to be
 
 
 @needs_affinity
@@ -52,7 +48,8 @@ def test_pinning_applies_to_the_calling_thread_only():
 @needs_affinity
 def test_each_worker_pins_its_loop_to_its_own_core(repository, tmp_path):
     log = tmp_path / "log"
-    with run_server("--model-repository", str(repository), "--workers", "2", log_path=log):
+    args = ("--model-repository", str(repository), "--workers", "2", "--pin-loop", "on")
+    with run_server(*args, log_path=log):
         pass
     pinned = sorted(line.split()[-1] for line in log.read_text().splitlines() if "pinned" in line)
     assert pinned == sorted(str(cpu) for cpu in allowed_cpus()[:2])
@@ -61,5 +58,5 @@ def test_each_worker_pins_its_loop_to_its_own_core(repository, tmp_path):
 def test_an_unknown_pin_choice_is_a_settings_error(tmp_path):
     from bnmodel.serve.settings import ServerSettings, SettingsError
 
-    with pytest.raises(SettingsError, match="--pin-loop must be one of auto, on, off"):
+    with pytest.raises(SettingsError, match="--pin-loop must be one of off, on"):
         ServerSettings(model_repository=tmp_path, pin_loop="sometimes")
