@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["PIN_CHOICES", "allowed_cpus", "loop_cpu", "pin_this_thread"]
+__all__ = ["PIN_CHOICES", "allowed_cpus", "cpu_count", "loop_cpu", "pin_this_thread"]
 
 PIN_CHOICES = ("off", "on")
 
@@ -31,6 +31,11 @@ def allowed_cpus() -> list[int]:
     if not hasattr(os, "sched_getaffinity"):
         return []
     return sorted(os.sched_getaffinity(0))
+
+
+def cpu_count() -> int:
+    """How many CPUs this process may use (its affinity mask where supported), at least 1."""
+    return len(allowed_cpus()) or os.cpu_count() or 1
 
 
 def loop_cpu(choice: str, index: int, cpus: list[int]) -> int | None:

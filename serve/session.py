@@ -8,12 +8,12 @@ own log stays quiet (provider and load failures are reported by us, once, in pla
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
+from .affinity import cpu_count
 from .errors import ModelLoadError
 from .settings import DEVICES
 
@@ -36,13 +36,6 @@ _CPU = "CPUExecutionProvider"
 _ORT_QUIET = 4
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class ThreadSettings:
     """Threads per ORT run (intra-op) and concurrent runs (executor workers)."""
@@ -60,7 +53,7 @@ def default_threads(intra_op: int = 0, workers: int = 0, processes: int = 1) -> 
     flight are not divided: one connection keeps one process busy while the others idle, and
     that process may then use every core.
     """
-    cores = _cpu_count()
+    cores = cpu_count()
     share = max(1, cores // max(1, processes))
     return ThreadSettings(
         intra_op=intra_op or max(1, min(4, share // 2)),

@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from .affinity import cpu_count
 from .settings import ServerSettings
 from .shutdown import SHUTDOWN_SIGNALS, early_signals
 
@@ -47,13 +48,6 @@ __all__ = ["default_workers", "run", "serve_workers", "hold_port"]
 log = logging.getLogger("bnmodel.serve")
 
 _READY_TIMEOUT_S = 300.0  # model loading included
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def default_workers(cores: int | None = None, model_control: bool = False) -> int:
@@ -68,7 +62,7 @@ def default_workers(cores: int | None = None, model_control: bool = False) -> in
     """
     if model_control:
         return 1
-    return max(1, cores or _cores())
+    return max(1, cores or cpu_count())
 
 
 def hold_port(host: str, port: int) -> socket.socket:

@@ -120,7 +120,7 @@ def test_default_workers_is_one_per_core_and_one_with_model_control(cores, expec
 
 
 def test_worker_processes_split_the_cores_for_their_threads(monkeypatch):
-    monkeypatch.setattr(session, "_cpu_count", lambda: 16)
+    monkeypatch.setattr(session, "cpu_count", lambda: 16)
     alone = session.default_threads()
     assert (alone.intra_op, alone.workers) == (4, 16)
     shared = session.default_threads(processes=4)  # 4 cores each: 2 per run ...
