@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from bnmodel.config import ModelConfig
+from bnmodel.files import atomic_open
 from bnmodel.model import BNMLP
 
 __all__ = [
@@ -77,9 +78,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
         "data_spec": ckpt.data_spec,
         "training_state": ckpt.training_state,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        torch.save(payload, f)
     return path
 
 
@@ -87,6 +87,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(
+            f"{path} is not a bnmodel checkpoint (not a file torch.save wrote: it starts with "
+            f"{magic!r}); pass the .pt file that `bnmodel train` writes"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from bnmodel.files import atomic_open
 
 __all__ = ["plot_history", "write_csv"]
 
@@ -15,12 +16,10 @@ def write_csv(history: Sequence[dict[str, float]], path: Path) -> Path:
     if not history:
         return path
     fields = list(history[0])
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
     return path
 
 

@@ -1,7 +1,8 @@
 """``export_checkpoint``: checkpoint in, folded ONNX (and a model repository) out, with proof.
 
 The one library function behind ``bnmodel export`` and the demo. Order matters: fold, build
-both graphs, check them, verify, and only then write, so a failed export leaves no files.
+both graphs, check them, verify (and quantize and check INT8), and only then write, so a
+failed export leaves no files. The written model gets its report beside it as JSON.
 """
 
 from __future__ import annotations
@@ -17,13 +18,25 @@ from torch import nn
 
 from bnmodel import __version__
 from bnmodel.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
+from bnmodel.files import atomic_write_bytes
 
 from .fold import FoldReport, fold_model
 from .fp16 import fp16_range_warnings
+from .int8 import (
+    CALIBRATION_ROWS,
+    DEFAULT_MAX_ACCURACY_DROP,
+    DEFAULT_MAX_RMSE_INCREASE,
+    Int8AccuracyError,
+    Int8Error,
+    Int8Report,
+    compare_int8,
+    quantize_int8,
+    read_feature_rows,
+)
 from .onnx_export import DEFAULT_OPSET, ExportError, build_onnx, check_onnx, save_onnx
 from .repository import (
     RepositoryPaths,
-    model_config_text,
+    model_config,
     validate_layout,
     write_repository,
 )
@@ -40,23 +53,43 @@ class ExportResult:
     onnx_path: Path | None = None
     repository: RepositoryPaths | None = None
     report: EquivalenceReport | None = None  # None with verify=False
+    int8: Int8Report | None = None  # None without int8=True
     warnings: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    report_paths: list[Path] = field(default_factory=list)  # the JSON beside each model
 
     @property
     def paths(self) -> list[Path]:
         repo = [] if self.repository is None else [self.repository.config, self.repository.model]
-        return ([self.onnx_path] if self.onnx_path else []) + repo
+        return ([self.onnx_path] if self.onnx_path else []) + repo + self.report_paths
 
-    def format(self) -> str:
-        lines = ["folding:" if self.fold_report.summary() else "folding: nothing to fold"]
-        lines += [f"  {line}" for line in self.fold_report.summary()]
+    def format(self, verbose: bool = False) -> str:
+        """Folding steps, warnings, one line per comparison group (``verbose``: the full table)."""
+        summary = self.fold_report.summary()
+        lines = ["folding:" if summary else "folding: nothing to fold"]
+        lines += [f"  {line}" for line in summary]
         lines += [f"warning: {w}" for w in self.warnings]
         if self.report is not None:
-            lines.append(self.report.format())
+            lines.append(self.report.format(verbose))
+        if self.int8 is not None:
+            lines.append(self.int8.format())
+            lines += [f"note: {n}" for n in self.int8.notes]
         lines += [f"wrote {p}" for p in self.paths]
         return "\n".join(lines)
 
     __str__ = format
+
+    def to_dict(self) -> dict[str, object]:
+        """What the JSON beside the model holds."""
+        return {
+            "precision": self.precision,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "folded": self.folded,
+            "folding": self.fold_report.to_dict(),
+            "warnings": list(self.warnings),
+            "equivalence": None if self.report is None else self.report.to_dict(),
+            "int8": None if self.int8 is None else self.int8.to_dict(),
+        }
 
 
 def _load(checkpoint: Checkpoint | str | os.PathLike[str]) -> tuple[Checkpoint, str, str]:
@@ -104,7 +137,7 @@ def _metadata(
         "bnmodel.target_name": ckpt.target_name or "",
         "bnmodel.folded": json.dumps(folded if fold_report is None else fold_report.to_dict()),
         "bnmodel.checkpoint_sha256": sha,
-        "bnmodel.precision": "fp16" if fp16 else "fp32",
+        "bnmodel.precision": "fp16" if fp16 else "fp32",  # int8.quantize_int8 sets "int8"
         "bnmodel.model_config": json.dumps(ckpt.model_config.to_dict()),
         "bnmodel.versions": json.dumps(
             {
@@ -118,27 +151,39 @@ def _metadata(
     }
 
 
-def _validation_rows(
-    ckpt: Checkpoint, given: np.ndarray | None
-) -> tuple[np.ndarray | None, list[str]]:
-    """The rows to verify on, and a note saying where they came from (or why there are none)."""
+@dataclass
+class _Data:
+    """The checkpoint's training data, re-read through its data_spec, and what was found."""
+
+    train: np.ndarray | None = None  # (N, F) training rows: INT8 calibration
+    validation: np.ndarray | None = None  # (M, F)
+    targets: np.ndarray | None = None  # validation targets
+    notes: list[str] = field(default_factory=list)
+
+
+def _data(ckpt: Checkpoint, given: np.ndarray | None) -> _Data:
+    """Validation rows (``given`` or the checkpoint's split) and a note saying where from."""
     random_note = "random rows: standard normal in the model's standardized input space"
     if given is not None:
-        return np.asarray(given, np.float32), [f"validation rows: {len(given)} given", random_note]
+        rows = np.asarray(given, np.float32)
+        return _Data(validation=rows, notes=[f"validation rows: {len(rows)} given", random_note])
     if ckpt.data_spec is None:
-        return None, ["no data_spec in the checkpoint: verified on random rows only", random_note]
+        return _Data(notes=["no data_spec in the checkpoint: verified on random rows only"])
     try:
         from bnmodel.data import validation_split
 
-        rows = np.asarray(validation_split(ckpt.data_spec)[1].features, np.float32)
+        train, val = validation_split(ckpt.data_spec)
     except Exception as exc:  # any failure to re-read the data falls back, and says so
         why = f"{type(exc).__name__}: {exc}"
-        return None, [
-            f"validation rows unavailable ({why}): verified on random rows only",
-            random_note,
-        ]
+        return _Data(notes=[f"validation rows unavailable ({why}): verified on random rows only"])
     source = ckpt.data_spec.get("source", "data_spec")
-    return rows, [f"validation rows: {len(rows)} rows from {source}", random_note]
+    features = getattr(train, "features", None)
+    return _Data(
+        None if features is None else np.asarray(features, np.float32),
+        np.asarray(val.features, np.float32),
+        getattr(val, "targets", None),
+        [f"validation rows: {len(val.features)} rows from {source}", random_note],
+    )
 
 
 def _graph(
@@ -165,6 +210,68 @@ def _fp16_check(model: nn.Module) -> list[str]:
     return fp16_range_warnings(tensors)
 
 
+def _check_destinations(
+    output: str | os.PathLike[str] | None, fold: bool, fp16: bool, int8: bool
+) -> None:
+    if output is not None and Path(output).is_dir():
+        raise ExportError(
+            f"-o {output} is an existing folder; give the ONNX file to write, e.g. "
+            f"{Path(output) / 'model.onnx'}"
+        )
+    if int8 and (fp16 or not fold):
+        raise ExportError("--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold")
+
+
+def _int8(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    fp32: onnx.ModelProto,
+    data: _Data,
+    calibration_data: str | os.PathLike[str] | None,
+    allowed: float,
+) -> tuple[onnx.ModelProto, Int8Report]:
+    """Quantize the folded graph (input standardization kept), then check it against fp32."""
+    if calibration_data is not None:
+        calibration = read_feature_rows(calibration_data, ckpt.feature_names)
+        source = f"calibration: {len(calibration)} rows of {calibration_data}"
+    elif data.train is not None:
+        calibration, source = data.train, "calibration: training rows of the checkpoint's data"
+    else:
+        raise Int8Error(
+            "--int8 needs calibration rows: the checkpoint's training data cannot be read "
+            f"({'; '.join(data.notes)}); pass --calibration-data FILE"
+        )
+    if len(calibration) > CALIBRATION_ROWS:  # a seeded sample: the same file, the same graph
+        pick = np.random.default_rng(0).choice(len(calibration), CALIBRATION_ROWS, replace=False)
+        calibration = calibration[np.sort(pick)]
+    folded, _ = fold_model(model, keep_standardize=True)
+    metadata = {p.key: p.value for p in fp32.metadata_props}
+    source_graph = _graph(folded, ckpt, False, fp32.opset_import[0].version, metadata)
+    quantized = quantize_int8(source_graph, calibration)
+    check_onnx(quantized)
+    rows, targets = data.validation, data.targets
+    notes = [
+        f"{source} ({len(calibration)} used)",
+        "int8 graph: the input standardization stays a float Sub/Div ahead of the first "
+        "integer Gemm (folding 1/std into per-channel int8 weights costs accuracy)",
+    ]
+    if rows is None:
+        rows, targets = calibration, None
+        notes.append("no validation rows: int8 compared with fp32 on the calibration rows")
+    report = compare_int8(
+        fp32.SerializeToString(),
+        quantized.SerializeToString(),
+        rows,
+        targets,
+        task=ckpt.task,
+        allowed=allowed,
+        notes=notes,
+    )
+    if not report.ok:
+        raise Int8AccuracyError(report)
+    return quantized, report
+
+
 def export_checkpoint(
     checkpoint: Checkpoint | str | os.PathLike[str],
     *,
@@ -174,6 +281,10 @@ def export_checkpoint(
     version: int = 1,
     fold: bool = True,
     fp16: bool = False,
+    int8: bool = False,
+    calibration_data: str | os.PathLike[str] | None = None,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    max_rmse_increase: float = DEFAULT_MAX_RMSE_INCREASE,
     max_batch_size: int = 1024,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
@@ -181,10 +292,14 @@ def export_checkpoint(
 ) -> ExportResult:
     """Fold, write ONNX to ``output`` and/or ``repository``/NAME/VERSION, verify before writing.
 
-    Neither destination given: only verify (``bnmodel export --verify-only``). Raises
-    CheckpointError, FoldError, ExportError, Fp16RangeError or ExportMismatchError (all
+    Neither destination given: only verify (``bnmodel export --verify-only``). ``int8``: write
+    the statically quantized folded graph, refused when accuracy drops by more than
+    ``max_accuracy_drop`` points (classifier) or RMSE rises by more than ``max_rmse_increase``
+    percent (regressor) on the validation rows. Raises CheckpointError, FoldError,
+    ExportError, Fp16RangeError, ExportMismatchError, Int8Error or Int8AccuracyError (all
     ValueError), in which case nothing is written.
     """
+    _check_destinations(output, fold, fp16, int8)
     ckpt, sha, default_name = _load(checkpoint)
     name = name or default_name
     if repository is not None:
@@ -203,9 +318,10 @@ def export_checkpoint(
         )
         for is_folded, m in ((True, folded), (False, model))
     }
-    result = ExportResult(fold, fold_report, sha, warnings=warnings)
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    result = ExportResult(fold, fold_report, sha, warnings=warnings, precision=precision)
+    data = _data(ckpt, validation_rows) if verify or int8 else _Data()
     if verify:
-        rows, notes = _validation_rows(ckpt, validation_rows)
         result.report = verify_equivalence(
             model,
             folded,
@@ -213,13 +329,17 @@ def export_checkpoint(
             graphs[False].SerializeToString(),
             task=ckpt.task,
             in_features=ckpt.model_config.in_features,
-            validation_rows=rows,
+            validation_rows=data.validation,
             fp16=fp16,
             batch_sizes=BATCH_SIZES,
-            notes=notes,
+            notes=data.notes,
         )
         result.report.raise_for_mismatch()
-    _write(result, graphs[fold], ckpt, output, repository, name, version, max_batch_size, fp16)
+    proto = graphs[fold]
+    if int8:
+        allowed = max_accuracy_drop if ckpt.task == "classification" else max_rmse_increase
+        proto, result.int8 = _int8(model, ckpt, graphs[True], data, calibration_data, allowed)
+    _write(result, proto, ckpt, output, repository, name, version, max_batch_size, fp16)
     return result
 
 
@@ -234,11 +354,15 @@ def _write(
     max_batch_size: int,
     fp16: bool,
 ) -> None:
+    """Each model, then its report JSON beside it (then the repository's config)."""
+    report_text = json.dumps(result.to_dict(), indent=2) + "\n"
     if output is not None:
         result.onnx_path = save_onnx(proto, output)
+        report = result.onnx_path.with_suffix(".report.json")
+        result.report_paths.append(atomic_write_bytes(report, report_text.encode()))
     if repository is not None:
         outputs = [(o.name, o.type.tensor_type.shape.dim[1].dim_value) for o in proto.graph.output]
-        config = model_config_text(
+        config = model_config(
             name,
             task=ckpt.task,
             in_features=ckpt.model_config.in_features,
@@ -249,5 +373,6 @@ def _write(
             class_labels=_class_labels(ckpt),
         )
         result.repository = write_repository(
-            repository, name, version, proto.SerializeToString(), config
+            repository, name, version, proto.SerializeToString(), config, report_text
         )
+        result.report_paths.append(result.repository.report)

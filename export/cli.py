@@ -40,6 +40,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="half-precision weights, input and outputs (own tolerance)",
     )
     parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="statically quantize the folded graph to INT8 (per-channel weights), refused when "
+        "validation accuracy drops by more than --max-accuracy-drop",
+    )
+    parser.add_argument(
+        "--calibration-data",
+        metavar="FILE",
+        help="INT8 calibration rows: .csv/.parquet with the model's feature columns, or .npz "
+        "with X (default: the checkpoint's training rows)",
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="INT8: largest accepted accuracy loss, in percentage points (default: 0.5)",
+    )
+    parser.add_argument(
+        "--max-rmse-increase",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="INT8 regressor: largest accepted RMSE increase, in percent of fp32's (default: 1)",
+    )
+    parser.add_argument(
         "--max-batch-size",
         type=int,
         default=1024,
@@ -56,6 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the equivalence report (not recommended)"
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print every comparison of the equivalence report (always in the JSON beside "
+        "the model)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -67,6 +100,12 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "say where to write: -o OUT and/or --repository DIR (or use --verify-only)"
     if args.repository is None and args.name is not None:
         return "--name needs --repository"
+    int8_only = ("--calibration-data", "--max-accuracy-drop", "--max-rmse-increase")
+    for flag in int8_only:
+        if getattr(args, flag[2:].replace("-", "_")) is not None and not args.int8:
+            return f"{flag} needs --int8"
+    if args.int8 and (args.fp16 or args.no_fold):
+        return "--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold"
     return None
 
 
@@ -76,9 +115,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"bnmodel export: error: {problem}", file=sys.stderr)
         return 2
     from bnmodel.export.api import export_checkpoint
+    from bnmodel.export.int8 import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_RMSE_INCREASE
     from bnmodel.export.onnx_export import DEFAULT_OPSET
 
     opset = DEFAULT_OPSET if args.opset is None else args.opset
+    drop, rmse = args.max_accuracy_drop, args.max_rmse_increase
     try:
         result = export_checkpoint(
             args.checkpoint,
@@ -88,19 +129,23 @@ def _run(args: argparse.Namespace) -> int:
             version=args.version,
             fold=not args.no_fold,
             fp16=args.fp16,
+            int8=args.int8,
+            calibration_data=args.calibration_data,
+            max_accuracy_drop=DEFAULT_MAX_ACCURACY_DROP if drop is None else drop,
+            max_rmse_increase=DEFAULT_MAX_RMSE_INCREASE if rmse is None else rmse,
             max_batch_size=args.max_batch_size,
             opset=opset,
             verify=not args.no_verify,
         )
     except ValueError as exc:  # every caller error (checkpoint, fold, export, mismatch)
         report = getattr(exc, "report", None)
-        if report is not None:
-            print(report)
+        if report is not None:  # the failing comparisons in full
+            print(report.format(verbose=True))
         print(f"bnmodel export: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # an unwritable destination: say which path, no traceback
         message = f"cannot write {exc.filename}: {exc.strerror}"
         print(f"bnmodel export: error: {message}", file=sys.stderr)
         return 1
-    print(result)
+    print(result.format(verbose=args.verbose))
     return 0

@@ -1,16 +1,28 @@
 """Batch-norm folding: the formulas as pure float64 tensor math, and a model walk that applies them.
 
-An eval-mode BatchNorm is a per-feature affine map ``y = s * x + t`` with
+Every per-feature affine map is held as ``y = scale * (x - center) + offset``:
 
-    s = gamma / sqrt(running_var + eps)        t = beta - s * running_mean
+    BN (eval mode)          center = running_mean   scale = gamma / sqrt(running_var + eps)
+                            offset = beta           (affine=False: gamma = 1, beta = 0)
+    input standardization   center = mean           scale = 1 / std          offset = 0
 
-(``affine=False`` means gamma = 1, beta = 0). Such a map folds into the layer before it
-(``Linear -> BN``: scale the weight's output rows) or after it (``BN -> Linear``: scale the
-weight's input columns), and so does the model's input standardization ``(x - mean) / std``,
-which is the affine map ``s = 1/std, t = -mean/std``.
+Such a map folds into the layer before it (``Linear/Conv -> BN``, the output rows scale):
+
+    W' = scale[:, None] * W        b' = scale * (b - center) + offset
+
+or into the Linear after it (``BN -> Linear``, ``Standardize -> Linear``, the input columns):
+
+    W' = W * scale[None, :]        b' = b + W @ (offset - scale * center)
+
+The second form has a float32 trap: with x ~ center, W' x is about W (scale * center), and
+b' cancels it. When |scale * center| dwarfs what the map outputs (a saturated tanh unit: mean
+~1, var ~0, scale ~1/sqrt(eps) ~ 316), the Gemm keeps the large terms and loses the small
+ones: measured 4.8e-5 relative error against unfolded float32's 2.1e-7. There the centering
+stays as one Sub node (module Center: nearby floats subtract exactly) and only the scale folds:
+``W' = W * scale``, ``b' = b + W @ offset``. See ``Affine.shift_cancels`` for the decision.
 
 Every formula computes in float64 and casts back to the parameter dtype: a running variance of
-1e-8 gives s ~ 1e4, and float32 products of such factors would lose digits the model needs.
+1e-8 gives scale ~ 1e4, and float32 products of such factors would lose digits the model needs.
 """
 
 from __future__ import annotations
@@ -24,39 +36,80 @@ from torch import nn
 from bnmodel.model import Standardize
 
 __all__ = [
-    "MAX_FOLDED_INPUT_SHIFT",
+    "MAX_FOLDED_SHIFT",
+    "Affine",
     "Center",
     "FoldError",
     "FoldReport",
     "FoldStep",
     "bn_affine",
-    "fold_affine_linear",
-    "fold_bn_linear",
-    "fold_conv_bn",
-    "fold_linear_bn",
+    "fold_into_next",
+    "fold_into_previous",
     "fold_model",
-    "fold_standardize_linear",
     "fuse_conv_bn",
     "fuse_linear_bn",
+    "layer_labels",
+    "standardize_affine",
 ]
 
-# Folding the input standardization (x - mean) / std into the next Linear computes W' x + b'
-# with x ~ mean: when |mean| / std is large, the float32 Gemm loses about log10(|mean| / std)
-# digits to cancellation that the unfolded x - mean avoids (nearby floats subtract exactly).
-# Beyond this ratio the centering stays as one Sub (module Center) and only 1/std folds.
-MAX_FOLDED_INPUT_SHIFT = 4.0
+# Folding the shift into the next Linear costs about log10(ratio) float32 digits, ratio being
+# |scale * center| against what the map outputs (|scale| * spread + |offset|). Beyond this
+# ratio, on any feature, the centering stays as a Sub (measured: tests/export/
+# test_export_fold_properties.py keeps folded within 2x of unfolded float32 error).
+MAX_FOLDED_SHIFT = 4.0
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CONV = (nn.Conv1d, nn.Conv2d)
 # Identity in eval mode: dropped from the folded model.
 _IDENTITY = (nn.Dropout, nn.Identity)
-Affine = tuple[torch.Tensor, torch.Tensor]  # (scale, shift), each float64 (features,)
+# Why INT8 keeps it: 1/std folded into the first Linear's input columns spreads them over
+# orders of magnitude (near-constant pixels), and per-channel quantization has one scale per
+# output row: the small columns would round away (digits: -1.4 accuracy points, vs -0.0 kept).
+_KEPT_STANDARDIZE = "kept for INT8: folded 1/std would spread the weight columns apart"
 
 
 class FoldError(ValueError):
-    """A model or layer cannot be folded (training mode, no running statistics, shape mismatch)."""
+    """A model or layer cannot be folded (training mode, broken statistics, shape mismatch)."""
 
 
 # --- pure tensor math ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Affine:
+    """``y = scale * (x - center) + offset`` per feature, each float64 (features,).
+
+    ``spread`` is the standard deviation of x the statistics record (sqrt(running_var), or
+    the standardization's std): what decides whether folding the shift would cancel.
+    """
+
+    center: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    spread: torch.Tensor
+
+    @property
+    def shift(self) -> torch.Tensor:
+        """t in ``y = scale * x + t``."""
+        return self.offset - self.scale * self.center
+
+    def then(self, second: Affine) -> Affine:
+        """``second(self(x))``, still centered at self.center (x's statistics)."""
+        return Affine(
+            self.center,
+            second.scale * self.scale,
+            second.scale * (self.offset - second.center) + second.offset,
+            self.spread,
+        )
+
+    def shift_ratio(self) -> float:
+        """max over features of |scale * center| / (|scale| * spread + |offset|); 0 if no shift."""
+        big = (self.scale * self.center).abs()
+        small = self.scale.abs() * self.spread + self.offset.abs()
+        ratio = torch.where(big > 0, big / small, torch.zeros_like(big))  # x/0 -> inf
+        return float(ratio.max()) if ratio.numel() else 0.0
+
+    def shift_cancels(self) -> bool:
+        return self.shift_ratio() > MAX_FOLDED_SHIFT
 
 
 def bn_affine(
@@ -66,90 +119,48 @@ def bn_affine(
     bias: torch.Tensor | None,
     eps: float,
 ) -> Affine:
-    """Eval-mode BN as ``y = s * x + t`` per feature, in float64; weight/bias None mean 1 and 0."""
-    mean, var = running_mean.double(), running_var.double()
-    gamma = torch.ones_like(mean) if weight is None else weight.double()
-    beta = torch.zeros_like(mean) if bias is None else bias.double()
-    scale = gamma / torch.sqrt(var + eps)
-    return scale, beta - scale * mean
+    """Eval-mode BN in float64; weight/bias None mean gamma = 1 and beta = 0."""
+    mean, var = running_mean.detach().double(), running_var.detach().double()
+    gamma = torch.ones_like(mean) if weight is None else weight.detach().double()
+    beta = torch.zeros_like(mean) if bias is None else bias.detach().double()
+    return Affine(mean, gamma / torch.sqrt(var + eps), beta, torch.sqrt(var.clamp(min=0)))
 
 
-def _fold_affine_after(
-    weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor
+def standardize_affine(mean: torch.Tensor, std: torch.Tensor) -> Affine:
+    """``(x - mean) / std`` in float64."""
+    mean, std = mean.detach().double(), std.detach().double()
+    return Affine(mean, 1.0 / std, torch.zeros_like(mean), std)
+
+
+def fold_into_previous(
+    weight: torch.Tensor, bias: torch.Tensor | None, affine: Affine
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``s * (W x + b) + t``: W' = s[:, None, ...] * W, b' = s * b + t (W is (out, ...))."""
-    s = scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    b = torch.zeros_like(scale) if bias is None else bias.double()
-    return (s * weight.double()).to(weight.dtype), (scale * b + shift).to(weight.dtype)
+    """``affine(W x + b)``, W (out, ...) Linear or Conv: W' = scale[:, None, ...] * W,
+    b' = scale * (b - center) + offset."""
+    s = affine.scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    b = torch.zeros_like(affine.scale) if bias is None else bias.double()
+    new_bias = affine.scale * (b - affine.center) + affine.offset
+    return (s * weight.double()).to(weight.dtype), new_bias.to(weight.dtype)
 
 
-def fold_linear_bn(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    bn_weight: torch.Tensor | None,
-    bn_bias: torch.Tensor | None,
-    eps: float,
+def fold_into_next(
+    affine: Affine, weight: torch.Tensor, bias: torch.Tensor | None, centered: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear (W (out, in), b (out,) or None) then BN over out.
+    """``W affine(x) + b``, W (out, in): W' = W * scale[None, :], b' = b + W @ shift.
 
-    W' = s[:, None] * W,  b' = s * (b - mean) + beta.
+    ``centered``: x - center is computed before this Linear (a Center), so the shift is offset.
     """
-    scale, shift = bn_affine(running_mean, running_var, bn_weight, bn_bias, eps)
-    return _fold_affine_after(weight, bias, scale, shift)
-
-
-def fold_conv_bn(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    bn_weight: torch.Tensor | None,
-    bn_bias: torch.Tensor | None,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conv (W (out_ch, in_ch/groups, *kernel)) then BN per output channel, as for Linear."""
-    scale, shift = bn_affine(running_mean, running_var, bn_weight, bn_bias, eps)
-    return _fold_affine_after(weight, bias, scale, shift)
-
-
-def fold_affine_linear(
-    scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``W (s * x + t) + b``: W' = W * s[None, :], b' = b + W @ t; W (out, in), s and t (in,)."""
     w = weight.double()
     b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.double()
-    return (w * scale.double()[None, :]).to(weight.dtype), (b + w @ shift.double()).to(weight.dtype)
-
-
-def fold_bn_linear(
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    bn_weight: torch.Tensor | None,
-    bn_bias: torch.Tensor | None,
-    eps: float,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BN over in-features then Linear: W' = W * s[None, :], b' = b + W @ (beta - s * mean)."""
-    scale, shift = bn_affine(running_mean, running_var, bn_weight, bn_bias, eps)
-    return fold_affine_linear(scale, shift, weight, bias)
-
-
-def fold_standardize_linear(
-    mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x - mean) / std`` then Linear: the affine map s = 1/std, t = -mean/std folded forward."""
-    scale = 1.0 / std.double()
-    return fold_affine_linear(scale, -mean.double() * scale, weight, bias)
+    shift = affine.offset if centered else affine.shift
+    return (w * affine.scale[None, :]).to(weight.dtype), (b + w @ shift).to(weight.dtype)
 
 
 # --- module level: preconditions, never mutating the input ---------------------------------------
 
 
 class Center(nn.Module):
-    """``x - mean`` (B, F) -> (B, F): the input centering kept when folding it costs precision."""
+    """``x - center`` (B, F) -> (B, F): the centering kept where folding it would cost digits."""
 
     def __init__(self, mean: torch.Tensor) -> None:
         super().__init__()
@@ -164,6 +175,19 @@ class FoldStep:
     kind: str  # "linear<-bn", "conv<-bn", "bn->linear", "standardize->linear"
     sources: tuple[str, ...]  # folded-away module names, e.g. ("net.1",)
     target: str  # the Linear/Conv that absorbed them
+    labels: tuple[str, ...] = ()  # the sources as a user knows them: "hidden layer 2 BN"
+    target_label: str = ""  # "Linear 3"
+    centered: bool = False  # x - center kept as a Sub before the target
+    shift_ratio: float = 0.0  # Affine.shift_ratio of what folded into a next Linear
+
+    def describe(self) -> str:
+        line = f"{' + '.join(self.labels)} folded into {self.target_label}"
+        if self.centered:
+            line += (
+                f", centering kept as a Sub (folding its shift would cancel in float32: "
+                f"|scale * mean| up to {self.shift_ratio:.3g}x its output)"
+            )
+        return line
 
 
 @dataclass
@@ -172,58 +196,122 @@ class FoldReport:
     # (module name, why it stayed): a BN with no Linear beside it cannot be folded.
     left_in_place: list[tuple[str, str]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # eval-mode identities (Dropout)
-    # Standardize layers whose centering stayed as x - mean (see MAX_FOLDED_INPUT_SHIFT).
-    kept_centering: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # module name -> user's name
+
+    @property
+    def kept_centering(self) -> list[str]:
+        return [name for s in self.steps if s.centered for name in s.sources[:1]]
 
     def summary(self) -> list[str]:
-        lines = [f"{'+'.join(s.sources)} -> {s.target} ({s.kind})" for s in self.steps]
-        lines += [f"{name} left in place: {why}" for name, why in self.left_in_place]
-        lines += [
-            f"{name}: centering kept as x - mean (|mean / std| > "
-            f"{MAX_FOLDED_INPUT_SHIFT:g}: folding it would cost float32 digits)"
-            for name in self.kept_centering
-        ]
+        lines = [s.describe() for s in self.steps]
+        lines += [f"{self.labels.get(n, n)} left in place: {why}" for n, why in self.left_in_place]
         return lines
 
     def to_dict(self) -> dict[str, object]:
         return {
             "folded": [
-                {"kind": s.kind, "sources": list(s.sources), "target": s.target} for s in self.steps
+                {
+                    "kind": s.kind,
+                    "sources": list(s.sources),
+                    "target": s.target,
+                    "description": s.describe(),
+                    "centered": s.centered,
+                }
+                for s in self.steps
             ],
-            "left_in_place": [{"module": n, "reason": r} for n, r in self.left_in_place],
+            "left_in_place": [
+                {"module": n, "layer": self.labels.get(n, n), "reason": r}
+                for n, r in self.left_in_place
+            ],
             "dropped": list(self.dropped),
-            "kept_centering": list(self.kept_centering),
         }
 
 
-def _check_bn(name: str, bn: nn.Module) -> None:
+def layer_labels(layers: list[tuple[str, nn.Module]]) -> dict[str, str]:
+    """Module name -> the name a user knows: "Linear 3", "hidden layer 2 BN", "input ..."."""
+    labels, weighted = {}, 0
+    for name, module in layers:
+        kind = type(module).__name__
+        if isinstance(module, (nn.Linear, *_CONV)):
+            weighted += 1
+            labels[name] = f"{'Linear' if isinstance(module, nn.Linear) else 'Conv'} {weighted}"
+        elif isinstance(module, Standardize):
+            labels[name] = "input standardization"
+        else:
+            where = f"hidden layer {weighted}" if weighted else "input"
+            labels[name] = f"{where} {'BN' if isinstance(module, _BN) else kind}"
+    return labels
+
+
+def _first_bad(tensor: torch.Tensor, bad: torch.Tensor) -> str:
+    """ "channel 7" (or "channel 7, input 3" for a weight) of the first True in ``bad``."""
+    index = [int(i) for i in bad.nonzero()[0]]
+    where = f"channel {index[0]}" + "".join(f", input {i}" for i in index[1:2])
+    return f"{where}: {tensor[tuple(index)].item():.6g}"
+
+
+def _check_values(label: str, module: nn.Module) -> None:
+    """Refuse non-finite parameters/buffers, BN var + eps <= 0 and std <= 0, naming the channel."""
+    tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+    for what, tensor in tensors:
+        if tensor is None or not tensor.is_floating_point():
+            continue
+        bad = ~torch.isfinite(tensor.detach())
+        if bad.any():
+            raise FoldError(
+                f"{label}: {what} is not finite at {_first_bad(tensor, bad)} "
+                f"({int(bad.sum())} of {tensor.numel()} values); the checkpoint is broken"
+            )
+    if isinstance(module, _BN):
+        denominator = module.running_var.detach().double() + module.eps
+        bad = denominator <= 0
+        if bad.any():
+            raise FoldError(
+                f"{label}: running_var + eps <= 0 at {_first_bad(module.running_var, bad)} "
+                f"(eps {module.eps:g}); a variance cannot be negative: the statistics are broken"
+            )
+    if isinstance(module, Standardize) and (bad := module.std <= 0).any():
+        raise FoldError(f"{label}: std <= 0 at {_first_bad(module.std, bad)}")
+
+
+def _check_bn(label: str, bn: nn.Module) -> None:
     if bn.training:
         raise FoldError(
-            f"{name} ({type(bn).__name__}) is in training mode; call model.eval() first: "
+            f"{label} ({type(bn).__name__}) is in training mode; call model.eval() first: "
             "folding uses the running statistics, training mode uses each batch's own"
         )
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
         raise FoldError(
-            f"{name} ({type(bn).__name__}) has track_running_stats=False: it has no "
+            f"{label} ({type(bn).__name__}) has track_running_stats=False: it has no "
             "population statistics to fold, it normalizes by each batch's own"
         )
+    _check_values(label, bn)
 
 
-def _affine_of(name: str, module: nn.Module) -> Affine | None:
-    """(scale, shift) float64 of a per-feature affine module, None for anything else."""
+def _affine_of(label: str, module: nn.Module) -> Affine | None:
+    """The float64 Affine of a per-feature affine module, None for anything else."""
     if isinstance(module, _BN):
-        _check_bn(name, module)
+        _check_bn(label, module)
         return bn_affine(
             module.running_mean, module.running_var, module.weight, module.bias, module.eps
         )
     if isinstance(module, Standardize):
-        scale = 1.0 / module.std.double()
-        return scale, -module.mean.double() * scale
+        _check_values(label, module)
+        return standardize_affine(module.mean, module.std)
     return None
 
 
-def _with_params(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+def _with_params(
+    module: nn.Module, weight: torch.Tensor, bias: torch.Tensor, what: str
+) -> nn.Module:
     """A copy of a Linear/Conv holding new weight and bias (adds a bias if it had none)."""
+    for tensor_name, tensor in (("weight", weight), ("bias", bias)):
+        bad = ~torch.isfinite(tensor)
+        if bad.any():
+            raise FoldError(
+                f"{what} overflows {tensor.dtype} in the folded {tensor_name} at "
+                f"{_first_bad(tensor, bad)}: a running_var near -eps gives a huge scale"
+            )
     new = copy.deepcopy(module)
     new.weight = nn.Parameter(weight.detach().clone(), requires_grad=module.weight.requires_grad)
     new.bias = nn.Parameter(bias.detach().clone(), requires_grad=module.weight.requires_grad)
@@ -240,20 +328,20 @@ def _check_features(name: str, expected: int, target: str, received: int) -> Non
 
 def fuse_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d, name: str = "bn") -> nn.Linear:
     """A new Linear equal to ``bn(linear(x))`` in eval mode; the inputs are not modified."""
-    _check_bn(name, bn)
-    _check_features(name, linear.out_features, "the preceding Linear", bn.num_features)
-    scale, shift = bn_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
-    return _with_params(linear, *_fold_affine_after(linear.weight, linear.bias, scale, shift))
+    return _fuse_previous(linear, bn, name, "the preceding Linear")
 
 
 def fuse_conv_bn(conv: nn.Conv1d | nn.Conv2d, bn: nn.Module, name: str = "bn") -> nn.Module:
     """A new Conv1d/Conv2d equal to ``bn(conv(x))`` in eval mode, folded per output channel."""
-    _check_bn(name, bn)
-    _check_features(name, conv.out_channels, "the preceding convolution", bn.num_features)
-    w, b = fold_conv_bn(
-        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps
-    )
-    return _with_params(conv, w, b)
+    return _fuse_previous(conv, bn, name, "the preceding convolution")
+
+
+def _fuse_previous(layer: nn.Module, bn: nn.Module, name: str, target: str) -> nn.Module:
+    affine = _affine_of(name, bn)
+    _check_values(target, layer)
+    _check_features(name, layer.weight.shape[0], target, bn.num_features)
+    folded = fold_into_previous(layer.weight, layer.bias, affine)
+    return _with_params(layer, *folded, f"folding {name} into {target}")
 
 
 def _kind(module: nn.Module) -> str:
@@ -277,80 +365,108 @@ def _next_is_linear(layers: list[tuple[str, nn.Module]], index: int) -> bool:
     return False
 
 
-def _needs_centering(module: nn.Module) -> bool:
-    """A Standardize whose shift -mean/std is too large to fold without losing float32 digits."""
-    if not isinstance(module, Standardize):
-        return False
-    ratio = (module.mean.double() / module.std.double()).abs()
-    return bool(ratio.numel() and ratio.max() > MAX_FOLDED_INPUT_SHIFT)
+@dataclass
+class _Walk:
+    """The model walk's state: folded layers so far, and affine maps waiting for a Linear."""
 
-
-def _compose(first: Affine | None, second: Affine) -> Affine:
-    """second(first(x)) = s2 * (s1 x + t1) + t2."""
-    if first is None:
-        return second
-    return second[0] * first[0], second[0] * first[1] + second[1]
-
-
-def _fold_into_previous(
-    previous: tuple[str, nn.Module],
-    name: str,
-    module: nn.Module,
-    affine: Affine,
-    report: FoldReport,
-) -> nn.Module:
-    """Linear/Conv ``previous`` followed by the affine ``module``: one new Linear/Conv."""
-    target, layer = previous
-    _check_features(name, layer.weight.shape[0], target, affine[0].numel())
-    kind = "linear" if isinstance(layer, nn.Linear) else "conv"
-    report.steps.append(FoldStep(f"{kind}<-{_kind(module)}", (name,), target))
-    return _with_params(layer, *_fold_affine_after(layer.weight, layer.bias, *affine))
-
-
-def _fold_sequence(layers: list[tuple[str, nn.Module]], report: FoldReport) -> list[nn.Module]:
-    """Fold each affine map into an adjacent Linear/Conv, preferring the one before it."""
-    out: list[tuple[str, nn.Module]] = []
-    # Affine maps waiting for the next Linear (a BN after an activation, the standardization).
+    labels: dict[str, str]
+    report: FoldReport
+    out: list[tuple[str, nn.Module]] = field(default_factory=list)
     pending: Affine | None = None
-    pending_names: list[str] = []
+    pending_names: list[str] = field(default_factory=list)
+
+    def into_previous(self, name: str, module: nn.Module, affine: Affine) -> None:
+        """The Linear/Conv just emitted, followed by the affine ``module``: one new layer."""
+        target, layer = self.out[-1]
+        _check_features(name, layer.weight.shape[0], target, affine.scale.numel())
+        kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+        labels = (self.labels[name], self.labels[target])
+        self.report.steps.append(
+            FoldStep(f"{kind}<-{_kind(module)}", (name,), target, labels[:1], labels[1])
+        )
+        folded = fold_into_previous(layer.weight, layer.bias, affine)
+        self.out[-1] = (
+            target,
+            _with_params(layer, *folded, f"folding {labels[0]} into {labels[1]}"),
+        )
+
+    def into_next(self, name: str, linear: nn.Linear, modules: dict[str, nn.Module]) -> nn.Module:
+        """The pending affine maps, then ``linear``: an optional Center and one new Linear."""
+        sources, pending = tuple(self.pending_names), self.pending
+        joined = "+".join(sources)
+        _check_features(joined, linear.in_features, name, pending.scale.numel())
+        centered = pending.shift_cancels()
+        if centered:
+            self.out.append(
+                (f"{sources[0]}.center", Center(pending.center.to(linear.weight.dtype)))
+            )
+        labels = tuple(self.labels[s] for s in sources)
+        kinds = "+".join(dict.fromkeys(_kind(modules[s]) for s in sources))
+        self.report.steps.append(
+            FoldStep(
+                f"{kinds}->linear",
+                sources,
+                name,
+                labels,
+                self.labels[name],
+                centered,
+                pending.shift_ratio(),
+            )
+        )
+        self.pending, self.pending_names = None, []
+        folded = fold_into_next(pending, linear.weight, linear.bias, centered)
+        return _with_params(
+            linear, *folded, f"folding {' + '.join(labels)} into {self.labels[name]}"
+        )
+
+
+def _fold_sequence(
+    layers: list[tuple[str, nn.Module]], report: FoldReport, keep_standardize: bool
+) -> list[nn.Module]:
+    """Fold each affine map into an adjacent Linear/Conv, preferring the one before it."""
+    walk = _Walk(report.labels, report)
+    modules = dict(layers)
     for index, (name, module) in enumerate(layers):
+        label = walk.labels[name]
         if isinstance(module, _IDENTITY):
             report.dropped.append(name)
             continue
-        affine = _affine_of(name, module)
+        if keep_standardize and isinstance(module, Standardize):
+            _check_values(f"{label} ({name})", module)
+            walk.out.append((name, copy.deepcopy(module)))
+            report.left_in_place.append((name, _KEPT_STANDARDIZE))
+            continue
+        affine = _affine_of(f"{label} ({name})", module)
         if affine is not None:
-            if pending is None and out and _absorbs_after(out[-1][1], module):
-                out[-1] = (out[-1][0], _fold_into_previous(out[-1], name, module, affine, report))
+            if walk.pending is None and walk.out and _absorbs_after(walk.out[-1][1], module):
+                walk.into_previous(name, module, affine)
             elif _next_is_linear(layers, index):
-                if pending is None and _needs_centering(module):
-                    out.append((name, Center(module.mean)))
-                    report.kept_centering.append(name)
-                    affine = (affine[0], torch.zeros_like(affine[1]))  # what is left: 1 / std
-                pending, pending_names = _compose(pending, affine), [*pending_names, name]
+                walk.pending = affine if walk.pending is None else walk.pending.then(affine)
+                walk.pending_names.append(name)
             else:
-                out.append((name, copy.deepcopy(module)))
+                walk.out.append((name, copy.deepcopy(module)))
                 report.left_in_place.append(
                     (name, "no Linear or convolution directly before it and no Linear after it")
                 )
             continue
-        if pending is not None:  # module is the Linear that _next_is_linear found
-            _check_features("+".join(pending_names), module.in_features, name, pending[0].numel())
-            module = _with_params(module, *fold_affine_linear(*pending, module.weight, module.bias))
-            kinds = "+".join(dict.fromkeys(_kind(dict(layers)[n]) for n in pending_names))
-            report.steps.append(FoldStep(f"{kinds}->linear", tuple(pending_names), name))
-            pending, pending_names = None, []
+        _check_values(f"{label} ({name})", module)
+        if walk.pending is not None:  # module is the Linear that _next_is_linear found
+            module = walk.into_next(name, module, modules)
         else:
             module = copy.deepcopy(module)
-        out.append((name, module))
-    return [module for _, module in out]
+        walk.out.append((name, module))
+    return [module for _, module in walk.out]
 
 
-def fold_model(model: nn.Module) -> tuple[nn.Module, FoldReport]:
+def fold_model(model: nn.Module, *, keep_standardize: bool = False) -> tuple[nn.Module, FoldReport]:
     """A folded copy of a BNMLP (its flat ``net``) or an ``nn.Sequential``; ``model`` is untouched.
 
     BN directly after a Linear/Conv folds into it; BN after an activation, and the input
-    standardization, fold into the next Linear (activations there are (batch, features)).
+    standardization, fold into the next Linear (activations there are (batch, features)),
+    keeping a centering Sub where folding the shift would cancel (``Affine.shift_cancels``).
     A BN with neither is kept and listed in ``FoldReport.left_in_place``. Dropout is dropped.
+    Non-finite weights or statistics, or a variance + eps <= 0, raise FoldError naming the
+    layer and channel. ``keep_standardize`` leaves the input standardization in place (INT8).
     """
     for name, module in model.named_modules():
         if module.training:
@@ -368,9 +484,9 @@ def fold_model(model: nn.Module) -> tuple[nn.Module, FoldReport]:
             f"cannot fold a {type(model).__name__}: expected a BNMLP (with a flat "
             "`net` Sequential) or an nn.Sequential"
         )
-    report = FoldReport()
     layers = [(prefix + name, module) for name, module in sequence.named_children()]
-    folded_net = nn.Sequential(*_fold_sequence(layers, report))
+    report = FoldReport(labels=layer_labels(layers))
+    folded_net = nn.Sequential(*_fold_sequence(layers, report, keep_standardize))
     if sequence is model:
         return folded_net.eval(), report
     folded = copy.deepcopy(model)

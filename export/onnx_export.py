@@ -23,6 +23,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from bnmodel.files import atomic_write_bytes
 from bnmodel.model import Standardize
 
 from .fold import Center
@@ -207,9 +208,4 @@ def check_onnx(model: onnx.ModelProto) -> None:
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     """Write atomically (temp file + rename): a reader never sees half a model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, model.SerializeToString())

@@ -3,8 +3,8 @@
     ROOT/NAME/config.pbtxt        model configuration (protobuf text format)
     ROOT/NAME/VERSION/model.onnx  the graph
 
-The config is written as text here (no tritonclient at export time); the tests parse it with
-tritonclient's generated ``model_config_pb2`` to prove Triton would read the same thing.
+The config is the ``inference.ModelConfig`` message the server parses (``serve/proto``), printed
+with protobuf's ``text_format``: one implementation writes and reads it, no hand quoting.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnmodel.serve.proto import model_config_pb2
+from google.protobuf import text_format
+
+from bnmodel.files import atomic_write_bytes
+
 __all__ = [
     "MAX_QUEUE_DELAY_US",
     "RepositoryPaths",
-    "model_config_text",
+    "model_config",
     "validate_layout",
     "write_repository",
 ]
@@ -35,20 +40,10 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")  # one directory name, safe in a URL and 
 class RepositoryPaths:
     config: Path  # ROOT/NAME/config.pbtxt
     model: Path  # ROOT/NAME/VERSION/model.onnx
+    report: Path | None = None  # ROOT/NAME/VERSION/model.report.json
 
 
-def _quote(text: str) -> str:
-    """A protobuf text-format string literal (inputs are ASCII: names are checked, JSON escapes)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _tensor(name: str, data_type: str, width: int) -> str:
-    return (
-        f"  {{\n    name: {_quote(name)}\n    data_type: {data_type}\n    dims: [ {width} ]\n  }}"
-    )
-
-
-def model_config_text(
+def model_config(
     name: str,
     *,
     task: str,
@@ -59,29 +54,25 @@ def model_config_text(
     feature_names: Sequence[str],
     class_labels: Sequence[str] | None,
     input_name: str = "features",
-) -> str:
-    """config.pbtxt text; dims omit the batch axis, which Triton adds from max_batch_size."""
-    data_type = "TYPE_FP16" if fp16 else "TYPE_FP32"
+) -> model_config_pb2.ModelConfig:
+    """The config message; dims omit the batch axis, which Triton adds from max_batch_size."""
+    data_type = model_config_pb2.TYPE_FP16 if fp16 else model_config_pb2.TYPE_FP32
+    config = model_config_pb2.ModelConfig(
+        name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size
+    )
+    config.input.add(name=input_name, data_type=data_type, dims=[in_features])
+    for output, width in outputs:
+        config.output.add(name=output, data_type=data_type, dims=[width])
+    config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    config.version_policy.latest.num_versions = 1
     parameters = {
         "task": task,
         "class_labels": json.dumps(list(class_labels or [])),
         "feature_names": json.dumps(list(feature_names)),
     }
-    params = ",\n".join(
-        f"  {{ key: {_quote(k)} value: {{ string_value: {_quote(v)} }} }}"
-        for k, v in parameters.items()
-    )
-    output_blocks = ",\n".join(_tensor(n, data_type, w) for n, w in outputs)
-    return (
-        f"name: {_quote(name)}\n"
-        'platform: "onnxruntime_onnx"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        f"input [\n{_tensor(input_name, data_type, in_features)}\n]\n"
-        f"output [\n{output_blocks}\n]\n"
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
-        "version_policy: { latest: { num_versions: 1 } }\n"
-        f"parameters [\n{params}\n]\n"
-    )
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return config
 
 
 def validate_layout(name: str, version: int, max_batch_size: int) -> None:
@@ -99,14 +90,20 @@ def validate_layout(name: str, version: int, max_batch_size: int) -> None:
 
 
 def write_repository(
-    root: str | os.PathLike[str], name: str, version: int, model_bytes: bytes, config_text: str
+    root: str | os.PathLike[str],
+    name: str,
+    version: int,
+    model_bytes: bytes,
+    config: model_config_pb2.ModelConfig,
+    report_text: str | None = None,
 ) -> RepositoryPaths:
-    """Write the model, then the config, each atomically: a config never names a missing model."""
+    """Write the model (and its report), then the config: a config never names a missing model."""
     model_dir = Path(root) / name
-    paths = RepositoryPaths(model_dir / "config.pbtxt", model_dir / str(version) / "model.onnx")
-    for path, data in ((paths.model, model_bytes), (paths.config, config_text.encode())):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return paths
+    model = model_dir / str(version) / "model.onnx"
+    report = None if report_text is None else model.with_suffix(".report.json")
+    atomic_write_bytes(model, model_bytes)
+    if report is not None:
+        atomic_write_bytes(report, report_text.encode())
+    config_text = text_format.MessageToString(config)
+    config_path = atomic_write_bytes(model_dir / "config.pbtxt", config_text.encode())
+    return RepositoryPaths(config_path, model, report)

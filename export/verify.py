@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ Outputs = dict[str, np.ndarray]  # output name -> (batch, width)
 
 @dataclass(frozen=True)
 class Comparison:
-    candidate: str  # e.g. "ORT folded, opt on"
+    candidate: str  # e.g. "ONNX Runtime folded, graph opt on"
     precision: str  # "fp32" | "fp16"
     rows: str  # "validation" | "random"
     output: str
@@ -101,24 +101,31 @@ class EquivalenceReport:
         if not self.ok:
             raise ExportMismatchError(self)
 
-    def format(self) -> str:
-        header = (
-            f"{'candidate':<24}{'prec':<6}{'rows':<12}{'output':<15}{'max abs':>11}"
-            f"{'max rel':>11}{'tol':>8}{'argmax':>9}  ok"
-        )
-        lines = [
-            f"equivalence vs float64 unfolded reference, batch sizes "
-            f"{', '.join(map(str, self.batch_sizes))}",
-            header,
-            "-" * len(header),
-        ]
+    def groups(self) -> list[tuple[str, str, list[Comparison]]]:
+        """(candidate, precision, its comparisons) in run order: one summary line each."""
+        grouped: dict[tuple[str, str], list[Comparison]] = {}
         for c in self.comparisons:
-            agree = "" if c.argmax_agreement is None else f"{100 * c.argmax_agreement:.2f}%"
+            grouped.setdefault((c.candidate, c.precision), []).append(c)
+        return [(name, precision, group) for (name, precision), group in grouped.items()]
+
+    def format(self, verbose: bool = False) -> str:
+        """One line per candidate: worst relative error vs tolerance, argmax agreement, verdict."""
+        rows = sorted({c.rows for c in self.comparisons}, key=["validation", "random"].index)
+        lines = [
+            f"equivalence against the unfolded model in float64 ({' and '.join(rows)} rows, "
+            f"batch sizes {', '.join(map(str, self.batch_sizes))}):"
+        ]
+        for name, precision, group in self.groups():
+            worst = max(group, key=lambda c: c.max_rel)
+            agreements = [c.argmax_agreement for c in group if c.argmax_agreement is not None]
+            agree = f"  argmax agreement {100 * min(agreements):.2f}%" if agreements else ""
+            verdict = "pass" if all(c.ok for c in group) else "FAIL"
             lines.append(
-                f"{c.candidate:<24}{c.precision:<6}{c.rows:<12}{c.output:<15}"
-                f"{c.max_abs:>11.3g}{c.max_rel:>11.3g}{c.tolerance:>8.0e}{agree:>9}  "
-                f"{'yes' if c.ok else 'NO'}"
+                f"  {name + ' ' + precision:<42} worst relative error {worst.max_rel:.1e} "
+                f"(tolerance {worst.tolerance:g}){agree}  {verdict}"
             )
+        if verbose:
+            lines += self._table()
         lines += [f"note: {n}" for n in self.notes]
         lines.append(
             "result: "
@@ -129,6 +136,42 @@ class EquivalenceReport:
             )
         )
         return "\n".join(lines)
+
+    def _table(self) -> list[str]:
+        header = (
+            f"{'candidate':<38}{'prec':<6}{'rows':<12}{'output':<15}{'rel error':>11}"
+            f"{'tolerance':>11}{'argmax':>9}  {'worst at':<16}ok"
+        )
+        lines = ["", header, "-" * len(header)]
+        for c in self.comparisons:
+            agree = "" if c.argmax_agreement is None else f"{100 * c.argmax_agreement:.2f}%"
+            where = f"row {c.worst_row}/{c.worst_batch}"
+            lines.append(
+                f"{c.candidate:<38}{c.precision:<6}{c.rows:<12}{c.output:<15}"
+                f"{c.max_rel:>11.3g}{c.tolerance:>11g}{agree:>9}  {where:<16}"
+                f"{'yes' if c.ok else 'NO'}"
+            )
+        return [*lines, ""]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "reference": "unfolded model in float64",
+            "error": "max |candidate - reference| / max |reference| per output",
+            "batch_sizes": list(self.batch_sizes),
+            "summary": [
+                {
+                    "candidate": name,
+                    "precision": precision,
+                    "worst_relative_error": max(c.max_rel for c in group),
+                    "tolerance": group[0].tolerance,
+                    "ok": all(c.ok for c in group),
+                }
+                for name, precision, group in self.groups()
+            ],
+            "comparisons": [{**asdict(c), "ok": c.ok} for c in self.comparisons],
+            "notes": list(self.notes),
+        }
 
     __str__ = format
 
@@ -276,13 +319,14 @@ def verify_equivalence(
     """Run every candidate on the same rows and compare each output with the float64 reference."""
     precision = "fp16" if fp16 else "fp32"
     candidates = [
-        ("torch unfolded", "fp32", _torch_runner(unfolded, task, torch.float32)),
-        ("torch folded", "fp32", _torch_runner(folded, task, torch.float32)),
+        ("PyTorch unfolded", "fp32", _torch_runner(unfolded, task, torch.float32)),
+        ("PyTorch folded", "fp32", _torch_runner(folded, task, torch.float32)),
     ]
     for label, model_bytes in (("folded", onnx_folded), ("unfolded", onnx_unfolded)):
         for optimize in (False, True):
             run = _ort_runner(model_bytes, optimize, fp16)
-            candidates.append((f"ORT {label}, opt {'on' if optimize else 'off'}", precision, run))
+            switch = "on" if optimize else "off"
+            candidates.append((f"ONNX Runtime {label}, graph opt {switch}", precision, run))
     reference_run = _torch_runner(unfolded, task, torch.float64)
     comparisons = []
     for rows_name, rows in _row_sources(

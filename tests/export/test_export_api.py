@@ -27,7 +27,7 @@ def _ops(path: Path) -> list[str]:
 def test_export_writes_a_folded_graph_with_metadata(checkpoint_path: Path, tmp_path: Path) -> None:
     result = export_checkpoint(checkpoint_path, output=tmp_path / "out" / "model.onnx")
     assert result.report is not None and result.report.ok
-    assert result.paths == [tmp_path / "out" / "model.onnx"]
+    assert result.paths == [tmp_path / "out" / "model.onnx", tmp_path / "out" / "model.report.json"]
     assert "BatchNormalization" not in _ops(result.onnx_path)
     meta = {p.key: p.value for p in onnx.load(result.onnx_path).metadata_props}
     assert meta["bnmodel.task"] == "classification"

@@ -58,7 +58,7 @@ def test_verify_only_prints_the_report(
 ) -> None:
     assert main(["export", str(checkpoint_path), "--verify-only"]) == 0
     out = capsys.readouterr().out
-    assert "ORT unfolded, opt on" in out and "wrote" not in out
+    assert "ONNX Runtime unfolded, graph opt on" in out and "wrote" not in out
 
 
 def test_missing_checkpoint_exits_1_naming_it(

@@ -8,10 +8,11 @@ import pytest
 import torch
 from bnmodel.export.fold import (
     FoldError,
+    fold_into_next,
     fold_model,
-    fold_standardize_linear,
     fuse_conv_bn,
     fuse_linear_bn,
+    standardize_affine,
 )
 from export_testlib import make_model
 from torch import nn
@@ -59,7 +60,8 @@ def test_bn_then_linear_folds_into_linear(affine: bool) -> None:
 def test_standardization_folds_into_first_linear() -> None:
     mean, std = torch.randn(4) * 100, torch.rand(4) * 10 + 0.5
     linear = nn.Linear(4, 3)
-    weight, bias = fold_standardize_linear(mean, std, linear.weight, linear.bias)
+    affine = standardize_affine(mean, std)
+    weight, bias = fold_into_next(affine, linear.weight, linear.bias, centered=False)
     x = torch.randn(16, 4, dtype=torch.float64) * 10 + mean.double()
     expected = linear.double()((x - mean.double()) / std.double())
     torch.testing.assert_close(
@@ -124,7 +126,9 @@ def test_training_mode_is_refused() -> None:
 def test_bn_without_running_statistics_is_refused() -> None:
     bn = nn.BatchNorm1d(4, track_running_stats=False)
     model = nn.Sequential(nn.Linear(3, 4), bn, nn.ReLU(), nn.Linear(4, 1)).eval()
-    with pytest.raises(FoldError, match=r"^1 \(BatchNorm1d\) has track_running_stats=False"):
+    with pytest.raises(
+        FoldError, match=r"^hidden layer 1 BN \(1\) \(BatchNorm1d\) has track_running_stats=False"
+    ):
         fold_model(model)
 
 

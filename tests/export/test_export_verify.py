@@ -35,12 +35,12 @@ def test_correct_fold_is_equivalent_for_every_candidate() -> None:
     )
     assert report.ok, report.format()
     assert {c.candidate for c in report.comparisons} == {
-        "torch unfolded",
-        "torch folded",
-        "ORT folded, opt off",
-        "ORT folded, opt on",
-        "ORT unfolded, opt off",
-        "ORT unfolded, opt on",
+        "PyTorch unfolded",
+        "PyTorch folded",
+        "ONNX Runtime folded, graph opt off",
+        "ONNX Runtime folded, graph opt on",
+        "ONNX Runtime unfolded, graph opt off",
+        "ONNX Runtime unfolded, graph opt on",
     }
     assert {(c.rows, c.output) for c in report.comparisons} == {
         (r, o) for r in ("validation", "random") for o in ("logits", "probabilities")
@@ -66,10 +66,13 @@ def test_tampered_graph_fails_naming_output_row_and_values() -> None:
         batch_sizes=(1, 7),
     )
     assert not report.ok
-    assert {c.candidate for c in report.failures} == {"ORT folded, opt off", "ORT folded, opt on"}
+    assert {c.candidate for c in report.failures} == {
+        "ONNX Runtime folded, graph opt off",
+        "ONNX Runtime folded, graph opt on",
+    }
     with pytest.raises(
         ExportMismatchError,
-        match=r"output 'predictions' \(ORT folded, opt o.*row \d+ of batch \d+: "
+        match=r"output 'predictions' \(ONNX Runtime folded, graph opt o.*row \d+ of batch \d+: "
         r"reference -?[\d.e+-]+, got -?[\d.e+-]+",
     ) as info:
         report.raise_for_mismatch()
@@ -88,7 +91,7 @@ def test_fp16_candidates_use_the_fp16_tolerance() -> None:
         fp16=True,
     )
     assert report.ok, report.format()
-    ort_rows = [c for c in report.comparisons if c.candidate.startswith("ORT")]
+    ort_rows = [c for c in report.comparisons if c.candidate.startswith("ONNX Runtime")]
     assert {c.precision for c in ort_rows} == {"fp16"}
     assert {c.tolerance for c in ort_rows} == {1e-2}
 

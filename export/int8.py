@@ -1,0 +1,268 @@
+"""INT8: static QDQ quantization of the folded graph with ONNX Runtime's own tools, and its check.
+
+Why it works here: folding leaves Gemm -> activation chains with per-output-channel weights
+and no separate normalization, which is what per-channel weight quantization wants. ORT
+turns each QuantizeLinear -> DequantizeLinear -> Gemm into one integer QGemm (U8S8: VNNI/AMX
+on x86). Kept in float: the input standardization (folding 1/std into the first Linear's
+input columns would spread them over orders of magnitude, and per-channel quantization has
+one scale per output row), centering Subs, Softmax, and the first contract output (logits or
+predictions come straight out of the last QGemm as float, not rounded to 256 levels).
+
+The graph keeps the contract (float32 "features" in, float32 outputs), so the server serves
+it unchanged. The check runs fp32 and int8 on labeled validation rows and refuses the export
+when accuracy drops (or RMSE rises) by more than the caller allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+__all__ = [
+    "CALIBRATION_ROWS",
+    "DEFAULT_MAX_ACCURACY_DROP",
+    "DEFAULT_MAX_RMSE_INCREASE",
+    "Int8AccuracyError",
+    "Int8Error",
+    "Int8Report",
+    "compare_int8",
+    "quantize_int8",
+    "read_feature_rows",
+]
+
+DEFAULT_MAX_ACCURACY_DROP = 0.5  # accuracy points (percent of rows)
+DEFAULT_MAX_RMSE_INCREASE = 1.0  # percent of the fp32 RMSE
+# MinMax calibration needs the range of each activation, not many rows: 2048 training rows
+# take ~1 s; more only widen ranges towards outliers.
+CALIBRATION_ROWS = 2048
+_FLOAT_OPS = ("Softmax", "Sub", "Div")  # kept in float (see the module docstring)
+
+
+class Int8Error(ValueError):
+    """INT8 export cannot run as asked (no calibration rows, unreadable calibration file)."""
+
+
+@dataclass(frozen=True)
+class Int8Report:
+    task: str
+    rows: int  # validation rows compared
+    labeled: bool  # False: no labels; the drop is 100 - agreement, an upper bound
+    fp32_metric: float  # accuracy in % (classification) or RMSE (regression)
+    int8_metric: float
+    argmax_agreement: float | None  # % of rows with the same class
+    max_probability_difference: float | None
+    max_prediction_difference: float | None  # regression: max |int8 - fp32|
+    allowed: float  # max accuracy drop (points) or RMSE increase (% of fp32 RMSE)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def drop(self) -> float:
+        """Accuracy points lost, or the RMSE increase in % of the fp32 RMSE (bigger is worse)."""
+        if self.task == "classification":
+            return self.fp32_metric - self.int8_metric
+        return 100.0 * (self.int8_metric - self.fp32_metric) / max(self.fp32_metric, 1e-30)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.drop <= self.allowed)
+
+    def format(self, verbose: bool = False) -> str:  # one line either way
+        verdict = "pass" if self.ok else "FAIL"
+        if self.task == "classification":
+            source = "labeled" if self.labeled else "unlabeled (drop = disagreement, upper bound)"
+            return (
+                f"int8 vs fp32 on {self.rows} {source} validation rows: accuracy "
+                f"{self.fp32_metric:.2f}% -> {self.int8_metric:.2f}% (drop {self.drop:.2f} "
+                f"points, allowed {self.allowed:g}), argmax agreement "
+                f"{self.argmax_agreement:.2f}%, max probability difference "
+                f"{self.max_probability_difference:.3g}  {verdict}"
+            )
+        return (
+            f"int8 vs fp32 on {self.rows} validation rows: RMSE {self.fp32_metric:.6g} -> "
+            f"{self.int8_metric:.6g} (+{self.drop:.2f}%, allowed {self.allowed:g}%), max "
+            f"prediction difference {self.max_prediction_difference:.3g}  {verdict}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "drop": self.drop, "ok": self.ok}
+
+
+class Int8AccuracyError(ValueError):
+    """The INT8 graph loses more than allowed; ``.report`` has the figures."""
+
+    def __init__(self, report: Int8Report) -> None:
+        self.report = report
+        what = "accuracy drop" if report.task == "classification" else "RMSE increase"
+        flag = "--max-accuracy-drop" if report.task == "classification" else "--max-rmse-increase"
+        super().__init__(
+            f"int8 {what} {report.drop:.2f} exceeds {flag} {report.allowed:g}; nothing "
+            f"written: export fp32 instead (drop --int8), or allow more with {flag}"
+        )
+
+
+def read_feature_rows(path: str | Path, feature_names: Sequence[str]) -> np.ndarray:
+    """(N, F) float32 rows of a CSV/Parquet (columns named as the model's features; others are
+    ignored) or NPZ (array ``X`` or ``features``) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise Int8Error(f"calibration data {path} does not exist or is not a file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                key = next((k for k in ("X", "features") if k in data), None)
+                if key is None:
+                    raise Int8Error(f"calibration data {path}: no array 'X' or 'features'")
+                rows = np.asarray(data[key], np.float64)
+        elif suffix in (".csv", ".parquet", ".pq"):
+            rows = _table_rows(path, feature_names)
+        else:
+            raise Int8Error(
+                f"calibration data {path}: unknown format {suffix!r}; expected .csv, .parquet "
+                "or .npz"
+            )
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, Int8Error):
+            raise
+        raise Int8Error(f"calibration data {path} cannot be read: {exc}") from exc
+    if rows.ndim != 2 or rows.shape[1] != len(feature_names) or len(rows) == 0:
+        raise Int8Error(
+            f"calibration data {path}: expected (N >= 1, {len(feature_names)}) rows, got "
+            f"shape {rows.shape}"
+        )
+    if not np.isfinite(rows).all():
+        row = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+        raise Int8Error(f"calibration data {path}: row {row + 1} holds a NaN or inf")
+    return rows.astype(np.float32)
+
+
+def _table_rows(path: Path, feature_names: Sequence[str]) -> np.ndarray:
+    import pandas as pd
+
+    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    frame.columns = [str(c) for c in frame.columns]
+    missing = [c for c in feature_names if c not in frame.columns]
+    if missing:
+        raise Int8Error(
+            f"calibration data {path}: missing feature column(s) {missing[:5]}; the model "
+            f"takes {list(feature_names)[:8]}{'...' if len(feature_names) > 8 else ''}"
+        )
+    return frame[list(feature_names)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+
+
+class _Rows:
+    """onnxruntime.quantization CalibrationDataReader over (N, F) rows, 64 at a time."""
+
+    def __init__(self, input_name: str, rows: np.ndarray) -> None:
+        self._batches = iter([{input_name: rows[i : i + 64]} for i in range(0, len(rows), 64)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _float_output(model: onnx.ModelProto, output: str) -> None:
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of a graph output."""
+    nodes = model.graph.node
+    dq = next((n for n in nodes if n.op_type == "DequantizeLinear" and output in n.output), None)
+    if dq is None:
+        return
+    q = next(n for n in nodes if n.op_type == "QuantizeLinear" and dq.input[0] in n.output)
+    producer = next(n for n in nodes if q.input[0] in n.output)
+    producer.output[list(producer.output).index(q.input[0])] = output
+    nodes.remove(dq)
+    nodes.remove(q)
+
+
+def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """Static QDQ, per-channel int8 weights, uint8 activations (MinMax over ``calibration``)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from .onnx_export import INPUT_NAME
+
+    keep_float = [n.name for n in model.graph.node if n.op_type in _FLOAT_OPS]
+    # quantize_static logs advice to the root logger ("consider pre-processing"): not ours.
+    logging.disable(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bnmodel-int8-") as tmp:
+            source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            onnx.save(model, source)
+            quantize_static(
+                str(source),
+                str(target),
+                _Rows(INPUT_NAME, np.asarray(calibration, np.float32)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=keep_float,
+            )
+            quantized = onnx.load(str(target))
+    finally:
+        logging.disable(logging.NOTSET)
+    _float_output(quantized, model.graph.output[0].name)
+    onnx.helper.set_model_props(
+        quantized,
+        {**{p.key: p.value for p in model.metadata_props}, "bnmodel.precision": "int8"},
+    )
+    return quantized
+
+
+def _session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def compare_int8(
+    fp32: bytes,
+    int8: bytes,
+    rows: np.ndarray,
+    targets: np.ndarray | None,
+    *,
+    task: str,
+    allowed: float,
+    notes: Sequence[str] = (),
+) -> Int8Report:
+    """fp32 and int8 on the same rows: accuracy (or RMSE) on ``targets``, agreement, differences.
+
+    Without targets a classifier is judged on agreement: every changed class can cost at most
+    one correct row, so 100 - agreement bounds the accuracy drop. A regressor needs targets.
+    """
+    from .onnx_export import INPUT_NAME
+
+    feed = {INPUT_NAME: np.asarray(rows, np.float32)}
+    a, b = _session(fp32).run(None, feed), _session(int8).run(None, feed)
+    if task == "classification":
+        pred_a, pred_b = a[0].argmax(axis=1), b[0].argmax(axis=1)
+        agreement = 100.0 * float((pred_a == pred_b).mean())
+        labels = pred_a if targets is None else np.asarray(targets).reshape(-1)
+        return Int8Report(
+            task,
+            len(rows),
+            targets is not None,
+            100.0 * float((pred_a == labels).mean()),
+            100.0 * float((pred_b == labels).mean()),
+            agreement,
+            float(np.abs(a[1] - b[1]).max()),
+            None,
+            allowed,
+            list(notes),
+        )
+    if targets is None:
+        raise Int8Error(
+            "int8 of a regressor needs labeled validation rows to measure the RMSE increase: "
+            "the checkpoint's data_spec names none that can be read"
+        )
+    y = np.asarray(targets, np.float64).reshape(a[0].shape)
+    rmse = [math.sqrt(float(np.mean((p.astype(np.float64) - y) ** 2))) for p in (a[0], b[0])]
+    diff = float(np.abs(a[0].astype(np.float64) - b[0]).max())
+    return Int8Report(task, len(rows), True, *rmse, None, None, diff, allowed, list(notes))
