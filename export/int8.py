@@ -33,6 +33,7 @@ __all__ = [
     "Int8Error",
     "Int8Report",
     "compare_int8",
+    "first_gemm",
     "quantize_int8",
     "read_feature_rows",
 ]
@@ -180,13 +181,25 @@ def _float_output(model: onnx.ModelProto, output: str) -> None:
     nodes.remove(q)
 
 
-def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
-    """Static QDQ, per-channel int8 weights, uint8 activations (MinMax over ``calibration``)."""
+def first_gemm(model: onnx.ModelProto) -> list[str]:
+    """The first Gemm's node name: the layer INT8 may keep in float (see ``quantize_int8``)."""
+    return [next(n.name for n in model.graph.node if n.op_type == "Gemm")]
+
+
+def quantize_int8(
+    model: onnx.ModelProto, calibration: np.ndarray, keep_float: Sequence[str] = ()
+) -> onnx.ModelProto:
+    """Static QDQ, per-channel int8 weights, uint8 activations (MinMax over ``calibration``).
+
+    ``keep_float``: more node names to leave in float. The first Gemm is the usual candidate:
+    its input is the standardized features, quantized with one scale for all of them, and a
+    near-constant training feature (tiny std) stretches that scale for every other one.
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from .onnx_export import INPUT_NAME
 
-    keep_float = [n.name for n in model.graph.node if n.op_type in _FLOAT_OPS]
+    keep_float = [n.name for n in model.graph.node if n.op_type in _FLOAT_OPS] + list(keep_float)
     # quantize_static logs advice to the root logger ("consider pre-processing"): not ours.
     logging.disable(logging.WARNING)
     try:
