@@ -179,6 +179,10 @@ def _float_output(model: onnx.ModelProto, output: str) -> None:
     producer.output[list(producer.output).index(q.input[0])] = output
     nodes.remove(dq)
     nodes.remove(q)
+    used = {name for n in nodes for name in n.input}
+    unused = [t for t in model.graph.initializer if t.name not in used]
+    for tensor in unused:  # the pair's scales and zero points
+        model.graph.initializer.remove(tensor)
 
 
 def first_gemm(model: onnx.ModelProto) -> list[str]:

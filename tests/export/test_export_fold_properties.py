@@ -11,11 +11,13 @@ most 2x the unfolded float32 model's own error, and at most 1e-6 where that erro
 "The unfolded float32 error" is the worse of PyTorch's and ONNX Runtime's: two float32
 runtimes already differ by up to 4x on these models (same weights, other summation order).
 
-Measured by /tmp harness over 1000 random draws (MAX_FOLDED_SHIFT 4): folded/unfolded ratio
-median 0.92, 99th percentile 2.1, worst 3.3; 2 draws of 1000 break the bound, both with
-pre placement and mean 1e3 inputs (Linear -> BN, where no centering can help: the rounding of
-the scaled weights alone costs that much). Before centering, 40 of 1000 broke it, with
-errors up to 4.8e-5. The draws below are derandomized: the same examples run every time.
+Measured with fold_precision_survey.py (1000 random draws, seed 13, MAX_FOLDED_SHIFT 4):
+folded/unfolded ratio median 0.96, 99th percentile 3.3 (where unfolded is below 2e-7);
+the bound breaks on 2 draws of 1000, at 2.3x and 2.5x: a post-placement model fed raw inputs
+around 1e3 (the first Linear's own cancellation) and a pre-placement one (Linear -> BN, where
+no centering can help: rounding the scaled weights costs that much). Without the centering
+Sub (MAX_FOLDED_SHIFT inf) it breaks on 63 of 1000, by up to orders of magnitude. The
+property test's draws are derandomized: the same examples run every time.
 """
 
 from __future__ import annotations
