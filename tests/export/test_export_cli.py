@@ -93,3 +93,36 @@ def test_cli_module_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_saturated_units_export_and_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Post placement, tanh units pinned at +-1 (running_var ~0): exports within 1e-5."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from export_testlib import adversarial_model
+
+    from bnmodel.checkpoint import Checkpoint, save_checkpoint
+
+    model, _ = adversarial_model(
+        in_features=6,
+        hidden_sizes=(32, 32),
+        out_features=4,
+        activation="tanh",
+        bn_placement="post",
+        standardize_input=True,
+        bn_eps=1e-5,
+        cumulative=True,
+        affine=True,
+        states=["saturated", "normal", "normal"],
+        mean_scale=1.0,
+        log10_min_var=None,
+        seed=5,
+    )
+    ckpt = Checkpoint(model.config, model.state_dict(), "classification", list("abcdef"))
+    path = save_checkpoint(ckpt, tmp_path / "saturated.pt")
+    assert main(["export", str(path), "-o", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "centering kept as a Sub" in out and "equivalent within tolerance" in out
