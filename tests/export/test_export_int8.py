@@ -10,11 +10,12 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 from bnmodel.export.api import export_checkpoint
-from bnmodel.export.int8 import Int8Error
+from bnmodel.export.int8 import Int8AccuracyError, Int8Error
 from bnmodel.serve.client import InferenceClient
 from bnmodel.serve.process import spawn_server
+from export_testlib import make_checkpoint
 
-from bnmodel.checkpoint import load_checkpoint
+from bnmodel.checkpoint import load_checkpoint, save_checkpoint
 from bnmodel.cli import main
 from bnmodel.data import validation_split
 
@@ -40,6 +41,7 @@ def _session(path: Path, optimized: Path | None = None) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow  # the trained fixture: a few seconds once
 def test_int8_graph_is_per_channel_qdq_and_keeps_accuracy(trained: Path, tmp_path: Path) -> None:
     result = export_checkpoint(trained, output=tmp_path / "int8.onnx", int8=True)
     report = result.int8
@@ -71,6 +73,7 @@ def test_int8_graph_is_per_channel_qdq_and_keeps_accuracy(trained: Path, tmp_pat
     assert optimized.count("QGemm") == 2 and optimized.count("Gemm") == 1
 
 
+@pytest.mark.slow  # the trained fixture: a few seconds once
 def test_every_linear_is_int8_when_that_keeps_accuracy(trained: Path, tmp_path: Path) -> None:
     result = export_checkpoint(
         trained, output=tmp_path / "m.onnx", int8=True, max_accuracy_drop=5.0, verify=False
@@ -81,6 +84,7 @@ def test_every_linear_is_int8_when_that_keeps_accuracy(trained: Path, tmp_path: 
     assert optimized.count("QGemm") == 3 and "Gemm" not in optimized
 
 
+@pytest.mark.slow  # the trained fixture: a few seconds once
 def test_int8_repository_is_served_unchanged(trained: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     export_checkpoint(trained, repository=repo, name="digits", int8=True, verify=False)
@@ -95,6 +99,7 @@ def test_int8_repository_is_served_unchanged(trained: Path, tmp_path: Path) -> N
     np.testing.assert_allclose(got["probabilities"], expected[1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # the trained fixture: a few seconds once
 def test_accuracy_drop_beyond_the_limit_fails_and_writes_nothing(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -110,6 +115,7 @@ def test_accuracy_drop_beyond_the_limit_fails_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow  # the trained fixture: a few seconds once
 def test_calibration_csv_is_read_by_feature_name(trained: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(trained)
     train, _ = validation_split(ckpt.data_spec)
@@ -125,6 +131,24 @@ def test_calibration_csv_is_read_by_feature_name(trained: Path, tmp_path: Path) 
         Int8Error, match=rf"missing feature column\(s\) \['{ckpt.feature_names[5]}'"
     ):
         export_checkpoint(trained, int8=True, calibration_data=tmp_path / "short.csv")
+
+
+def test_int8_regressor_is_judged_on_rmse(tmp_path: Path) -> None:
+    ckpt_path = make_checkpoint(tmp_path / "reg.pt", task="regression", out_features=1)
+    ckpt = load_checkpoint(ckpt_path)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.standard_normal((300, 6)) * 3, columns=ckpt.feature_names)
+    frame["y"] = frame.sum(axis=1) + rng.standard_normal(300)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    spec = {"source": str(tmp_path / "rows.csv"), "target": "y", "task": "regression"}
+    ckpt.data_spec = {**spec, "seed": 0, "val_fraction": 0.2}
+    save_checkpoint(ckpt, ckpt_path)
+    result = export_checkpoint(ckpt_path, output=tmp_path / "reg.onnx", int8=True, verify=False)
+    report = result.int8
+    assert report.task == "regression" and report.rows == 60 and report.ok
+    assert "RMSE" in report.format() and report.max_prediction_difference > 0
+    with pytest.raises(Int8AccuracyError, match="exceeds --max-rmse-increase -1"):
+        export_checkpoint(ckpt_path, int8=True, max_rmse_increase=-1.0, verify=False)
 
 
 def test_int8_without_training_data_asks_for_calibration_rows(checkpoint_path: Path) -> None:
