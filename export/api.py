@@ -7,8 +7,10 @@ failed export leaves no files. The written model gets its report beside it as JS
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from torch import nn
 from bnmodel import __version__
 from bnmodel.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from bnmodel.files import atomic_write_bytes
+from bnmodel.model import Standardize
 
 from .fold import FoldReport, fold_model
 from .fp16 import fp16_range_warnings
@@ -249,35 +252,45 @@ def _int8(
     metadata = {p.key: p.value for p in fp32.metadata_props}
     source_graph = _graph(folded, ckpt, False, fp32.opset_import[0].version, metadata)
     rows, targets = data.validation, data.targets
-    notes = [
-        f"{source} ({len(calibration)} used)",
-        "int8 graph: the input standardization stays a float Sub/Div ahead of the first "
-        "Gemm (folding 1/std into per-channel int8 weights costs accuracy)",
-    ]
+    notes = [f"{source} ({len(calibration)} used)"]
+    if any(isinstance(m, Standardize) for m in folded.net):
+        notes.append(
+            "int8 graph: the input standardization stays a float Sub/Div ahead of the first "
+            "Gemm (folding 1/std into per-channel int8 weights costs accuracy)"
+        )
     if rows is None:
         rows, targets = calibration, None
         notes.append("no validation rows: int8 compared with fp32 on the calibration rows")
-    # Fastest first: every Gemm in int8; if that loses too much, the first Gemm in float.
-    variants = [("every Linear in int8", ()), ("Linear 1 kept in float", first_gemm(source_graph))]
+    compare = functools.partial(
+        compare_int8,
+        fp32.SerializeToString(),
+        rows=rows,
+        targets=targets,
+        task=ckpt.task,
+        allowed=allowed,
+    )
+    return _first_good_variant(source_graph, calibration, compare, notes)
+
+
+def _first_good_variant(
+    source: onnx.ModelProto,
+    calibration: np.ndarray,
+    compare: Callable[..., Int8Report],
+    notes: list[str],
+) -> tuple[onnx.ModelProto, Int8Report]:
+    """Fastest first: every Gemm in int8; if that loses too much, the first Gemm in float."""
+    variants = [("every Linear in int8", ()), ("Linear 1 kept in float", first_gemm(source))]
     for index, (variant, keep_float) in enumerate(variants):
-        quantized = quantize_int8(source_graph, calibration, keep_float)
+        quantized = quantize_int8(source, calibration, keep_float)
         check_onnx(quantized)
-        report = compare_int8(
-            fp32.SerializeToString(),
-            quantized.SerializeToString(),
-            rows,
-            targets,
-            task=ckpt.task,
-            allowed=allowed,
-            notes=[*notes, f"int8 variant: {variant}"],
+        report = compare(
+            int8=quantized.SerializeToString(), notes=[*notes, f"int8 variant: {variant}"]
         )
         if report.ok:
-            break
+            return quantized, report
         if index + 1 < len(variants):
-            notes.append(f"{variant}: drop {report.drop:.2f} > {allowed:g}, tried the next")
-    if not report.ok:
-        raise Int8AccuracyError(report)
-    return quantized, report
+            notes.append(f"{variant}: drop {report.drop:.2f} > {report.allowed:g}, tried the next")
+    raise Int8AccuracyError(report)
 
 
 def export_checkpoint(

@@ -242,9 +242,9 @@ def _session(model_bytes: bytes):
 def compare_int8(
     fp32: bytes,
     int8: bytes,
+    *,
     rows: np.ndarray,
     targets: np.ndarray | None,
-    *,
     task: str,
     allowed: float,
     notes: Sequence[str] = (),
