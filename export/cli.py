@@ -102,8 +102,11 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--name needs --repository"
     int8_only = ("--calibration-data", "--max-accuracy-drop", "--max-rmse-increase")
     for flag in int8_only:
-        if getattr(args, flag[2:].replace("-", "_")) is not None and not args.int8:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and not args.int8:
             return f"{flag} needs --int8"
+        if flag != "--calibration-data" and value is not None and value < 0:
+            return f"{flag} must be >= 0, got {value:g}"
     if args.int8 and (args.fp16 or args.no_fold):
         return "--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold"
     return None

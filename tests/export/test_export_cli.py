@@ -26,6 +26,11 @@ def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
         "--max-batch-size",
         "--opset",
         "--verify-only",
+        "--verbose",
+        "--int8",
+        "--calibration-data",
+        "--max-accuracy-drop",
+        "--max-rmse-increase",
     ):
         assert flag in out
 

@@ -162,6 +162,7 @@ def test_int8_without_training_data_asks_for_calibration_rows(checkpoint_path: P
         (["--calibration-data", "c.csv"], "--calibration-data needs --int8"),
         (["--max-accuracy-drop", "1"], "--max-accuracy-drop needs --int8"),
         (["--int8", "--fp16"], "drop --fp16 and --no-fold"),
+        (["--int8", "--max-accuracy-drop", "-1"], "--max-accuracy-drop must be >= 0, got -1"),
     ],
 )
 def test_int8_flag_misuse_is_a_usage_error(
