@@ -140,15 +140,15 @@ class EquivalenceReport:
     def _table(self) -> list[str]:
         header = (
             f"{'candidate':<38}{'prec':<6}{'rows':<12}{'output':<15}{'rel error':>11}"
-            f"{'tolerance':>11}{'argmax':>9}  {'worst at':<16}ok"
+            f"{'tolerance':>11}{'argmax':>9}  {'worst at':<20}ok"
         )
         lines = ["", header, "-" * len(header)]
         for c in self.comparisons:
             agree = "" if c.argmax_agreement is None else f"{100 * c.argmax_agreement:.2f}%"
-            where = f"row {c.worst_row}/{c.worst_batch}"
+            where = f"row {c.worst_row}, batch {c.worst_batch}"
             lines.append(
                 f"{c.candidate:<38}{c.precision:<6}{c.rows:<12}{c.output:<15}"
-                f"{c.max_rel:>11.3g}{c.tolerance:>11g}{agree:>9}  {where:<16}"
+                f"{c.max_rel:>11.3g}{c.tolerance:>11g}{agree:>9}  {where:<20}"
                 f"{'yes' if c.ok else 'NO'}"
             )
         return [*lines, ""]
