@@ -107,11 +107,17 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
         return 0
     try:
         held = hold_port(settings.host, settings.port)
+        # HTTP (serve/http.py) is shared the same way; a closed socket stands in when it is off.
+        http_held = (
+            hold_port(settings.host, settings.http_port) if settings.http else socket.socket()
+        )
     except OSError as exc:
         log.error("%s", exc)
         return 1
     port = held.getsockname()[1]
-    with held, _Supervisor(count) as supervisor:
+    if settings.http:
+        settings = dataclasses.replace(settings, http_port=http_held.getsockname()[1])
+    with held, http_held, _Supervisor(count) as supervisor:
         for index in range(count):
             supervisor.fork(lambda fd, i=index: _worker(settings, i, count, port, fd))
         return supervisor.wait(on_ready, held)
