@@ -389,6 +389,7 @@ class _Connection(asyncio.Protocol):
         self.pending: collections.deque[_Request] = collections.deque()
         self.busy = False  # a response is being computed
         self.closing = False
+        self.upgraded = False  # the client asked for another protocol: close after answering
         self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -410,7 +411,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades (WebSocket, h2c) are not supported; use HTTP/1.1")
+            # Ignored, as HTTP allows: the request is answered over HTTP/1.1, then the connection
+            # closes, since the parser reads nothing after an upgrade request.
+            self.upgraded = True
+            if not self.busy and not self.pending:
+                self._close()
         except httptools.HttpParserError as exc:
             if not self.closing:  # not a limit our callbacks already answered
                 self._fail(400, f"malformed HTTP request: {exc}")
@@ -523,6 +528,7 @@ class _Connection(asyncio.Protocol):
 
     def _send(self, request: _Request, response: HttpResponse) -> None:
         keep_alive = request.keep_alive and not self.server.closing
+        keep_alive = keep_alive and not (self.upgraded and not self.pending)
         head = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
             f"content-type: {response.content_type}\r\ncontent-length: {len(response.body)}\r\n"

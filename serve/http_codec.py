@@ -35,6 +35,7 @@ HEADER_LENGTH = "inference-header-content-length"  # lower case, as the server s
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
 # numpy kinds of a JSON array each datatype family accepts: b bool, i/u integers, f floats.
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_ARRAY_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "U": "strings"}
 
 
 def _json_type(value: Any) -> str:
@@ -117,14 +118,9 @@ def _json_data(data: Any, datatype: str, where: str) -> _JsonContents:
         raise InvalidInputError(f"{where}: 'data' is a ragged nested array") from None
     if values.dtype.kind not in _ACCEPTED_KINDS[dt.dtype.kind]:
         expected = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
+        got = _ARRAY_KINDS.get(values.dtype.kind, "values of mixed JSON types")
         raise InvalidInputError(
-            f"{where}: 'data' must hold {expected[dt.dtype.kind]} for {datatype}"
-            + ("" if values.size else ", got an empty nested array")
-            + (
-                f", got {_json_type(values.flat[0])}"
-                if values.size and values.dtype.kind in "OUS"
-                else ""
-            )
+            f"{where}: 'data' must hold {expected[dt.dtype.kind]} for {datatype}, got {got}"
         )
     return _JsonContents(dt.contents_field, values.ravel())
 

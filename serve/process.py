@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 READY_PATTERN = re.compile(r"ready on (\S+):(\d+)")
-HTTP_PATTERN = re.compile(r"(\S+):(\d+) \(HTTP\)")  # in the ready line, unless --no-http
+HTTP_PATTERN = re.compile(r"(\S+):(\d+) \((HTTPS?)\)")  # in the ready line, unless --no-http
 
 
 class ServerStartError(RuntimeError):
@@ -66,7 +66,7 @@ class ServerProcess:
     ready_line: str
     _stderr: _Collector
     log_path: Path | None = None  # stderr went to this file instead of a pipe
-    http_url: str = ""  # http://HOST:PORT, "" with --no-http
+    http_url: str = ""  # http(s)://HOST:PORT, "" with --no-http
 
     def stderr_text(self) -> str:
         """What the server logged so far; all of it once the process has exited."""
@@ -145,7 +145,7 @@ def spawn_server(
         _Collector(process.stdout, keep=False)
         bound_host, port = READY_PATTERN.search(line).groups()
         http = HTTP_PATTERN.search(line)
-        http_url = f"http://{http[1]}:{http[2]}" if http else ""
+        http_url = f"{http[3].lower()}://{http[1]}:{http[2]}" if http else ""
         yield ServerProcess(process, f"{bound_host}:{port}", line, stderr, log_path, http_url)
     finally:
         stop_server(process)

@@ -63,6 +63,7 @@ class ServerInfo:
     providers: tuple[str, ...]
     startup_seconds: float
     http_port: int = 0  # 0: no HTTP
+    http_tls: bool = False  # HTTPS
 
 
 def ready_line(info: ServerInfo) -> str:
@@ -70,7 +71,7 @@ def ready_line(info: ServerInfo) -> str:
     providers = ",".join(p.removesuffix("ExecutionProvider") for p in info.providers)
     endpoints = [f"{info.host}:{info.port} (gRPC)"] if info.port else []
     if info.http_port:
-        endpoints.append(f"{info.host}:{info.http_port} (HTTP)")
+        endpoints.append(f"{info.host}:{info.http_port} ({'HTTPS' if info.http_tls else 'HTTP'})")
     return (
         f"bnmodel serve: ready on {', '.join(endpoints)} "
         f"(models: {', '.join(info.models)}; {providers}; "
@@ -364,7 +365,15 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
         providers = tuple(server.factory.providers)
         elapsed = time.perf_counter() - start
         on_ready(
-            ServerInfo(settings.host, port, tuple(loaded), providers, elapsed, server.http_port)
+            ServerInfo(
+                settings.host,
+                port,
+                tuple(loaded),
+                providers,
+                elapsed,
+                server.http_port,
+                settings.tls_cert is not None,
+            )
         )
     await stop.wait()
     if not await server.stop(settings.grace_seconds):
