@@ -389,7 +389,7 @@ class _Connection(asyncio.Protocol):
         self.pending: collections.deque[_Request] = collections.deque()
         self.busy = False  # a response is being computed
         self.closing = False
-        self.upgraded = False  # the client asked for another protocol: close after answering
+        self.close_after = False  # upgrade asked for, or the client half-closed
         self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -405,6 +405,23 @@ class _Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
 
+    def eof_received(self) -> bool:
+        """The client closed its sending side: a request cut short gets a 400; answers to whole
+        requests still go out, then the connection closes."""
+        if self.request is not None and not self.closing:
+            got = len(self.request.body)
+            expected = self.request.headers.get("content-length", "?")
+            self._fail(
+                400,
+                f"request truncated: the client closed its side after {got} of {expected} "
+                "body bytes",
+            )
+            return False
+        if self.busy or self.pending:
+            self.close_after = True
+            return True
+        return False
+
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
@@ -413,7 +430,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # Ignored, as HTTP allows: the request is answered over HTTP/1.1, then the connection
             # closes, since the parser reads nothing after an upgrade request.
-            self.upgraded = True
+            self.close_after = True
             if not self.busy and not self.pending:
                 self._close()
         except httptools.HttpParserError as exc:
@@ -528,7 +545,7 @@ class _Connection(asyncio.Protocol):
 
     def _send(self, request: _Request, response: HttpResponse) -> None:
         keep_alive = request.keep_alive and not self.server.closing
-        keep_alive = keep_alive and not (self.upgraded and not self.pending)
+        keep_alive = keep_alive and not (self.close_after and not self.pending)
         head = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
             f"content-type: {response.content_type}\r\ncontent-length: {len(response.body)}\r\n"

@@ -118,7 +118,7 @@ def _json_data(data: Any, datatype: str, where: str) -> _JsonContents:
         raise InvalidInputError(f"{where}: 'data' is a ragged nested array") from None
     if values.dtype.kind not in _ACCEPTED_KINDS[dt.dtype.kind]:
         expected = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
-        got = _ARRAY_KINDS.get(values.dtype.kind, "values of mixed JSON types")
+        got = _ARRAY_KINDS.get(values.dtype.kind, "nulls, objects or mixed JSON types")
         raise InvalidInputError(
             f"{where}: 'data' must hold {expected[dt.dtype.kind]} for {datatype}, got {got}"
         )

@@ -1,4 +1,7 @@
-"""HTTP/REST beside gRPC (serve/http.py): tritonclient.http, plain HTTP, errors, limits."""
+"""HTTP/REST beside gRPC (serve/http.py): tritonclient.http, plain HTTP, keep-alive, timeouts.
+
+The classes of bad request live in tools/bad_request_matrix.py (tests/serve/test_bad_requests.py).
+"""
 
 from __future__ import annotations
 
@@ -129,143 +132,6 @@ def test_nested_and_flat_data_and_mixed_binary_outputs(server):
     np.testing.assert_allclose(np.reshape(logits["data"], (5, 3)), expected["logits"], rtol=1e-6)
 
 
-def _binary_body(x: np.ndarray, size: int | None = None) -> tuple[bytes, dict]:
-    raw = x.tobytes()
-    tensor = {"name": "features", "datatype": "FP32", "shape": list(x.shape)}
-    tensor["parameters"] = {"binary_data_size": len(raw) if size is None else size}
-    header = json.dumps({"inputs": [tensor]}).encode()
-    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
-
-
-ONE = {"name": "features", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}
-BAD_REQUESTS = [
-    # (method, path, body, headers, status, part of the error message)
-    ("GET", "/nowhere", b"", {}, 404, "unknown route '/nowhere'"),
-    ("DELETE", "/v2/models/clf", b"", {}, 405, "takes GET, not DELETE"),
-    ("GET", "/v2/models/clf/infer", b"", {}, 405, "takes POST, not GET"),
-    ("GET", "/v2/models/nope", b"", {}, 404, "unknown model 'nope'; loaded models"),
-    ("GET", "/v2/models/clf/versions/9", b"", {}, 404, "version"),
-    ("POST", "/v2/models/nope/infer", b"{}", {}, 404, "unknown model 'nope'"),
-    ("POST", "/v2/models/clf/infer", b"{not json", {}, 400, "is not valid JSON"),
-    ("POST", "/v2/models/clf/infer", b"[1, 2]", {}, 400, "must be a JSON object, got an array"),
-    ("POST", "/v2/models/clf/infer", b"{}", {}, 400, "request has no 'inputs'"),
-    ("POST", "/v2/models/clf/infer", b'{"inputs": {}}', {}, 400, "'inputs' must be an array"),
-    ("POST", "/v2/models/clf/infer", b'{"inputs": [7]}', {}, 400, "input 0: must be an object"),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        json.dumps({"inputs": [{**ONE, "data": ["a"] * 8}]}).encode(),
-        {},
-        400,
-        "'data' must hold numbers for FP32, got strings",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        json.dumps({"inputs": [{**ONE, "shape": "1x8"}]}).encode(),
-        {},
-        400,
-        "'shape' must be an array, got a string",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        json.dumps({"inputs": [{**ONE, "data": [[1, 2], [3]]}]}).encode(),
-        {},
-        400,
-        "ragged",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        json.dumps({"inputs": [{**ONE, "data": [0.5] * 7}]}).encode(),
-        {},
-        400,
-        "model 'clf' input 'features': typed contents hold 7 values, expected 8",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        json.dumps({"inputs": [{**ONE, "shape": [65, 8], "data": [0.5] * 520}]}).encode(),
-        {},
-        400,
-        "batch size 65 exceeds max_batch_size 64",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        json.dumps({"inputs": [{**ONE, "datatype": "FP64"}]}).encode(),
-        {},
-        400,
-        "datatype 'FP64', expected FP32",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        json.dumps({"inputs": [ONE], "outputs": [{"name": "nope"}]}).encode(),
-        {},
-        400,
-        "unknown output 'nope'",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        json.dumps({"inputs": [ONE], "parameters": {"sequence_id": [1]}}).encode(),
-        {},
-        400,
-        "parameter 'sequence_id' must be a boolean, number or string, got an array",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        *_binary_body(np.ones((2, 8), np.float32), size=32),
-        400,
-        "the inputs' binary_data_size add up to 32 bytes, but 64 bytes follow",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        *_binary_body(np.ones((2, 8), np.float32), size=65),
-        400,
-        "binary_data_size 65 at offset 0 runs past the 64 bytes",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        _binary_body(np.ones((2, 8), np.float32))[0],
-        {"Inference-Header-Content-Length": "99999"},
-        400,
-        "Inference-Header-Content-Length is 99999, but the body holds",
-    ),
-    (
-        "POST",
-        "/v2/models/clf/infer",
-        b"{}",
-        {"Inference-Header-Content-Length": "-3"},
-        400,
-        "must be a number of bytes",
-    ),
-    ("POST", "/v2/repository/index", b'{"ready": 1}', {}, 400, "'ready' must be a boolean"),
-    ("POST", "/v2/repository/models/nope/load", b"", {}, 404, "nope"),
-    ("POST", "/v2/models/clf/infer", b"{}", {"Content-Encoding": "gzip"}, 415, "gzip"),
-]
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "body", "headers", "status", "message"),
-    BAD_REQUESTS,
-    ids=[f"{i}-{r[-1][:30]}" for i, r in enumerate(BAD_REQUESTS)],
-)
-def test_bad_requests_get_a_4xx_with_a_json_error(
-    server, method, path, body, headers, status, message
-):
-    got, answer_headers, answer = _request(server.http_url, method, path, body, headers)
-    assert got == status, answer
-    assert answer_headers["content-type"] == "application/json"
-    error = json.loads(answer)["error"]
-    assert message in error and "Traceback" not in error
-
-
 def test_the_error_texts_are_the_grpc_ones(server):
     """One decoding and validation path: the same request gets the same words both ways."""
     x = np.ones((2, 7), np.float32)
@@ -275,18 +141,6 @@ def test_the_error_texts_are_the_grpc_ones(server):
         client.infer("clf", x)
     assert grpc_error.value.code == "INVALID_ARGUMENT" and http_error.value.code == "HTTP 400"
     assert grpc_error.value.message == http_error.value.message.replace(server.http_url, server.url)
-
-
-def test_malformed_http_and_size_limits(server):
-    assert _raw(server.http_url, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    huge = b"POST /v2/models/clf/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"
-    answer = _raw(server.http_url, huge)
-    assert answer.startswith(b"HTTP/1.1 413 ") and b"exceeds this server's limit" in answer
-    headers = b"GET /v2 HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70000 + b"\r\n\r\n"
-    assert _raw(server.http_url, headers).startswith(b"HTTP/1.1 431 ")
-    upgrade = b"GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-    answer = _raw(server.http_url, upgrade)  # ignored: answered over HTTP/1.1, then closed
-    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b"HTTP/1.1") == 1
 
 
 def test_keep_alive_pipelining_and_expect_continue(server):
