@@ -58,9 +58,10 @@ def json_object(data: bytes | memoryview, what: str = "request body") -> dict:
 
 
 def _get(document: Mapping, key: str, kind: type | tuple, where: str, default: Any = None):
-    value = document.get(key, default)
-    if value is default:
-        return value
+    """``document[key]`` checked to be of JSON type ``kind``; absent or null: ``default``."""
+    value = document.get(key)
+    if value is None:
+        return default
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = _json_type(kind()) if isinstance(kind, type) else "a number"
         raise InvalidInputError(f"{where}: {key!r} must be {expected}, got {_json_type(value)}")
@@ -155,7 +156,7 @@ def _inputs(model: str, document: Mapping, binary: memoryview) -> tuple[InferInp
                 raise InvalidInputError(
                     f"{where}: parameter 'binary_data_size' must be an integer >= 0"
                 )
-            if "data" in tensor:
+            if tensor.get("data") is not None:
                 raise InvalidInputError(f"{where}: has both 'data' and binary_data_size")
             if offset + size.value > len(binary):
                 raise InvalidInputError(
@@ -165,7 +166,7 @@ def _inputs(model: str, document: Mapping, binary: memoryview) -> tuple[InferInp
             raw = binary[offset : offset + size.value]
             offset += size.value
             inputs.append(InferInput(name, datatype, shape, raw=raw))
-        elif "data" in tensor:
+        elif tensor.get("data") is not None:
             contents = _json_data(tensor["data"], datatype, where)
             inputs.append(InferInput(name, datatype, shape, contents=contents))
         else:
