@@ -23,7 +23,7 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -126,21 +126,21 @@ def _proto_json(message, zeros: bool = False) -> dict:
 
 
 def _int64_as_numbers(descriptor, document: dict) -> None:
-    for field in descriptor.fields:
-        value = document.get(field.name)
+    for entry in descriptor.fields:
+        value = document.get(entry.name)
         if value is None:
             continue
-        kind = field.message_type
+        kind = entry.message_type
         if kind is not None and kind.GetOptions().map_entry:
-            entry = kind.fields_by_name["value"]
-            if entry.message_type is not None:
+            mapped = kind.fields_by_name["value"]
+            if mapped.message_type is not None:
                 for item in value.values():
-                    _int64_as_numbers(entry.message_type, item)
+                    _int64_as_numbers(mapped.message_type, item)
         elif kind is not None:
             for item in value if isinstance(value, list) else [value]:
                 _int64_as_numbers(kind, item)
-        elif field.type in _INT64_TYPES:
-            document[field.name] = (
+        elif entry.type in _INT64_TYPES:
+            document[entry.name] = (
                 [int(v) for v in value] if isinstance(value, list) else int(value)
             )
 
@@ -149,7 +149,7 @@ def _int64_as_numbers(descriptor, document: dict) -> None:
 class _Request:
     method: str = ""
     url: bytes = b""
-    headers: dict[str, str] = None  # lower-case names
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes | bytearray = b""
     keep_alive: bool = True
 
@@ -271,9 +271,10 @@ class HttpApp:
                 "POST",
                 "RepositoryModelLoad" if action == "load" else "RepositoryModelUnload",
             )
-            if not self.allow_model_control:
-                return _error(403, model_control_refusal(name))
             call = self._control(action, model)
+            if not self.allow_model_control:  # after the token check, as over gRPC
+                refusal = _error(403, model_control_refusal(name))
+                call = lambda r: refusal  # noqa: E731
         else:
             return _error(
                 404,
@@ -388,6 +389,7 @@ class _Connection(asyncio.Protocol):
         self.header_bytes = 0
         self.pending: collections.deque[_Request] = collections.deque()
         self.busy = False  # a response is being computed
+        self.write_paused = False  # the client does not read its answers: stop answering
         self.closing = False
         self.close_after = False  # upgrade asked for, or the client half-closed
         self.timer: asyncio.TimerHandle | None = None
@@ -404,6 +406,16 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._arm(self.server.request_timeout, 0)  # closed if it stays paused this long
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._disarm()
+        if not self.busy:
+            self._next()
 
     def eof_received(self) -> bool:
         """The client closed its sending side: a request cut short gets a 400; answers to whole
@@ -440,7 +452,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.request = _Request(headers={})
+        self.request = _Request()
         self.header_bytes = 0
         self._arm(self.server.request_timeout, 408)
 
@@ -520,7 +532,7 @@ class _Connection(asyncio.Protocol):
     # -- answering ----------------------------------------------------------------------------
 
     def _next(self) -> None:
-        while self.pending and not self.closing:
+        while self.pending and not self.closing and not self.write_paused:
             request = self.pending.popleft()
             result = self.server.app.handle(request)
             if isinstance(result, HttpResponse):
@@ -529,7 +541,7 @@ class _Connection(asyncio.Protocol):
             self.busy = True
             self.loop.create_task(self._finish(request, result))
             return
-        if not self.closing:
+        if not self.closing and not self.write_paused:
             self.transport.resume_reading()
             if self.request is None:
                 self._arm(self.server.idle_timeout, 0)
@@ -585,7 +597,9 @@ class _Connection(asyncio.Protocol):
 
     def _expired(self, status: int) -> None:
         self.timer = None
-        if status and not self.busy:
+        if self.write_paused:
+            self._close()  # a client that stopped reading its answers
+        elif status and not self.busy:
             timeout = self.server.request_timeout
             self._fail(status, f"request not received in full within {timeout:g} s")
         elif not self.busy and not self.pending:

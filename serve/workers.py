@@ -106,8 +106,8 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
         log.info("stopped before serving")
         return 0
     try:
-        held = hold_port(settings.host, settings.port)
-        # HTTP (serve/http.py) is shared the same way; a closed socket stands in when it is off.
+        # HTTP (serve/http.py) is shared the same way; a closed socket stands in for a side off.
+        held = hold_port(settings.host, settings.port) if settings.grpc else socket.socket()
         http_held = (
             hold_port(settings.host, settings.http_port) if settings.http else socket.socket()
         )

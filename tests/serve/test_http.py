@@ -206,3 +206,52 @@ def test_slow_and_idle_clients_time_out():
     stalled, idle = asyncio.run(_timeouts())
     assert stalled.startswith(b"HTTP/1.1 408 ") and b"within 0.3 s" in stalled
     assert idle == b""
+
+
+def test_either_side_can_be_turned_off(repository):
+    from bnmodel.serve.settings import ServerSettings, SettingsError
+    from conftest import run_server
+
+    with run_server("--model-repository", str(repository), "--no-grpc") as server:
+        assert "(HTTP)" in server.ready_line and "(gRPC)" not in server.ready_line
+        assert server.url == server.http_url.removeprefix("http://")
+        assert _request(server.http_url, "GET", "/v2/health/ready")[0] == 200
+    with run_server("--model-repository", str(repository), "--no-http") as server:
+        assert server.http_url == "" and "(HTTP)" not in server.ready_line
+        with InferenceClient(server.url) as client:
+            assert client.server_ready()
+    with pytest.raises(SettingsError, match="leave nothing to serve"):
+        ServerSettings(model_repository=repository, http=False, grpc=False)
+
+
+async def _unread_answers() -> bool:
+    """A client that pipelines requests and never reads: the server stops answering (no
+    unbounded buffer) and closes the connection after request_timeout."""
+    app = HttpApp(DataPlane(_NoModels(), factory=None, executor=None))
+    server = HttpServer(app, body_limit=1024, request_timeout=0.5, idle_timeout=5)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        request = b"GET /v2/models/x/stats HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while loop.time() < deadline:
+            try:
+                sock.send(request)
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+            except (ConnectionResetError, BrokenPipeError):
+                return True  # closed by the server
+            if not server.connections:
+                return True
+            await asyncio.sleep(0)
+        return False
+    finally:
+        sock.close()
+        await server.close()
+
+
+def test_a_client_that_never_reads_is_cut_off():
+    assert asyncio.run(_unread_answers())
