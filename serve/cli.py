@@ -24,8 +24,9 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="serve ONNX models over the Open Inference Protocol (gRPC and HTTP)",
-        description="gRPC inference server (KServe v2 / Triton protocol) on ONNX Runtime. "
-        "Prints one line 'ready on HOST:PORT' when the models are loaded; SIGTERM/SIGINT "
+        description="gRPC and HTTP inference server (KServe v2 / Triton protocol) on ONNX "
+        "Runtime, one process and event loop for both. Prints one line 'ready on HOST:PORT "
+        "(gRPC), HOST:PORT (HTTP)' when the models are loaded; SIGTERM/SIGINT "
         "drain requests in flight, then exit.",
     )
     source = p.add_mutually_exclusive_group(required=True)

@@ -434,11 +434,13 @@ class HttpFuzzer:
                 target[key] = [True] * len(data)
             else:
                 data[rng.randrange(len(data))] = "1.0" if choice == "string" else None
-        elif key == "parameters" and target is tensor and "parameters" in tensor:
-            tensor["parameters"]["binary_data_size"] += rng.choice([-4, -1, 1, 4, 10**6])
+        elif key == "parameters" and target is tensor:
+            parameters = tensor.get("parameters")
+            if isinstance(parameters, dict) and type(parameters.get("binary_data_size")) is int:
+                parameters["binary_data_size"] += rng.choice([-4, -1, 1, 4, 10**6])
         elif key == "parameters":
             document["parameters"] = rng.choice(self.PARAMETERS)
-        elif key == "outputs":
+        elif key == "outputs" and isinstance(document.get("outputs", []), list):
             document.setdefault("outputs", []).append(
                 rng.choice([{"name": "nope"}, {"name": "logits"}, {"name": 3}, "logits",
                             {"name": "logits", "parameters": {"classification": 2}}])
