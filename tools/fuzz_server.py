@@ -613,8 +613,10 @@ def judge_http(expected: HttpExpected, status: int, headers: dict, body: bytes, 
         else:
             got = np.frombuffer(body[offset : offset + size], want[tensor["name"]].dtype)
             got, offset = got.reshape(tensor["shape"]), offset + size
-        if not np.allclose(got, want[tensor["name"]], rtol=tolerance, atol=tolerance):
-            return f"{tensor['name']} differs from ONNX Runtime"
+        if not np.allclose(
+            got, want[tensor["name"]], rtol=tolerance, atol=tolerance, equal_nan=True
+        ):
+            return f"HTTP: {tensor['name']} differs from ONNX Runtime"
     return None
 
 
