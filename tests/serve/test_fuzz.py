@@ -76,7 +76,7 @@ def test_server_alive_serving_and_quiet_after_fuzzing(fuzz_target):
     answered = Counter(got for (_, got), n in SEEN.items() for _ in range(n))
     assert answered["OK"] > 100 and answered["INVALID_ARGUMENT"] > 100  # both sides exercised
     assert answered["NOT_FOUND"] > 10
-    assert answered["HTTP 200"] > 50 and answered["HTTP 400"] > 50 and answered["HTTP 404"] > 5
+    assert answered["HTTP 200"] > 20 and answered["HTTP 400"] > 100 and answered["HTTP 404"] > 5
     assert server.process.poll() is None
     status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert status.status == health_pb2.HealthCheckResponse.SERVING
