@@ -659,7 +659,10 @@ class HttpServer:
                 backlog=1024,
             )
         except OSError as exc:
-            raise ServeError(f"cannot listen for HTTP on {host}:{port} ({exc.strerror})") from None
+            raise ServeError(
+                f"cannot listen for HTTP on {host}:{port} ({exc.strerror}); "
+                "choose another --http-port, or --no-http"
+            ) from None
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -108,11 +108,16 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
     try:
         # HTTP (serve/http.py) is shared the same way; a closed socket stands in for a side off.
         held = hold_port(settings.host, settings.port) if settings.grpc else socket.socket()
+    except OSError as exc:
+        log.error("%s: the gRPC port (--port, or --no-grpc)", exc)
+        return 1
+    try:
         http_held = (
             hold_port(settings.host, settings.http_port) if settings.http else socket.socket()
         )
     except OSError as exc:
-        log.error("%s", exc)
+        held.close()
+        log.error("%s: the HTTP port (--http-port, or --no-http)", exc)
         return 1
     port = held.getsockname()[1]
     if settings.http:
