@@ -3,6 +3,7 @@
 Run as its own process so the client's CPU is measured apart from the server's:
     python loadgen.py --url 127.0.0.1:PORT --batch 64 --concurrency 16 --duration 10 --warmup 2
     python loadgen.py --inproc model.onnx --batch 1 --concurrency 1 --duration 10
+    python loadgen.py --http http://127.0.0.1:PORT --body json|binary --batch 64 --concurrency 16
 Prints one JSON object (see `Point`). `concurrency` coroutines (threads for --inproc) each send
 a request, wait for its answer, decode it to numpy and send the next. Throughput counts the answers
 that arrive inside the measured window, which starts after the warm-up; latencies are theirs.
@@ -203,6 +204,77 @@ async def run_remote(args: argparse.Namespace, x: np.ndarray) -> Recorder:
             await c.close()
 
 
+def http_request(x: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of an infer request for ``x`` asking for "probabilities" only: JSON
+    data, or Triton's binary tensor data extension both ways."""
+    import orjson
+
+    tensor = {"name": INPUT, "datatype": "FP32", "shape": list(x.shape)}
+    if not binary:
+        tensor["data"] = x.ravel().tolist()
+        document = {"inputs": [tensor], "outputs": [{"name": OUTPUT}]}
+        return orjson.dumps(document), {"content-type": "application/json"}
+    raw = x.tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    output = {"name": OUTPUT, "parameters": {"binary_data": True}}
+    header = orjson.dumps({"inputs": [tensor], "outputs": [output]})
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+    return header + raw, headers
+
+
+def http_decode(body: bytes, header_length: str | None) -> np.ndarray:
+    """(batch, 10) float32 from an infer response: JSON data or binary after the JSON header."""
+    import orjson
+
+    length = int(header_length) if header_length else len(body)
+    (out,) = orjson.loads(body[:length])["outputs"]
+    if header_length:
+        return np.frombuffer(body, np.float32, offset=length).reshape(out["shape"])
+    return np.asarray(out["data"], np.float32).reshape(out["shape"])
+
+
+async def run_http(args: argparse.Namespace, x: np.ndarray) -> Recorder:
+    """Closed loop over aiohttp: ``concurrency`` coroutines sharing one keep-alive pool, so each
+    holds one connection (HTTP/1.1 has one request in flight per connection)."""
+    import aiohttp
+
+    url = f"{args.http}/v2/models/{MODEL}/infer"
+    body, headers = http_request(x, args.body == "binary")
+    connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def call() -> np.ndarray:
+            async with session.post(url, data=body, headers=headers) as response:
+                data = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+                return http_decode(data, response.headers.get("inference-header-content-length"))
+
+        first = await call()
+        if args.verify and not np.allclose(first, reference(args.verify, x), atol=1e-5):
+            raise SystemExit(f"{args.http}: answer differs from ONNX Runtime's: {first[:1]}")
+        t = time.perf_counter() + args.warmup
+        rec = Recorder(t, t + args.duration)
+
+        async def worker() -> None:
+            while (t0 := time.perf_counter()) < rec.end:
+                try:
+                    await call()
+                    rec.ok(t0, time.perf_counter())
+                except Exception as exc:  # noqa: BLE001 -- every failure is counted, none stops
+                    rec.failed(time.perf_counter(), exc)
+                    await asyncio.sleep(0.001)
+
+        await asyncio.gather(
+            _sample_cpu(rec, args.server_pgid), *(worker() for _ in range(args.concurrency))
+        )
+        return rec
+
+
 def run_inproc(args: argparse.Namespace, x: np.ndarray) -> Recorder:
     """`concurrency` threads sharing one single-threaded session (ORT releases the GIL in run)."""
     import onnxruntime as ort
@@ -235,6 +307,8 @@ def main() -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="host:port of an Open Inference Protocol gRPC server")
     target.add_argument("--inproc", metavar="MODEL.onnx", help="run ONNX Runtime in this process")
+    target.add_argument("--http", metavar="URL", help="http://host:port of an HTTP/REST server")
+    parser.add_argument("--body", choices=("json", "binary"), default="json", help="with --http")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
@@ -251,7 +325,10 @@ def main() -> None:
     parser.add_argument("--verify", metavar="MODEL.onnx", help="check the first answer against ORT")
     args = parser.parse_args()
     x = np.random.default_rng(0).standard_normal((args.batch, IN_FEATURES)).astype(np.float32)
-    rec = run_inproc(args, x) if args.inproc else asyncio.run(run_remote(args, x))
+    if args.inproc:
+        rec = run_inproc(args, x)
+    else:
+        rec = asyncio.run(run_http(args, x) if args.http else run_remote(args, x))
     print(json.dumps(asdict(summarize(rec, args.batch, args.concurrency))), flush=True)
 
 

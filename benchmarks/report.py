@@ -9,7 +9,15 @@ import math
 import statistics
 from collections import defaultdict
 
-__all__ = ["Check", "check_targets", "checks_table", "medians", "ratio_table", "results_table"]
+__all__ = [
+    "Check",
+    "check_http_targets",
+    "check_targets",
+    "checks_table",
+    "medians",
+    "ratio_table",
+    "results_table",
+]
 
 METRICS = (
     "requests_per_s",
@@ -137,12 +145,44 @@ def check_targets(med: dict, ours: tuple[str, str] = ("ours_off", "ours_on")) ->
     return checks
 
 
+REST_PEERS = ("kserve_rest", "kserve_rest_bin", "mlserver_rest")
+
+
+def check_http_targets(
+    med: dict, ours: tuple[str, str] = ("ours_http", "ours_http_bin"), grpc: str = "ours_on"
+) -> list[Check]:
+    """Issue 14's targets for our HTTP server (JSON and binary) at every point present: rows/s
+    >= 1.5x the best REST peer with p50 no higher; JSON >= 0.5x the HTTP floor and binary >= 0.8x
+    our own gRPC (``grpc``) at batch 64."""
+    checks = []
+    json_key, binary_key = ours
+    for s, b, c in sorted(k for k in med if k[0] in ours):
+        rows = med[(s, b, c)]["rows_per_s"]
+        peers = [p for p in REST_PEERS if not math.isnan(_get(med, p, b, c))]
+        if peers:
+            best = max(peers, key=lambda p: _get(med, p, b, c))
+            ratio = _ratio(rows, _get(med, best, b, c))
+            checks.append(_check("x best REST rows/s", s, b, c, ratio, 1.5))
+            p50 = _ratio(med[(s, b, c)]["p50_ms"], _get(med, best, b, c, "p50_ms"))
+            checks.append(_check("p50 / best REST p50", s, b, c, p50, 1.0, higher=False))
+        if b == 1:
+            continue
+        if s == json_key and not math.isnan(_get(med, "http_floor", b, c)):
+            floor = _ratio(rows, _get(med, "http_floor", b, c))
+            checks.append(_check("x HTTP floor rows/s", s, b, c, floor, 0.5))
+        if s == binary_key and not math.isnan(_get(med, grpc, b, c)):
+            checks.append(
+                _check("x own gRPC rows/s", s, b, c, _ratio(rows, _get(med, grpc, b, c)), 0.8)
+            )
+    return checks
+
+
 def checks_table(checks: list[Check], labels: dict[str, str]) -> str:
-    lines = [f"{'target':<18} {'server':<30} {'batch':>5} {'conc':>4} {'value':>7} {'need':>7}  ok"]
+    lines = [f"{'target':<20} {'server':<30} {'batch':>5} {'conc':>4} {'value':>7} {'need':>7}  ok"]
     for k in checks:
-        sign = ">=" if k["name"] != "p50 / KServe p50" else "<="
+        sign = "<=" if k["name"].startswith("p50") else ">="
         lines.append(
-            f"{k['name']:<18} {labels.get(k['server'], k['server']):<30} {k['batch']:>5} "
+            f"{k['name']:<20} {labels.get(k['server'], k['server']):<30} {k['batch']:>5} "
             f"{k['concurrency']:>4} {_fmt(k['value'], 2):>7} {sign}{k['threshold']:>5.2f}  "
             f"{'PASS' if k['passed'] else 'FAIL'}"
         )

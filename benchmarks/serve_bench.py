@@ -133,9 +133,12 @@ def run_server(args, spec, ctx: Context, run: int, points) -> list[dict]:
             out.append(measure(args, [f"--inproc={ctx.model_path}"], b, c, None))
         return out
     with running(spec, ctx, run) as started:
-        verify = [f"--url={started.url}"] + (
-            [] if spec.key.startswith("echo") else [f"--verify={ctx.model_path}"]
-        )
+        if spec.protocol == "grpc":
+            target = [f"--url={started.url}"]
+        else:
+            target = [f"--http={started.url}", f"--body={spec.protocol}"]
+        floor = spec.key.startswith("echo") or spec.key == "http_floor"
+        verify = target + ([] if floor else [f"--verify={ctx.model_path}"])
         for b, c in points:
             out.append(measure(args, verify, b, c, started.pgid))
     return out
@@ -205,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         measurements, failures = run_all(args, ctx)
     med = report.medians(measurements)
-    checks = report.check_targets(med)
+    keys = set(args.servers.split(","))
+    # Issue 5's gRPC targets need KServe and echo in the run; issue 14's HTTP ones check
+    # whichever REST peers, floor and our gRPC server ran.
+    checks = report.check_targets(med) if {"kserve", "echo"} <= keys else []
+    checks += report.check_http_targets(med)
     print(
         f"\nMedians of {args.runs} run(s), {args.duration:g} s per point, on {os.cpu_count()} CPUs"
         " (client / server / other CPU: cores busy during the window; other = the rest of the"
@@ -213,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(report.results_table(med, labels) + "\n")
     print(report.ratio_table(med, labels, ("kserve", "echo", "echo_uvloop")))
+    print(report.ratio_table(med, labels, ("kserve_rest", "mlserver_rest", "http_floor")))
     if checks:
         print(report.checks_table(checks, labels))
     for failure in failures:

@@ -1,9 +1,10 @@
 """Start and stop the servers under test: own process group, 127.0.0.1 only, bounded in time.
 
-A server is a `ServerSpec` (a key, a label and how to build its command). `running(spec, ctx)`
-starts it on a free port, waits until gRPC ServerReady and ModelReady say yes, yields
-"127.0.0.1:PORT" and always kills the whole process group on the way out. Peers run from their
-own virtual environments under benchmarks/.venvs/, created on first use by `ensure_venv`.
+A server is a `ServerSpec` (a key, a label, how to build its command and the protocol its load
+speaks). `running(spec, ctx)` starts it on a free port, waits until ServerReady and ModelReady
+say yes (over gRPC, or HTTP for the REST keys), yields "127.0.0.1:PORT" (or
+"http://127.0.0.1:PORT") and always kills the whole process group on the way out. Peers run from
+their own virtual environments under benchmarks/.venvs/, created on first use by `ensure_venv`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class ServerSpec:
     # (ctx, port) -> (argv, extra env); None means in-process ONNX Runtime, no server at all
     command: Callable[[Context, int], tuple[list[str], dict[str, str]]] | None
     venv: str | None = None  # name under benchmarks/.venvs/ that must exist first
+    # What the load generator speaks: "grpc", or HTTP with a "json" or "binary" (Triton's binary
+    # tensor data extension) body. For HTTP, the port given to `command` is the HTTP one.
+    protocol: str = "grpc"
 
 
 @dataclass(frozen=True)
@@ -109,29 +113,37 @@ def ensure_venv(name: str) -> Path:
     return python
 
 
-def _kserve(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
-    argv = [
-        str(VENVS / "kserve" / "bin" / "python"),
-        str(HERE / "peers" / "kserve_model.py"),
-        f"--model_path={ctx.model_path}",
-        f"--model_name={MODEL}",
-        f"--grpc_port={port}",
-        f"--http_port={free_port()}",
-        # One log line per request is a debugging aid, not a serving default anyone benchmarks.
-        "--enable_latency_logging=false",
-    ]
-    return argv, {}
-
-
-def _mlserver(batching: bool) -> Callable[[Context, int], tuple[list[str], dict[str, str]]]:
+def _kserve(rest: bool) -> Callable[[Context, int], tuple[list[str], dict[str, str]]]:
     def build(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
-        root = ctx.workdir / ("mlserver_on" if batching else "mlserver_off")
+        grpc_port, http_port = (free_port(), port) if rest else (port, free_port())
+        argv = [
+            str(VENVS / "kserve" / "bin" / "python"),
+            str(HERE / "peers" / "kserve_model.py"),
+            f"--model_path={ctx.model_path}",
+            f"--model_name={MODEL}",
+            f"--grpc_port={grpc_port}",
+            f"--http_port={http_port}",
+            # One log line per request is a debugging aid, not a serving default anyone benchmarks.
+            "--enable_latency_logging=false",
+        ]
+        return argv, {}
+
+    return build
+
+
+def _mlserver(
+    batching: bool, rest: bool = False
+) -> Callable[[Context, int], tuple[list[str], dict[str, str]]]:
+    def build(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+        name = ("mlserver_on" if batching else "mlserver_off") + ("_rest" if rest else "")
+        root = ctx.workdir / name
         (root / MODEL).mkdir(parents=True, exist_ok=True)
+        grpc_port, http_port = (free_port(), port) if rest else (port, free_port())
         settings = {
             "debug": False,  # no access log line per request
             "host": HOST,
-            "grpc_port": port,
-            "http_port": free_port(),
+            "grpc_port": grpc_port,
+            "http_port": http_port,
             "metrics_endpoint": None,  # no metrics server (and no metrics interceptor)
             "parallel_workers": 0,  # the model runs in the server process
             "model_repository_root": str(root),
@@ -159,15 +171,23 @@ def _echo(loop: str) -> Callable[[Context, int], tuple[list[str], dict[str, str]
     return build
 
 
-def _ours(batching: bool) -> Callable[[Context, int], tuple[list[str], dict[str, str]]]:
+def _ours(
+    batching: bool, http: bool = False
+) -> Callable[[Context, int], tuple[list[str], dict[str, str]]]:
     def build(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+        grpc_port, http_port = (free_port(), port) if http else (port, free_port())
         cmd = ctx.ours_cmd.format(
-            python=sys.executable, repo=ctx.repo, model=ctx.model_path, port=port, host=HOST
+            python=sys.executable, repo=ctx.repo, model=ctx.model_path, port=grpc_port, host=HOST
         )
         extra = ctx.ours_on_args if batching else ctx.ours_off_args
-        return shlex.split(cmd) + shlex.split(extra), {}
+        # Never HTTP's default 8000: other servers (and other benchmark runs) may hold it.
+        return shlex.split(cmd) + shlex.split(extra) + [f"--http-port={http_port}"], {}
 
     return build
+
+
+def _http_floor(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    return [sys.executable, str(HERE / "peers" / "http_floor.py"), f"--port={port}"], {}
 
 
 def server_specs() -> dict[str, ServerSpec]:
@@ -175,11 +195,22 @@ def server_specs() -> dict[str, ServerSpec]:
         ServerSpec("inproc", "ORT in-process (no network)", None),
         ServerSpec("echo", "grpc.aio echo (floor)", _echo("asyncio")),
         ServerSpec("echo_uvloop", "grpc.aio echo on uvloop", _echo("uvloop")),
-        ServerSpec("kserve", "KServe 0.21", _kserve, venv="kserve"),
+        ServerSpec("kserve", "KServe 0.21", _kserve(False), venv="kserve"),
         ServerSpec("mlserver_off", "MLServer 1.7 batching off", _mlserver(False), venv="mlserver"),
         ServerSpec("mlserver_on", "MLServer 1.7 batching on", _mlserver(True), venv="mlserver"),
         ServerSpec("ours_off", "bnmodel serve batching off", _ours(False)),
         ServerSpec("ours_on", "bnmodel serve batching on", _ours(True)),
+        # HTTP/REST: JSON bodies unless the key says binary (the binary tensor data extension).
+        ServerSpec("http_floor", "HTTP floor uvicorn+httptools", _http_floor, protocol="json"),
+        ServerSpec("kserve_rest", "KServe 0.21 REST JSON", _kserve(True), "kserve", "json"),
+        ServerSpec("kserve_rest_bin", "KServe 0.21 REST binary", _kserve(True), "kserve", "binary"),
+        ServerSpec(
+            "mlserver_rest", "MLServer 1.7 REST JSON", _mlserver(False, True), "mlserver", "json"
+        ),
+        ServerSpec("ours_http", "bnmodel serve HTTP JSON", _ours(True, True), protocol="json"),
+        ServerSpec(
+            "ours_http_bin", "bnmodel serve HTTP binary", _ours(True, True), protocol="binary"
+        ),
     ]
     return {s.key: s for s in specs}
 
@@ -189,10 +220,29 @@ def _log_tail(path: Path, n: int = 25) -> str:
     return "\n".join(lines[-n:])
 
 
+def _http_ready(url: str) -> bool:
+    import urllib.request
+
+    for path in ("/v2/health/ready", f"/v2/models/{MODEL}/ready"):
+        with urllib.request.urlopen(url + path, timeout=1) as answer:
+            if answer.status != 200:
+                return False
+    return True
+
+
 def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    if url.startswith("http://"):
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServerError(f"exited with {proc.returncode} before ready:\n{_log_tail(log)}")
+            with contextlib.suppress(Exception):
+                if _http_ready(url):
+                    return
+            time.sleep(0.2)
+        raise ServerError(f"not ready on {url} after {timeout_s:.0f} s:\n{_log_tail(log)}")
     import tritonclient.grpc as tc
 
-    deadline = time.monotonic() + timeout_s
     with tc.InferenceServerClient(url) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -234,8 +284,9 @@ def running(spec: ServerSpec, ctx: Context, run: int) -> Iterator[Started]:
             cwd=ctx.workdir,
             start_new_session=True,  # its own process group, so we can kill all of it
         )
+    url = f"{HOST}:{port}" if spec.protocol == "grpc" else f"http://{HOST}:{port}"
     try:
-        _wait_ready(proc, f"{HOST}:{port}", log, ctx.startup_timeout_s)
-        yield Started(f"{HOST}:{port}", proc.pid)
+        _wait_ready(proc, url, log, ctx.startup_timeout_s)
+        yield Started(url, proc.pid)
     finally:
         _stop(proc)

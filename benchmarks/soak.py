@@ -4,11 +4,13 @@
     python benchmarks/soak.py --seconds 10 --concurrency 16
 
 Run by hand, never in CI. The benchmark MLP (bench_model.py, 64-256-256-256-10) is served by
-``bnmodel serve``; ``--concurrency`` coroutines of one grpc.aio client send raw ModelInfer
-requests back to back, ``--invalid`` of them malformed (eight kinds). Checked for every answer:
-valid requests are OK with ONNX Runtime's probabilities for their rows; invalid ones get their
-status (never OK, INTERNAL or UNKNOWN). Resident memory of the server is sampled every 5 s;
-growth is measured from the sample after ``--warmup`` seconds to the last one.
+``bnmodel serve``; ``--concurrency`` coroutines send requests back to back, ``--http-share`` of
+them over HTTP (aiohttp, JSON or binary bodies) and the rest as raw gRPC ModelInfer requests of
+one grpc.aio client, ``--invalid`` of them malformed (eight gRPC kinds, six HTTP ones). Checked
+for every answer: valid requests are OK with ONNX Runtime's probabilities for their rows; invalid
+ones get their status (never OK, INTERNAL or UNKNOWN, never a 5xx). Resident memory of the
+server is sampled every 5 s; growth is measured from the sample after ``--warmup`` seconds to the
+last one.
 
 Then, with every coroutine's request in flight, SIGTERM: health must say NOT_SERVING at once,
 every request sent before the signal must be answered, and the server must exit 0 within its
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import IN_FEATURES, MODEL_NAME, NUM_CLASSES, write_repository  # noqa: E402
 from bnmodel.serve.process import spawn_server  # noqa: E402
 from bnmodel.serve.proto import grpc_service_pb2 as pb  # noqa: E402
+from loadgen import http_decode, http_request  # noqa: E402
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 OK = grpc.StatusCode.OK
@@ -66,6 +69,26 @@ def invalid_requests(x: np.ndarray) -> dict[str, tuple[bytes, grpc.StatusCode]]:
     }
 
 
+def invalid_http_requests(x: np.ndarray) -> dict[str, tuple[str, bytes, dict, int]]:
+    """Malformed HTTP infer requests: (path, body, headers, the status each must get)."""
+    infer = f"/v2/models/{MODEL_NAME}/infer"
+    good, _ = http_request(x, binary=False)
+    binary, headers = http_request(x, binary=True)
+    return {
+        "http unknown model": ("/v2/models/nope/infer", good, {}, 404),
+        "http malformed JSON": (infer, good[:-7], {}, 400),
+        "http wrong type": (infer, good.replace(b'"FP32"', b"32"), {}, 400),
+        "http wrong feature count": (infer, http_request(x[:, :-1], False)[0], {}, 400),
+        "http binary size mismatch": (infer, binary[:-4], headers, 400),
+        "http header length past body": (
+            infer,
+            binary,
+            {**headers, "inference-header-content-length": "999999"},
+            400,
+        ),
+    }
+
+
 @dataclass
 class Tally:
     valid: Counter = field(default_factory=Counter)  # status name -> count
@@ -93,6 +116,7 @@ class Load:
         rng = np.random.default_rng(seed)
         self.inputs = [rng.normal(size=(n, IN_FEATURES)).astype(np.float32) for n in (1, 2, 4, 8)]
         self.invalid = invalid_requests(self.inputs[1])
+        self.http_invalid = invalid_http_requests(self.inputs[1])
         self.tally = Tally()
         self.stop_sending = asyncio.Event()
         self.in_flight = 0
@@ -130,6 +154,44 @@ class Load:
             if not np.allclose(p.reshape(-1, NUM_CLASSES), self.want[i], rtol=1e-4, atol=1e-6):
                 tally.problem(f"valid request {i}: wrong probabilities")
 
+    async def _one_http(self, session, url: str, rng: random.Random) -> None:
+        """One HTTP request (JSON or binary body at random); tallied with gRPC's status names
+        for the answers that must be OK ("OK" for 200), "HTTP nnn" for the others."""
+        if rng.random() < self.invalid_share:
+            kind = rng.choice(list(self.http_invalid))
+            path, body, headers, expect = self.http_invalid[kind]
+            i = None
+        else:
+            i = rng.randrange(len(self.inputs))
+            body, headers = http_request(self.inputs[i], binary=rng.random() < 0.5)
+            path, expect, kind = f"/v2/models/{MODEL_NAME}/infer", 200, "http valid"
+        start = time.perf_counter()
+        self.in_flight += 1
+        try:
+            async with session.post(url + path, data=body, headers=headers) as answer:
+                status, data = answer.status, await answer.read()
+                length = answer.headers.get("inference-header-content-length")
+        except Exception as exc:  # noqa: BLE001 -- a dropped connection is a problem to count
+            status, data, length = 0, str(exc).encode(), None
+        finally:
+            self.in_flight -= 1
+        tally = self.tally
+        tally.latencies_ms.append(1000 * (time.perf_counter() - start))
+        (tally.valid if i is not None else tally.invalid)[
+            "OK" if status == 200 else f"HTTP {status}"
+        ] += 1
+        if status != expect:
+            tally.problem(f"{kind}: HTTP {status} {data[:200]!r}")
+        elif i is not None:
+            p = http_decode(data, length)
+            if not np.allclose(p, self.want[i], rtol=1e-4, atol=1e-6):
+                tally.problem(f"http valid request {i}: wrong probabilities")
+
+    async def http_worker(self, session, url: str, seed: int) -> None:
+        rng = random.Random(seed)
+        while not self.stop_sending.is_set():
+            await self._one_http(session, url, rng)
+
     async def worker(self, channel: grpc.aio.Channel, seed: int) -> None:
         call, rng = channel.unary_unary(INFER), random.Random(seed)
         while not self.stop_sending.is_set():
@@ -160,9 +222,20 @@ async def soak_and_drain(server, args, model_path: Path) -> dict:
     load.expected(model_path)
     samples: list[tuple[float, int]] = []
     sampler = asyncio.create_task(_sample_rss(server.process.pid, samples, 5.0))
-    async with grpc.aio.insecure_channel(server.url) as channel:
+    import aiohttp
+
+    over_http = round(args.concurrency * args.http_share)
+    connector = aiohttp.TCPConnector(limit=max(over_http, 1))
+    async with (
+        grpc.aio.insecure_channel(server.url) as channel,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
         workers = [
-            asyncio.create_task(load.worker(channel, args.seed + i))
+            asyncio.create_task(
+                load.http_worker(session, server.http_url, args.seed + i)
+                if i < over_http
+                else load.worker(channel, args.seed + i)
+            )
             for i in range(args.concurrency)
         ]
         await asyncio.sleep(args.seconds)
@@ -249,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=10.0, help="RSS baseline after this")
     parser.add_argument("--grace", type=float, default=30.0, help="server --grace-seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--http-share", type=float, default=0.5, help="share of the coroutines sending over HTTP"
+    )
     parser.add_argument("--server-args", default="", help="extra `bnmodel serve` flags")
     args = parser.parse_args(argv)
     with TemporaryDirectory() as tmp:

@@ -23,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="serve ONNX models over the Open Inference Protocol (gRPC)",
-        description="gRPC inference server (KServe v2 / Triton protocol) on ONNX Runtime. "
-        "Prints one line 'ready on HOST:PORT' when the models are loaded; SIGTERM/SIGINT "
+        help="serve ONNX models over the Open Inference Protocol (gRPC and HTTP)",
+        description="gRPC and HTTP inference server (KServe v2 / Triton protocol) on ONNX "
+        "Runtime, one process and event loop for both. Prints one line 'ready on HOST:PORT "
+        "(gRPC), HOST:PORT (HTTP)' when the models are loaded; SIGTERM/SIGINT "
         "drain requests in flight, then exit.",
     )
     source = p.add_mutually_exclusive_group(required=True)
@@ -41,6 +42,16 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--port", type=int, default=8001, help="0 picks a free port (default: %(default)s)"
     )
+    # HTTP/REST beside gRPC (serve/http.py), Triton's convention: HTTP 8000, gRPC 8001.
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=8000,
+        help="Open Inference Protocol over HTTP/JSON on this port; 0 picks a free port "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--no-http", dest="http", action="store_false", help="serve gRPC only")
+    p.add_argument("--no-grpc", dest="grpc", action="store_false", help="serve HTTP only")
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -202,6 +213,9 @@ def _serve(args: argparse.Namespace) -> int:
             auth_token_file=args.auth_token_file,
             allow_model_control=args.allow_model_control,
             reject_non_finite=args.reject_non_finite,
+            http_port=args.http_port,
+            http=args.http,
+            grpc=args.grpc,
         )
     except SettingsError as exc:
         print(f"bnmodel serve: {exc}", file=sys.stderr)
@@ -215,7 +229,12 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
         help="send rows from a CSV or .npy file to a server and print predictions",
         description="Class and probabilities for a classifier, values for a regressor, as CSV.",
     )
-    p.add_argument("--url", default="127.0.0.1:8001", help="HOST:PORT (default: %(default)s)")
+    p.add_argument(
+        "--url",
+        default="127.0.0.1:8001",
+        help="HOST:PORT for gRPC, http://HOST:PORT or https://HOST:PORT for HTTP "
+        "(default: %(default)s)",
+    )
     p.add_argument("--model", required=True, help="model name on the server")
     p.add_argument(
         "--input",

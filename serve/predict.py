@@ -16,6 +16,7 @@ import numpy as np
 
 from .client import InferenceClient
 from .errors import InvalidInputError
+from .http_client import HttpInferenceClient, is_http_url
 from .proto import model_config_pb2
 from .repository import json_parameter
 from .security import TLSFiles
@@ -103,7 +104,9 @@ def predict_file(
     auth_token: str | None = None,
 ) -> Predictions:
     """Send the rows of ``input_path`` to ``model`` at ``url`` and collect the predictions."""
-    with InferenceClient(url, timeout=timeout, tls=tls, auth_token=auth_token) as client:
+    # http:// or https://: the same calls over HTTP (serve/http_client.py); else gRPC.
+    connect = HttpInferenceClient if is_http_url(url) else InferenceClient
+    with connect(url, timeout=timeout, tls=tls, auth_token=auth_token) as client:
         config = client.model_config(model)
         rows = read_rows(input_path, json_parameter(config, "feature_names"))
         dtype = (

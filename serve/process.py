@@ -20,9 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["READY_PATTERN", "ServerProcess", "ServerStartError", "spawn_server", "stop_server"]
+__all__ = [
+    "READY_PATTERN",
+    "HTTP_PATTERN",
+    "ServerProcess",
+    "ServerStartError",
+    "spawn_server",
+    "stop_server",
+]
 
 READY_PATTERN = re.compile(r"ready on (\S+):(\d+)")
+HTTP_PATTERN = re.compile(r"(\S+):(\d+) \((HTTPS?)\)")  # in the ready line, unless --no-http
 
 
 class ServerStartError(RuntimeError):
@@ -58,6 +66,7 @@ class ServerProcess:
     ready_line: str
     _stderr: _Collector
     log_path: Path | None = None  # stderr went to this file instead of a pipe
+    http_url: str = ""  # http(s)://HOST:PORT, "" with --no-http
 
     def stderr_text(self) -> str:
         """What the server logged so far; all of it once the process has exited."""
@@ -114,7 +123,10 @@ def spawn_server(
     The server's log (stderr) is kept in memory, or written to ``log_path``, or with
     ``capture_stderr=False`` passed through to this process's stderr.
     """
-    command = [sys.executable, "-m", "bnmodel", "serve", "--host", host, "--port", "0", *args]
+    # A free HTTP port too, never Triton's fixed 8000: tests and benchmarks run side by side.
+    http = [] if "--http-port" in args else ["--http-port", "0"]
+    command = [sys.executable, "-m", "bnmodel", "serve", "--host", host, "--port", "0", *http]
+    command += args
     log_file = None if log_path is None else open(log_path, "w")  # noqa: SIM115
     if log_file is not None:
         stderr_target = log_file
@@ -132,7 +144,9 @@ def spawn_server(
         line = _wait_ready(process, timeout, stderr, log_path)
         _Collector(process.stdout, keep=False)
         bound_host, port = READY_PATTERN.search(line).groups()
-        yield ServerProcess(process, f"{bound_host}:{port}", line, stderr, log_path)
+        http = HTTP_PATTERN.search(line)
+        http_url = f"{http[3].lower()}://{http[1]}:{http[2]}" if http else ""
+        yield ServerProcess(process, f"{bound_host}:{port}", line, stderr, log_path, http_url)
     finally:
         stop_server(process)
         if log_file is not None:

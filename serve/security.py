@@ -205,7 +205,7 @@ def model_control_refusal(method: str) -> str:
     """PERMISSION_DENIED's message for RepositoryModelLoad/Unload without --allow-model-control."""
     return (
         f"{method} is disabled on this server; start it with --allow-model-control "
-        "to load and unload models over gRPC"
+        "to load and unload models"
     )
 
 

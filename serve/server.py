@@ -62,13 +62,18 @@ class ServerInfo:
     models: tuple[str, ...]
     providers: tuple[str, ...]
     startup_seconds: float
+    http_port: int = 0  # 0: no HTTP
+    http_tls: bool = False  # HTTPS
 
 
 def ready_line(info: ServerInfo) -> str:
     """The one line printed when the server is ready (tests and the demo parse "ready on H:P")."""
     providers = ",".join(p.removesuffix("ExecutionProvider") for p in info.providers)
+    endpoints = [f"{info.host}:{info.port} (gRPC)"] if info.port else []
+    if info.http_port:
+        endpoints.append(f"{info.host}:{info.http_port} ({'HTTPS' if info.http_tls else 'HTTP'})")
     return (
-        f"bnmodel serve: ready on {info.host}:{info.port} "
+        f"bnmodel serve: ready on {', '.join(endpoints)} "
         f"(models: {', '.join(info.models)}; {providers}; "
         f"started in {1000 * info.startup_seconds:.0f} ms)"
     )
@@ -137,6 +142,8 @@ class InferenceServer:
         self.gate = DrainGate()  # counts inference RPCs in flight for the drain
         self.dataplane.reject_non_finite = settings.reject_non_finite
         self.port = 0
+        self.http = None  # serve/http.py's HttpServer, unless --no-http
+        self.http_port = 0
         self._server: grpc.aio.Server | None = None
 
     def _message_limit(self) -> int:
@@ -149,8 +156,13 @@ class InferenceServer:
         return default_message_limit(configs)
 
     async def start(self) -> int:
-        """Bind and start serving (health NOT_SERVING, no models yet); returns the bound port."""
+        """Bind and start serving (health NOT_SERVING, no models yet); returns the bound gRPC
+        port (0 with --no-grpc). HTTP, unless --no-http, listens on ``self.http_port``."""
         limit = self._message_limit()
+        if self.settings.http:
+            self.http_port = await self._start_http(limit)
+        if not self.settings.grpc:
+            return 0
         self._server = grpc.aio.server(
             interceptors=self._interceptors(),
             options=[
@@ -181,6 +193,27 @@ class InferenceServer:
             self._access_summary(),
         )
         return self.port
+
+    async def _start_http(self, message_limit: int) -> int:
+        """The HTTP side (serve/http.py): same data plane, drain gate, token and TLS files."""
+        from .http import JSON_EXPANSION, HttpApp, HttpServer, ssl_context
+
+        s = self.settings
+        token = read_token(s.auth_token_file) if s.auth_token_file is not None else None
+        app = HttpApp(
+            self.dataplane, self.gate, token=token, allow_model_control=s.allow_model_control
+        )
+        self.http = HttpServer(app, JSON_EXPANSION * message_limit)
+        tls = ssl_context(self._tls()) if s.tls_cert is not None else None
+        port = await self.http.start(s.host, s.http_port, tls=tls, reuse_port=s.reuse_port)
+        log.info(
+            "HTTP on %s://%s:%d (max body %d bytes)",
+            "https" if tls else "http",
+            s.host,
+            port,
+            self.http.body_limit,
+        )
+        return port
 
     def pin_loop_thread(self) -> None:
         """Keep this worker's event-loop thread, and the gRPC threads started after this, on a
@@ -257,6 +290,8 @@ class InferenceServer:
             await asyncio.to_thread(self.metrics.shutdown)
         await self.health.enter_graceful_shutdown()
         drained = await self.gate.drain(grace)
+        if self.http is not None:
+            await self.http.close()
         if self._server is not None:
             # After a full drain only streams (health Watch) remain: give them a moment.
             await self._server.stop(1.0 if drained else 0)
@@ -329,7 +364,17 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
     if not stop.is_set():
         providers = tuple(server.factory.providers)
         elapsed = time.perf_counter() - start
-        on_ready(ServerInfo(settings.host, port, tuple(loaded), providers, elapsed))
+        on_ready(
+            ServerInfo(
+                settings.host,
+                port,
+                tuple(loaded),
+                providers,
+                elapsed,
+                server.http_port,
+                settings.tls_cert is not None,
+            )
+        )
     await stop.wait()
     if not await server.stop(settings.grace_seconds):
         log.warning("grace period over: requests still in flight were cancelled")

@@ -49,6 +49,10 @@ class ServerSettings:
     auth_token_file: Path | None = None  # every RPC but health needs "Bearer <token>"
     allow_model_control: bool = False  # RepositoryModelLoad/Unload: PERMISSION_DENIED when off
     reject_non_finite: bool = False  # NaN/inf inputs: INVALID_ARGUMENT instead of computed
+    # HTTP/REST beside gRPC on the same loop and data plane (serve/http.py); Triton's ports.
+    http_port: int = 8000  # 0: any free port (the ready line says which)
+    http: bool = True  # False (--no-http): gRPC only
+    grpc: bool = True  # False (--no-grpc): HTTP only
 
     def __post_init__(self) -> None:
         if (self.model_repository is None) == (self.model_path is None):
@@ -62,6 +66,10 @@ class ServerSettings:
         if self.device not in DEVICES:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
         self._check_non_negative()
+        if not 0 <= self.http_port <= 65535:
+            raise SettingsError(f"--http-port must be in 0..65535, got {self.http_port}")
+        if not (self.http or self.grpc):
+            raise SettingsError("--no-http and --no-grpc together leave nothing to serve")
         self._check_access_files()
         if self.pin_loop not in PIN_CHOICES:
             raise SettingsError(

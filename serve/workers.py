@@ -106,12 +106,23 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
         log.info("stopped before serving")
         return 0
     try:
-        held = hold_port(settings.host, settings.port)
+        # HTTP (serve/http.py) is shared the same way; a closed socket stands in for a side off.
+        held = hold_port(settings.host, settings.port) if settings.grpc else socket.socket()
     except OSError as exc:
-        log.error("%s", exc)
+        log.error("%s: the gRPC port (--port, or --no-grpc)", exc)
+        return 1
+    try:
+        http_held = (
+            hold_port(settings.host, settings.http_port) if settings.http else socket.socket()
+        )
+    except OSError as exc:
+        held.close()
+        log.error("%s: the HTTP port (--http-port, or --no-http)", exc)
         return 1
     port = held.getsockname()[1]
-    with held, _Supervisor(count) as supervisor:
+    if settings.http:
+        settings = dataclasses.replace(settings, http_port=http_held.getsockname()[1])
+    with held, http_held, _Supervisor(count) as supervisor:
         for index in range(count):
             supervisor.fork(lambda fd, i=index: _worker(settings, i, count, port, fd))
         return supervisor.wait(on_ready, held)

@@ -4,16 +4,22 @@
     python tools/bad_request_matrix.py --url H:P       # against a running server (model "clf"...)
 
 Each class is sent as raw bytes (a generic ``unary_unary`` call, no client-side checks) to a
-server started with the default policy (NaN accepted, model control off). A class passes when
-the status is the expected one, the message holds the expected fragment and no internals
-(exception names, numpy/struct text, ONNX Runtime dumps), and an OK answer is right.
+server started with the default policy (NaN accepted, model control off). The HTTP side sends
+its classes (malformed and truncated bodies, wrong JSON types, binary header/body mismatches,
+huge declared sizes) to the same server's HTTP port: each must be a 4xx with a JSON error.
+A class passes when the status is the expected one, the message holds the expected fragment
+and no internals (exception names, numpy/struct text, ONNX Runtime dumps), and an OK answer is
+right.
 tests/serve/test_bad_requests.py asserts the same cases; exit status 1 if any class fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import re
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -24,7 +30,20 @@ import grpc
 import numpy as np
 from bnmodel.serve.proto import grpc_service_pb2 as pb
 
-__all__ = ["Case", "Outcome", "LEAKS", "cases", "send", "judge", "write_repository", "main"]
+__all__ = [
+    "Case",
+    "Outcome",
+    "HttpCase",
+    "LEAKS",
+    "cases",
+    "http_cases",
+    "send",
+    "send_http",
+    "judge",
+    "judge_http",
+    "write_repository",
+    "main",
+]
 
 SERVICE = "/inference.GRPCInferenceService/"
 OK, INVALID = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
@@ -517,12 +536,194 @@ def _print(outcomes: list[Outcome]) -> None:
     print(f"\n{len(outcomes) - failed} of {len(outcomes)} classes answered as expected")
 
 
+# -- the HTTP side (serve/http.py) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpCase:
+    """One bad HTTP request: sent with http.client, or as ``raw`` bytes on a bare socket
+    (``half_close``: then the client shuts its sending side, as a truncated upload does)."""
+
+    label: str
+    status: int
+    fragment: str
+    method: str = "POST"
+    path: str = "/v2/models/clf/infer"
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    raw: bytes | None = None
+    half_close: bool = False
+
+
+_ONE = {"name": "features", "datatype": "FP32", "shape": [2, 8], "data": X.ravel().tolist()}
+
+
+def _json(inputs=None, **fields) -> bytes:
+    return json.dumps({"inputs": [_ONE] if inputs is None else inputs, **fields}).encode()
+
+
+def _tensor(**edits) -> bytes:
+    return _json([{**_ONE, **edits}])
+
+
+def _binary(size: int, header_length: int | None = None) -> tuple[bytes, tuple]:
+    tensor = {k: v for k, v in _ONE.items() if k != "data"}
+    tensor["parameters"] = {"binary_data_size": size}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    length = len(header) if header_length is None else header_length
+    return header + X.tobytes(), (("Inference-Header-Content-Length", str(length)),)
+
+
+def _post(path: str, body: bytes, extra: str = "", length: int | None = None) -> bytes:
+    size = len(body) if length is None else length
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {size}\r\n\r\n"
+    return head.encode() + body
+
+
+def http_cases() -> list[HttpCase]:
+    """Every class of bad HTTP request, with the status and message fragment it must get."""
+    infer = "/v2/models/clf/infer"
+    return [
+        HttpCase("unknown route", 404, "unknown route '/nowhere'", "GET", "/nowhere"),
+        HttpCase("wrong method", 405, "takes GET, not DELETE", "DELETE", "/v2/models/clf"),
+        HttpCase("GET on infer", 405, "takes POST, not GET", "GET", infer),
+        HttpCase("unknown model", 404, "unknown model 'nope'", "GET", "/v2/models/nope"),
+        HttpCase("unknown version", 404, "version", "GET", "/v2/models/clf/versions/9"),
+        HttpCase("model not loaded", 404, "is not loaded", "GET", "/v2/models/broken"),
+        HttpCase("infer unknown model", 404, "unknown model 'nope'", path="/v2/models/nope/infer"),
+        HttpCase("malformed JSON", 400, "is not valid JSON", body=b"{not json"),
+        HttpCase("empty body", 400, "is not valid JSON"),
+        HttpCase("JSON not an object", 400, "must be a JSON object, got an array", body=b"[1]"),
+        HttpCase("no inputs", 400, "request has no 'inputs'", body=b"{}"),
+        HttpCase("inputs not an array", 400, "'inputs' must be an array", body=b'{"inputs": 1}'),
+        HttpCase("input not an object", 400, "input 0: must be an object", body=_json([7])),
+        HttpCase("input without a name", 400, "'name' is missing", body=_json([{"shape": [1]}])),
+        HttpCase("id not a string", 400, "'id' must be a string", body=_json(id=5)),
+        HttpCase("strings as data", 400, "must hold numbers for FP32, got strings",
+                 body=_tensor(data=["a"] * 16)),
+        HttpCase("null in data", 400, "must hold numbers for FP32", body=_tensor(data=[None] * 16)),
+        HttpCase("data not an array", 400, "'data' must be an array", body=_tensor(data=1.5)),
+        HttpCase("ragged data", 400, "ragged", body=_tensor(data=[[1.0, 2.0], [3.0]])),
+        HttpCase("shape not an array", 400, "'shape' must be an array", body=_tensor(shape="2x8")),
+        HttpCase("shape of floats", 400, "array of integers", body=_tensor(shape=[2.0, 8])),
+        HttpCase("shape missing", 400, "'shape' is missing",
+                 body=_json([{k: v for k, v in _ONE.items() if k != "shape"}])),
+        HttpCase("too few values", 400, "typed contents hold 8 values, expected 16",
+                 body=_tensor(data=[0.5] * 8)),
+        HttpCase("batch over max_batch_size", 400, "exceeds max_batch_size 64",
+                 body=_tensor(shape=[65, 8], data=[0.5] * 520)),
+        HttpCase("wrong datatype", 400, "datatype 'FP64', expected FP32",
+                 body=_tensor(datatype="FP64")),
+        HttpCase("FP16 as JSON", 400, "FP16 has no JSON form", path="/v2/models/half/infer",
+                 body=_tensor(datatype="FP16")),
+        HttpCase("unknown output", 400, "unknown output 'nope'",
+                 body=_json(outputs=[{"name": "nope"}])),
+        HttpCase("output without a name", 400, "each of 'outputs' must be an object",
+                 body=_json(outputs=[3])),
+        HttpCase("parameter of a wrong type", 400, "must be a boolean, number or string",
+                 body=_json(parameters={"sequence_id": [1]})),
+        HttpCase("classification asked for", 400, "'classification' is not supported",
+                 body=_json(outputs=[{"name": "logits", "parameters": {"classification": 2}}])),
+        HttpCase("binary sizes short of the body", 400, "add up to 32 bytes, but 64 bytes follow",
+                 body=_binary(32)[0], headers=_binary(32)[1]),
+        HttpCase("binary size past the body", 400, "binary_data_size 65 at offset 0 runs past",
+                 body=_binary(65)[0], headers=_binary(65)[1]),
+        HttpCase("header length past the body", 400, "Inference-Header-Content-Length is 99999",
+                 body=_binary(64)[0], headers=_binary(64, 99999)[1]),
+        HttpCase("header length not a number", 400, "must be a number of bytes", body=b"{}",
+                 headers=(("Inference-Header-Content-Length", "-3"),)),
+        HttpCase("header length cuts the JSON", 400, "is not valid JSON",
+                 body=_binary(64)[0], headers=_binary(64, 20)[1]),
+        HttpCase("compressed body", 415, "Content-Encoding 'gzip'", body=b"{}",
+                 headers=(("Content-Encoding", "gzip"),)),
+        HttpCase("model control off", 403, "--allow-model-control",
+                 path="/v2/repository/models/clf/unload"),
+        HttpCase("index flag not a boolean", 400, "'ready' must be a boolean",
+                 path="/v2/repository/index", body=b'{"ready": 1}'),
+        HttpCase("not HTTP", 400, "malformed HTTP request", raw=b"NOT HTTP AT ALL\r\n\r\n"),
+        HttpCase("huge declared body", 413, "exceeds this server's limit",
+                 raw=_post(infer, b"", length=2**40)),
+        HttpCase("headers past 64 KiB", 431, "exceed 65536 bytes",
+                 raw=b"GET /v2 HTTP/1.1\r\nX-Pad: " + b"a" * 70000 + b"\r\n\r\n"),
+        HttpCase("two Content-Length", 400, "Duplicate Content-Length",
+                 raw=_post(infer, b"{}", extra="Content-Length: 2\r\n")),
+        HttpCase("truncated body", 400, "request truncated: the client closed its side after 10",
+                 raw=_post(infer, _json()[:10], length=len(_json())), half_close=True),
+    ]  # fmt: skip
+
+
+def send_http(url: str, case: HttpCase, timeout: float = 10.0) -> tuple[int, str, str]:
+    """(status, content type, error message or body text) of ``case``."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    if case.raw is None:
+        connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        try:
+            connection.request(case.method, case.path, case.body, dict(case.headers))
+            answer = connection.getresponse()
+            status, kind, data = answer.status, answer.getheader("content-type", ""), answer.read()
+        finally:
+            connection.close()
+    else:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(case.raw)
+            if case.half_close:
+                sock.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        head, _, data = received.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+        kind = "application/json" if b"content-type: application/json" in head.lower() else ""
+    try:
+        message = json.loads(data)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = data[:300].decode("utf-8", "replace")
+    return status, kind, message
+
+
+def judge_http(case: HttpCase, status: int, kind: str, message: str) -> str | None:
+    """None when the answer is right, else what is wrong with it."""
+    if status != case.status:
+        return f"status {status}, expected {case.status}"
+    if kind != "application/json":
+        return f"content type {kind!r}, expected application/json"
+    if case.fragment not in message:
+        return f"message lacks {case.fragment!r}"
+    if LEAKS.search(message):
+        return f"message leaks internals: {LEAKS.search(message).group(0)!r}"
+    return None
+
+
+def run_http(url: str) -> list[tuple[HttpCase, int, str, str | None]]:
+    outcomes = []
+    for case in http_cases():
+        status, kind, message = send_http(url, case)
+        outcomes.append((case, status, message, judge_http(case, status, kind, message)))
+    return outcomes
+
+
+def _print_http(outcomes) -> None:
+    print("\n| # | HTTP class | expected | got | result | message |\n|---|---|---|---|---|---|")
+    for i, (case, status, message, problem) in enumerate(outcomes, 1):
+        result = "PASS" if problem is None else f"FAIL: {problem}"
+        message = message if len(message) < 240 else message[:237] + "..."
+        print(
+            f"| {i} | {case.label} | {case.status} | {status} | {result} | "
+            f"{message.replace('|', '/')} |"
+        )
+    failed = sum(problem is not None for *_, problem in outcomes)
+    print(f"\n{len(outcomes) - failed} of {len(outcomes)} HTTP classes answered as expected")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server with models clf, half, broken")
+    parser.add_argument("--http-url", help="its HTTP side, http://HOST:PORT (with --url)")
     args = parser.parse_args(argv)
+    http_outcomes = []
     if args.url:
         outcomes = run(args.url)
+        http_outcomes = run_http(args.http_url) if args.http_url else []
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
         from conftest import run_server
@@ -531,9 +732,12 @@ def main(argv: list[str] | None = None) -> int:
             repo = write_repository(Path(tmp))
             with run_server("--model-repository", str(repo), "--device", "cpu") as server:
                 outcomes = run(server.url)
+                http_outcomes = run_http(server.http_url)
                 print(f"server: {server.ready_line.strip()}")
     _print(outcomes)
-    return 0 if all(o.problem is None for o in outcomes) else 1
+    _print_http(http_outcomes)
+    ok = all(o.problem is None for o in outcomes)
+    return 0 if ok and all(problem is None for *_, problem in http_outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
     python tools/fuzz_server.py --requests 30000 --seed 6 --seconds 600
 
+The HTTP side (:class:`HttpFuzzer`, :func:`expect_http`) does the same with JSON and binary
+infer requests over HTTP: never a 5xx, every 4xx a JSON error, 404 exactly for unknown models.
+
 A valid request for model "clf" (FP32) or "half" (FP16) is built, then mutated at the message
 level (names, datatypes, shapes, contents, outputs, parameters, ids) and/or at the byte level
 (flips, cuts, inserts). :func:`expect` restates the protocol contract on its own to say what
@@ -13,6 +16,8 @@ afterwards. tests/serve/test_fuzz.py drives :class:`Fuzzer` from hypothesis.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import random
 import sys
 import tempfile
@@ -33,6 +38,11 @@ __all__ = [
     "Expected",
     "Reference",
     "expect",
+    "HttpFuzzer",
+    "HttpRequest",
+    "expect_http",
+    "send_http",
+    "judge_http",
     "send",
     "judge",
     "write_repository",
@@ -325,6 +335,291 @@ def write_repository(root: Path) -> Path:
     return root
 
 
+# -- the HTTP side (serve/http.py) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    path: str
+    body: bytes
+    header_length: int | None = None  # Inference-Header-Content-Length; None: all JSON
+
+
+@dataclass(frozen=True)
+class HttpExpected:
+    status: int  # 200, 404, or 400 (any 4xx but 404 is accepted for it)
+    model: str = ""
+    x: np.ndarray | None = None
+    outputs: tuple[str, ...] = ()
+    binary: frozenset[str] = frozenset()
+    id: str = ""
+
+
+class HttpFuzzer:
+    """Valid JSON / binary infer requests and their mutations (document and byte level)."""
+
+    PATHS = ["clf", "clf/versions/1", "half", "nope", "clf/versions/2", "CLF", "half/versions/1"]
+    VALUES = [None, True, 1, -1, 1.5, "x", [], {}, [1, 2], {"a": 1}, 2**70]
+    PARAMETERS = [
+        {"priority": 1},
+        {"priority": "high"},
+        {"timeout": -1},
+        {"sequence_id": 3},
+        {"sequence_start": True},
+        {"binary_data_output": True},
+        {"custom": "ignored"},
+        {"nested": {"a": 1}},
+    ]
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def valid(self) -> tuple[str, dict, bytes]:
+        rng = self.rng
+        model = rng.choice(["clf", "clf", "clf", "half"])
+        datatype, dtype, _ = SPECS[model]
+        rows = rng.randint(1, 6)
+        x = np.array([rng.uniform(-3, 3) for _ in range(rows * FEATURES)], dtype).reshape(rows, -1)
+        tensor: dict = {"name": "features", "datatype": datatype, "shape": [rows, FEATURES]}
+        binary = b""
+        if model == "half" or rng.random() < 0.5:
+            binary = x.tobytes()
+            tensor["parameters"] = {"binary_data_size": len(binary)}
+        else:
+            values = x.astype(np.float64)
+            tensor["data"] = (values if rng.random() < 0.5 else values.ravel()).tolist()
+        document: dict = {"inputs": [tensor]}
+        if rng.random() < 0.5:
+            document["id"] = rng.choice(["", "req-1", "\u00e9\u4e2d\n", "x" * 300])
+        outputs = rng.choice([(), ("probabilities",), ("logits",), OUTPUTS[::-1]])
+        if outputs:
+            document["outputs"] = [
+                {"name": n, "parameters": {"binary_data": rng.random() < 0.5}} for n in outputs
+            ]
+        return model, document, binary
+
+    def _mutate(self, document: dict) -> None:
+        rng = self.rng
+        inputs = document.get("inputs")
+        ok = isinstance(inputs, list) and inputs and isinstance(inputs[0], dict)
+        tensor = inputs[0] if ok else {}
+        target, key = rng.choice(
+            [
+                (document, "inputs"),
+                (document, "id"),
+                (document, "outputs"),
+                (document, "parameters"),
+                (tensor, "name"),
+                (tensor, "datatype"),
+                (tensor, "shape"),
+                (tensor, "data"),
+                (tensor, "parameters"),
+            ]
+        )
+        action = rng.choice(["drop", "value", "edit"])
+        if action == "drop":
+            target.pop(key, None)
+        elif action == "value":
+            target[key] = rng.choice(self.VALUES)
+        elif key == "shape" and isinstance(target.get(key), list) and target[key]:
+            target[key][rng.randrange(len(target[key]))] = rng.choice(Fuzzer.DIMS + [2.0, "8"])
+        elif key == "data" and isinstance(target.get(key), list) and target[key]:
+            data = target[key]
+            choice = rng.choice(["cut", "grow", "string", "null", "bools"])
+            if choice == "cut":
+                data.pop()
+            elif choice == "grow":
+                data.append(data[0])
+            elif choice == "bools":
+                target[key] = [True] * len(data)
+            else:
+                data[rng.randrange(len(data))] = "1.0" if choice == "string" else None
+        elif key == "parameters" and target is tensor:
+            parameters = tensor.get("parameters")
+            if isinstance(parameters, dict) and type(parameters.get("binary_data_size")) is int:
+                parameters["binary_data_size"] += rng.choice([-4, -1, 1, 4, 10**6])
+        elif key == "parameters":
+            document["parameters"] = rng.choice(self.PARAMETERS)
+        elif key == "outputs" and isinstance(document.get("outputs", []), list):
+            document.setdefault("outputs", []).append(
+                rng.choice([{"name": "nope"}, {"name": "logits"}, {"name": 3}, "logits",
+                            {"name": "logits", "parameters": {"classification": 2}}])
+            )  # fmt: skip
+        elif key in ("name", "datatype"):
+            target[key] = rng.choice(Fuzzer.INPUT_NAMES + Fuzzer.DATATYPES)
+        elif key == "inputs" and ok:
+            document["inputs"].append(dict(tensor))
+
+    def request(self) -> HttpRequest:
+        """One request: valid (about 1 in 6), document-mutated, and/or byte-mutated."""
+        rng = self.rng
+        model, document, binary = self.valid()
+        path = f"/v2/models/{model}/infer"
+        if rng.random() < 0.15:
+            path = f"/v2/models/{rng.choice(self.PATHS)}/infer"
+        for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
+            self._mutate(document)
+        header = json.dumps(document).encode()
+        body = header + binary
+        length = len(header) if binary else None
+        if rng.random() < 0.1:
+            length = max(0, (length or len(body)) + rng.choice([-3, -1, 1, 5, 10**6]))
+        if rng.random() < 0.3:
+            body = Fuzzer(rng)._bytes(body)
+        return HttpRequest(path, body, length)
+
+
+def _get(document: dict, key: str, default=None):
+    """``document[key]``, with JSON null meaning absent."""
+    value = document.get(key)
+    return default if value is None else value
+
+
+def _http_input(document: dict, model: str, binary: bytes) -> np.ndarray | None:
+    """The decoded input when ``document``'s inputs are valid for ``model``."""
+    datatype, dtype, _ = SPECS[model]
+    inputs = _get(document, "inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        return None
+    t = inputs[0]
+    shape = _get(t, "shape")
+    if t.get("name") != "features" or t.get("datatype") != datatype:
+        return None
+    if not isinstance(shape, list) or len(shape) != 2 or shape[1] != FEATURES:
+        return None
+    if not all(type(d) is int for d in shape) or not 1 <= shape[0] <= MAX_BATCH:
+        return None
+    parameters, data = _get(t, "parameters", {}), _get(t, "data")
+    if not isinstance(parameters, dict):
+        return None
+    if "binary_data_size" in parameters:
+        size = parameters["binary_data_size"]
+        if data is not None or type(size) is not int or size != len(binary):
+            return None
+        if size != shape[0] * FEATURES * np.dtype(dtype).itemsize:
+            return None
+        return np.frombuffer(binary, dtype).reshape(shape)
+    if binary or model == "half" or not isinstance(data, list):
+        return None
+    if data and isinstance(data[0], list):  # nested: [rows][8]
+        if not all(isinstance(row, list) and len(row) == FEATURES for row in data):
+            return None
+        data = [v for row in data for v in row]
+    if len(data) != shape[0] * FEATURES:
+        return None
+    if not all(type(v) in (int, float) for v in data):
+        return None  # strings, nulls, lists; booleans are not numbers for FP32
+    return np.array(data, dtype).reshape(shape)
+
+
+def _http_parameters_ok(document: dict) -> bool:
+    parameters = _get(document, "parameters", {})
+    if not isinstance(parameters, dict):
+        return False
+    for name, value in parameters.items():
+        if not isinstance(value, bool | int | float | str):
+            return False
+        if name in ("priority", "timeout") and (type(value) is not int or value < 0):
+            return False
+        if name in ("sequence_id", "sequence_start", "sequence_end") and value:
+            return False
+    return True
+
+
+def expect_http(request: HttpRequest) -> HttpExpected:
+    """What the server must answer to ``request``, from the protocol contract alone."""
+    name, _, version = (
+        request.path.removeprefix("/v2/models/").removesuffix("/infer").partition("/versions/")
+    )
+    if name not in SPECS or version not in ("", "1"):
+        return HttpExpected(404)
+    length = len(request.body) if request.header_length is None else request.header_length
+    if length > len(request.body):
+        return HttpExpected(400)
+    try:
+        document = json.loads(request.body[:length].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return HttpExpected(400)
+    if not isinstance(document, dict) or not _http_parameters_ok(document):
+        return HttpExpected(400)
+    request_id = _get(document, "id", "")
+    outputs = _get(document, "outputs", [])
+    if not isinstance(request_id, str) or not isinstance(outputs, list):
+        return HttpExpected(400)
+    if not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        return HttpExpected(400)
+    names = [o["name"] for o in outputs]
+    if len(set(names)) != len(names) or not set(names) <= set(OUTPUTS):
+        return HttpExpected(400)
+    everything = _get(document, "parameters", {}).get("binary_data_output") is True
+    binary = set(OUTPUTS) if everything and not outputs else set()
+    for o in outputs:
+        parameters = _get(o, "parameters", {})
+        if not isinstance(parameters, dict) or "classification" in parameters:
+            return HttpExpected(400)
+        if not all(isinstance(v, bool | int | float | str) for v in parameters.values()):
+            return HttpExpected(400)
+        if parameters.get("binary_data", everything) is True:
+            binary.add(o["name"])
+    x = _http_input(document, name, request.body[length:])
+    if x is None:
+        return HttpExpected(400)
+    outputs = tuple(names) or OUTPUTS
+    return HttpExpected(200, name, x, outputs, frozenset(binary), request_id[:MAX_ID])
+
+
+def send_http(url: str, request: HttpRequest, timeout: float = 30.0) -> tuple[int, dict, bytes]:
+    """(status, lower-case headers, body) of ``request`` on a new connection."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    headers = {"content-type": "application/json"}
+    if request.header_length is not None:
+        headers["inference-header-content-length"] = str(request.header_length)
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("POST", request.path, request.body, headers)
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()
+
+
+def judge_http(expected: HttpExpected, status: int, headers: dict, body: bytes, reference):
+    """None when the answer is right, else what is wrong."""
+    if status >= 500 or status < 200:
+        return f"HTTP {status}: {body[:200]!r}"
+    if status != 200:
+        try:
+            message = json.loads(body)["error"]
+        except (ValueError, KeyError, TypeError):
+            return f"HTTP {status} without a JSON error: {body[:200]!r}"
+        if expected.status == 200 or (expected.status == 404) != (status == 404):
+            return f"HTTP {status}, expected {expected.status}: {message}"
+        return None
+    if expected.status != 200:
+        return f"HTTP 200, expected {expected.status}"
+    length = int(headers.get("inference-header-content-length", len(body)))
+    document = json.loads(body[:length])
+    names = tuple(o["name"] for o in document["outputs"])
+    if names != expected.outputs or document.get("id", "") != expected.id:
+        return f"answer for {names} id {document.get('id', '')[:20]!r}, expected {expected.outputs}"
+    want, offset = reference.run(expected.model, expected.x), length
+    tolerance = 1e-5 if expected.x.dtype == np.float32 else 2e-3
+    for tensor in document["outputs"]:
+        size = tensor.get("parameters", {}).get("binary_data_size")
+        if (size is not None) != (tensor["name"] in expected.binary):
+            return f"{tensor['name']}: binary_data_size {size}, expected {sorted(expected.binary)}"
+        if size is None:
+            got = np.asarray(tensor["data"], np.float64).reshape(tensor["shape"])
+        else:
+            got = np.frombuffer(body[offset : offset + size], want[tensor["name"]].dtype)
+            got, offset = got.reshape(tensor["shape"]), offset + size
+        if not np.allclose(
+            got, want[tensor["name"]], rtol=tolerance, atol=tolerance, equal_nan=True
+        ):
+            return f"HTTP: {tensor['name']} differs from ONNX Runtime"
+    return None
+
+
 # -- the long run -------------------------------------------------------------------------------
 
 
@@ -369,12 +664,39 @@ def fuzz(url: str, repository: Path, requests: int, seed: int, seconds: float, t
     return counts, problems
 
 
+def fuzz_http(url: str, repository: Path, requests: int, seed: int, seconds: float, threads: int):
+    """The HTTP side: ``requests`` fuzzed HTTP infer requests; counts and problems."""
+    reference, fuzzer = Reference(repository), HttpFuzzer(random.Random(seed))
+    counts: Counter = Counter()
+    problems: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def one(request: HttpRequest):
+        expected = expect_http(request)
+        status, headers, body = send_http(url, request)
+        return expected.status, status, judge_http(expected, status, headers, body, reference)
+
+    with ThreadPoolExecutor(threads) as pool:
+        sent = 0
+        while sent < requests and time.monotonic() < deadline:
+            batch = [fuzzer.request() for _ in range(min(256, requests - sent))]
+            for expected, got, problem in pool.map(one, batch):
+                counts[(f"HTTP {expected}", f"HTTP {got}")] += 1
+                if problem:
+                    problems.append(problem)
+            sent += len(batch)
+    return counts, problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=30000)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=600, help="stop early after this long")
     parser.add_argument("--threads", type=int, default=4, help="concurrent client calls")
+    parser.add_argument(
+        "--http-requests", type=int, default=10000, help="then this many over HTTP (0: none)"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
     from conftest import run_server
@@ -386,6 +708,13 @@ def main(argv: list[str] | None = None) -> int:
             counts, problems = fuzz(
                 server.url, repo, args.requests, args.seed, args.seconds, args.threads
             )
+            if args.http_requests:
+                more, http_problems = fuzz_http(
+                    server.http_url, repo, args.http_requests, args.seed, args.seconds,
+                    args.threads,
+                )  # fmt: skip
+                counts.update(more)
+                problems += http_problems
             elapsed = time.monotonic() - start
             alive, healthy = server.process.poll() is None, _healthy(server.url)
         text = log.read_text()

@@ -43,6 +43,21 @@ def test_each_class_gets_its_status_and_a_clean_message(matrix_server, case):
     assert matrix.judge(case, code, message, response) is None, (code, message)
 
 
+HTTP_CASES = matrix.http_cases()
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=[c.label for c in HTTP_CASES])
+def test_each_http_class_gets_its_4xx_and_a_json_error(matrix_server, case):
+    status, kind, message = matrix.send_http(matrix_server.http_url, case)
+    assert matrix.judge_http(case, status, kind, message) is None, (status, message)
+
+
+def test_http_matrix_covers_the_issue_classes():
+    assert len(HTTP_CASES) >= 40
+    assert {c.status for c in HTTP_CASES} >= {400, 403, 404, 405, 413, 415, 431}
+    assert all(400 <= c.status < 500 for c in HTTP_CASES)
+
+
 def test_matrix_covers_the_issue_classes():
     statuses = {c.code for c in CASES}
     assert len(CASES) >= 41

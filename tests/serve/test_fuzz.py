@@ -54,11 +54,29 @@ def test_fuzzed_requests_get_the_right_answer(fuzz_target, rng: random.Random):
     assert fuzz_server.judge(expected, code, message, response, reference) is None
 
 
+@settings(
+    max_examples=800,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(rng=st.randoms(use_true_random=False))
+def test_fuzzed_http_requests_get_the_right_answer(fuzz_target, rng: random.Random):
+    server, _, reference = fuzz_target
+    request = fuzz_server.HttpFuzzer(rng).request()
+    expected = fuzz_server.expect_http(request)
+    status, headers, body = fuzz_server.send_http(server.http_url, request, timeout=10)
+    SEEN[(f"HTTP {expected.status}", f"HTTP {status}")] += 1
+    assert fuzz_server.judge_http(expected, status, headers, body, reference) is None
+
+
 def test_server_alive_serving_and_quiet_after_fuzzing(fuzz_target):
     server, channel, _ = fuzz_target
     answered = Counter(got for (_, got), n in SEEN.items() for _ in range(n))
     assert answered["OK"] > 100 and answered["INVALID_ARGUMENT"] > 100  # both sides exercised
     assert answered["NOT_FOUND"] > 10
+    assert answered["HTTP 200"] > 20 and answered["HTTP 400"] > 100 and answered["HTTP 404"] > 5
     assert server.process.poll() is None
     status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert status.status == health_pb2.HealthCheckResponse.SERVING

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import ssl
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
@@ -228,3 +231,41 @@ def test_token_and_tls_files_are_checked(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "--tls-ca" in result.stderr
+
+
+def test_http_takes_the_same_tls_and_token(locked_server, pki, tmp_path):
+    from bnmodel.serve.http_client import HttpInferenceClient
+
+    url = locked_server.http_url
+    assert url.startswith("https://")
+    tls = TLSFiles(pki["client_cert"], pki["client_key"], pki["ca"])
+
+    def http_infer(**kwargs) -> str:
+        try:
+            with HttpInferenceClient(url, timeout=5, **kwargs) as client:
+                client.infer("clf", {"features": X})
+            return "OK"
+        except InferenceServerError as exc:
+            return exc.code
+
+    assert http_infer(tls=tls, auth_token=TOKEN) == "OK"
+    assert http_infer(tls=tls) == "HTTP 401"
+    assert http_infer(tls=tls, auth_token="wrong") == "HTTP 401"
+    assert http_infer(tls=TLSFiles(ca=pki["ca"]), auth_token=TOKEN) == "UNAVAILABLE"  # no cert
+    assert http_infer(auth_token=TOKEN) == "UNAVAILABLE"  # does not trust the server's CA
+    # Health stays open: a probe with a client certificate but no token is answered.
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    context.load_cert_chain(pki["client_cert"], pki["client_key"])
+    parts = urlsplit(url)
+    probe = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=5)
+    probe.request("GET", "/v2/health/ready")
+    assert probe.getresponse().status == 200
+    probe.close()
+    np.save(tmp_path / "rows.npy", X)
+    command = [sys.executable, "-m", "bnmodel", "infer", "--url", url, "--model", "clf"]
+    command += ["--input", str(tmp_path / "rows.npy"), "--tls-ca", str(pki["ca"])]
+    command += ["--tls-cert", str(pki["client_cert"]), "--tls-key", str(pki["client_key"])]
+    ok = subprocess.run(
+        [*command, "--auth-token-file", str(pki["token"])], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and ok.stdout.startswith("class,p_setosa"), ok.stderr

@@ -47,3 +47,34 @@ def test_sigterm_drains_requests_in_flight(slow_repository):
     assert max(finished_at) > signalled_at  # ... some of them after the signal
     assert "SIGTERM: draining" in log and "stopped" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_sigterm_drains_http_requests_in_flight(slow_repository):
+    from bnmodel.serve.http_client import HttpInferenceClient
+
+    x = np.ones((64, 8), np.float32)
+    with run_server("--model-repository", str(slow_repository), "--workers", "1") as server:
+        results, finished_at = [], []
+
+        def one_request(url: str, connect) -> None:
+            with connect(url, timeout=60) as client:
+                results.append(client.infer("slow", x)["probabilities"].shape)
+                finished_at.append(time.monotonic())
+
+        threads = [  # HTTP and gRPC together, both drained
+            threading.Thread(target=one_request, args=(server.http_url, HttpInferenceClient))
+            for _ in range(3)
+        ] + [threading.Thread(target=one_request, args=(server.url, InferenceClient))]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        signalled_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert server.process.wait(timeout=60) == 0
+        log = server.stderr_text()
+    assert results == [(64, 3)] * 4
+    assert max(finished_at) > signalled_at
+    assert "Traceback" not in log

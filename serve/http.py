@@ -1,0 +1,676 @@
+"""The Open Inference Protocol over HTTP/1.1, on the gRPC server's event loop and data plane.
+
+An :class:`asyncio.Protocol` fed by httptools (the C parser uvicorn uses) with orjson for the
+bodies: no framework, because each route is convert, delegate, convert, as in the gRPC servicer
+(serve/servicer.py), and a framework's routing and validation layers cost more per request
+than the model run of a small batch (benchmarks/README.md has the measurement). Everything
+past the bytes is shared with gRPC: the data plane (models, validation, batching, statistics),
+the drain gate, the token check and the model-control switch. Domain errors become the HTTP
+status matching their gRPC code (:data:`HTTP_STATUS`), with the same message, as
+``{"error": "..."}``; anything unexpected is a 500 whose details go only to the log.
+
+Limits: a request must arrive whole within ``request_timeout`` seconds of its first byte (408
+otherwise), an idle keep-alive connection is closed after ``idle_timeout``, a body over
+``body_limit`` bytes is refused with 413 before it is read, as are headers past 64 KiB (431).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+import httptools
+import orjson
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+
+from .dataplane import DataPlane
+from .errors import InvalidInputError, ServeError, status_code_for
+from .http_codec import (
+    HEADER_LENGTH,
+    binary_outputs,
+    decode_infer_request,
+    encode_infer_response,
+    json_object,
+)
+from .repository import check_model_name
+from .security import LogLimiter, SecurityError, TLSFiles, model_control_refusal, token_matches
+from .shutdown import DrainGate
+from .statistics import version_statistics
+
+__all__ = [
+    "HTTP_STATUS",
+    "JSON_EXPANSION",
+    "http_status_for",
+    "HttpResponse",
+    "HttpServer",
+    "ssl_context",
+]
+
+log = logging.getLogger("bnmodel.serve")
+_rejections = LogLimiter(log)
+
+# The HTTP status of each gRPC code a domain error maps to (serve/errors.py): one table.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+# A JSON body may be this many times the gRPC message limit: a float written as JSON text takes
+# up to ~24 bytes ("-0.0001234567890123456,") where raw FP32 takes 4.
+JSON_EXPANSION = 6
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers together
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def http_status_for(error: BaseException) -> int:
+    """The HTTP status a client gets for ``error``: 500 for anything unexpected."""
+    return HTTP_STATUS.get(status_code_for(error), 500)
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json(document: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(status, orjson.dumps(document))
+
+
+def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
+    return HttpResponse(status, orjson.dumps({"error": message}), headers=headers)
+
+
+_EMPTY_OK = HttpResponse(200, b"")
+_NOT_READY = HttpResponse(400, b"")  # Triton answers a not-ready probe with 400 and no body
+
+
+_INT64_TYPES = frozenset(
+    (
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    )
+)
+
+
+def _proto_json(message, zeros: bool = False) -> dict:
+    """A protobuf message as Triton's HTTP JSON: field names as in the .proto, 64-bit integers
+    as numbers (proto3 JSON writes them as strings); ``zeros``: fields left at 0 included."""
+    document = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=zeros
+    )
+    _int64_as_numbers(message.DESCRIPTOR, document)
+    return document
+
+
+def _int64_as_numbers(descriptor, document: dict) -> None:
+    for entry in descriptor.fields:
+        value = document.get(entry.name)
+        if value is None:
+            continue
+        kind = entry.message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            mapped = kind.fields_by_name["value"]
+            if mapped.message_type is not None:
+                for item in value.values():
+                    _int64_as_numbers(mapped.message_type, item)
+        elif kind is not None:
+            for item in value if isinstance(value, list) else [value]:
+                _int64_as_numbers(kind, item)
+        elif entry.type in _INT64_TYPES:
+            document[entry.name] = (
+                [int(v) for v in value] if isinstance(value, list) else int(value)
+            )
+
+
+@dataclass
+class _Request:
+    method: str = ""
+    url: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes | bytearray = b""
+    keep_alive: bool = True
+
+
+# /v2/models/{name}[/versions/{version}][/{action}]: names are percent-decoded afterwards.
+_MODEL_ROUTE = re.compile(
+    r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer|config|stats))?$"
+)
+_REPOSITORY_ROUTE = re.compile(r"^/v2/repository/models/([^/]+)/(load|unload)$")
+
+
+class HttpApp:
+    """Routes one complete request to the data plane; returns a response or an awaitable one."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        gate: DrainGate | None = None,
+        *,
+        token: str | None = None,
+        allow_model_control: bool = False,
+    ) -> None:
+        self.dataplane = dataplane
+        self.gate = gate
+        self.token = token
+        self.allow_model_control = allow_model_control
+
+    def handle(self, request: _Request) -> HttpResponse | Awaitable[HttpResponse]:
+        path = request.url.split(b"?", 1)[0].decode("latin-1")
+        if path.startswith("/v2/health/"):  # open to probes, never counted by the drain
+            return self._health(request.method, path)
+        route = self._route(request.method, path)
+        if isinstance(route, HttpResponse):
+            return route
+        name, call = route
+        if self.token is not None:
+            values = [("authorization", request.headers.get("authorization", ""))]
+            if not token_matches(values, self.token):
+                message = (
+                    f"{name} needs the header 'Authorization: Bearer <token>' "
+                    "with this server's token"
+                )
+                _rejections.warning("HTTP %s refused: 401: %s", name, message)
+                return _error(401, message, (("www-authenticate", "Bearer"),))
+        if self.gate is not None and not self.gate.admit():
+            return _error(503, DrainGate.REFUSAL)
+        try:
+            result = call(request)
+        except BaseException as exc:
+            self._done()
+            return self._failure(name, exc)
+        if isinstance(result, HttpResponse):
+            self._done()
+            return result
+        return self._awaited(name, result)
+
+    def _done(self) -> None:
+        if self.gate is not None:
+            self.gate.done()
+
+    async def _awaited(self, name: str, result: Awaitable[HttpResponse]) -> HttpResponse:
+        try:
+            return await result
+        except BaseException as exc:
+            return self._failure(name, exc)
+        finally:
+            self._done()
+
+    @staticmethod
+    def _failure(name: str, exc: BaseException) -> HttpResponse:
+        if isinstance(exc, ServeError):
+            status = http_status_for(exc)
+            _rejections.warning("HTTP %s rejected: %d: %s", name, status, exc)
+            return _error(status, str(exc))
+        if not isinstance(exc, Exception):
+            raise exc  # cancellation and exit pass through
+        log.exception("HTTP %s failed unexpectedly", name)
+        return _error(500, f"internal error while handling {name}; the server log has the details")
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _health(self, method: str, path: str) -> HttpResponse:
+        if path == "/v2/health/live":
+            check = self.dataplane.live
+        elif path == "/v2/health/ready":
+            check = self.dataplane.ready
+        else:
+            return _error(
+                404, f"unknown route {path!r}; health routes: /v2/health/live, /v2/health/ready"
+            )
+        if method not in ("GET", "HEAD"):
+            return _error(405, f"{path} takes GET, not {method}", (("allow", "GET"),))
+        return _EMPTY_OK if check() else _NOT_READY
+
+    def _route(self, method: str, path: str):
+        """(name for logs, handler) or the error response for an unknown route or method."""
+        wanted, name, call = "GET", "", None
+        if path in ("/v2", "/v2/"):
+            name, call = "ServerMetadata", self._server_metadata
+        elif path == "/v2/models/stats":
+            name, call = "ModelStatistics", lambda r: self._statistics("", "")
+        elif path == "/v2/repository/index":
+            wanted, name, call = "POST", "RepositoryIndex", self._index
+        elif match := _MODEL_ROUTE.match(path):
+            model, version = unquote(match[1]), unquote(match[2] or "")
+            action = match[3] or "metadata"
+            name = {
+                "metadata": "ModelMetadata",
+                "ready": "ModelReady",
+                "infer": "ModelInfer",
+                "config": "ModelConfig",
+                "stats": "ModelStatistics",
+            }[action]
+            wanted = "POST" if action == "infer" else "GET"
+            call = self._model_call(action, model, version)
+        elif match := _REPOSITORY_ROUTE.match(path):
+            model, action = unquote(match[1]), match[2]
+            wanted, name = (
+                "POST",
+                "RepositoryModelLoad" if action == "load" else "RepositoryModelUnload",
+            )
+            call = self._control(action, model)
+            if not self.allow_model_control:  # after the token check, as over gRPC
+                refusal = _error(403, model_control_refusal(name))
+                call = lambda r: refusal  # noqa: E731
+        else:
+            return _error(
+                404,
+                f"unknown route {path[:200]!r}; the Open Inference Protocol routes start with "
+                "/v2 (GET /v2 gives the server's metadata)",
+            )
+        if method != wanted and not (wanted == "GET" and method == "HEAD"):
+            return _error(405, f"{path[:200]} takes {wanted}, not {method}", (("allow", wanted),))
+        return name, call
+
+    def _model_call(self, action: str, model: str, version: str) -> Callable[[_Request], Any]:
+        if action == "metadata":
+            return lambda r: self._model_metadata(model, version)
+        if action == "ready":
+            return lambda r: _EMPTY_OK if self.dataplane.model_ready(model, version) else _NOT_READY
+        if action == "config":
+            return lambda r: _json(_proto_json(self.dataplane.model(model, version)[0].config))
+        if action == "stats":
+            return lambda r: self._statistics(model, version)
+        return lambda r: self._infer(r, model, version)
+
+    def _control(self, action: str, model: str) -> Callable[[_Request], Awaitable[HttpResponse]]:
+        async def call(request: _Request) -> HttpResponse:
+            if request.body:
+                json_object(request.body)  # parameters are accepted and not used, as over gRPC
+            if action == "load":
+                await self.dataplane.load(check_model_name(model))
+            else:
+                await self.dataplane.unload(check_model_name(model))
+            return _EMPTY_OK
+
+        return call
+
+    # -- handlers: convert, delegate, convert ------------------------------------------------
+
+    def _server_metadata(self, request: _Request) -> HttpResponse:
+        meta = self.dataplane.server_metadata()
+        return _json(
+            {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+        )
+
+    def _model_metadata(self, model_name: str, version: str) -> HttpResponse:
+        model, _ = self.dataplane.model(model_name, version)
+        signature = model.signature
+
+        def tensors(specs):
+            return [
+                {"name": s.name, "datatype": s.datatype.name, "shape": signature.shape(s)}
+                for s in specs
+            ]
+
+        return _json(
+            {
+                "name": model.name,
+                "versions": list(model.versions),
+                "platform": model.config.platform,
+                "inputs": tensors(signature.inputs),
+                "outputs": tensors(signature.outputs),
+            }
+        )
+
+    def _statistics(self, model: str, version: str) -> HttpResponse:
+        entries = self.dataplane.statistics(model, version)
+        return _json(
+            {"model_stats": [_proto_json(version_statistics(*e), zeros=True) for e in entries]}
+        )
+
+    def _index(self, request: _Request) -> HttpResponse:
+        ready = False
+        if request.body:
+            ready = json_object(request.body).get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidInputError("RepositoryIndex: 'ready' must be a boolean")
+        entries = self.dataplane.index(ready_only=ready)
+        return _json(
+            [
+                {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
+                for e in entries
+            ]
+        )
+
+    async def _infer(self, request: _Request, model: str, version: str) -> HttpResponse:
+        length = request.headers.get(HEADER_LENGTH)
+        if length is not None:
+            if not length.isdigit():
+                raise InvalidInputError(
+                    "Inference-Header-Content-Length must be a number of bytes, "
+                    f"got {length[:32]!r}"
+                )
+            length = int(length)
+        self.dataplane.model(model, version)  # unknown model: 404 before the body is read
+        decoded = decode_infer_request(model, version, request.body, length)
+        response = await self.dataplane.infer(decoded)
+        body, header_length = encode_infer_response(response, binary_outputs(decoded))
+        if header_length is None:
+            return HttpResponse(200, body)
+        return HttpResponse(
+            200, body, "application/octet-stream", ((HEADER_LENGTH, str(header_length)),)
+        )
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse with httptools, answer requests in order (keep-alive and
+    pipelining), time out slow or idle clients."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.request: _Request | None = None  # the one being received
+        self.header_bytes = 0
+        self.pending: collections.deque[_Request] = collections.deque()
+        self.busy = False  # a response is being computed
+        self.write_paused = False  # the client does not read its answers: stop answering
+        self.closing = False
+        self.close_after = False  # upgrade asked for, or the client half-closed
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.server.connections.add(self)
+        self._arm(self.server.idle_timeout, 0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._arm(self.server.request_timeout, 0)  # closed if it stays paused this long
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._disarm()
+        if not self.busy:
+            self._next()
+
+    def eof_received(self) -> bool:
+        """The client closed its sending side: a request cut short gets a 400; answers to whole
+        requests still go out, then the connection closes."""
+        if self.request is not None and not self.closing:
+            got = len(self.request.body)
+            expected = self.request.headers.get("content-length", "?")
+            self._fail(
+                400,
+                f"request truncated: the client closed its side after {got} of {expected} "
+                "body bytes",
+            )
+            return False
+        if self.busy or self.pending:
+            self.close_after = True
+            return True
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Ignored, as HTTP allows: the request is answered over HTTP/1.1, then the connection
+            # closes, since the parser reads nothing after an upgrade request.
+            self.close_after = True
+            if not self.busy and not self.pending:
+                self._close()
+        except httptools.HttpParserError as exc:
+            if not self.closing:  # not a limit our callbacks already answered
+                self._fail(400, f"malformed HTTP request: {exc}")
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.request = _Request()
+        self.header_bytes = 0
+        self._arm(self.server.request_timeout, 408)
+
+    def on_url(self, url: bytes) -> None:
+        self.request.url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        key = name.decode("latin-1").lower()
+        if key in self.request.headers and key in (
+            "content-length",
+            "authorization",
+            HEADER_LENGTH,
+        ):
+            self._fail(400, f"header {key!r} is given more than once")
+            return
+        self.request.headers[key] = value.decode("latin-1")
+
+    def _count_header_bytes(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._fail(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
+            raise httptools.HttpParserError("headers too large")
+
+    def on_headers_complete(self) -> None:
+        request = self.request
+        request.method = self.parser.get_method().decode("latin-1")
+        length = request.headers.get("content-length")
+        limit = self.server.body_limit
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._fail(
+                413,
+                f"request body of {length} bytes exceeds this server's limit of {limit} "
+                "bytes (sized for max_batch_size rows of the largest model)",
+            )
+            raise httptools.HttpParserError("body too large")
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":
+            self._fail(
+                415,
+                f"Content-Encoding {encoding[:32]!r} is not supported; send the body uncompressed",
+            )
+            raise httptools.HttpParserError("encoded body")
+        if request.headers.get("expect", "").lower() == "100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        request = self.request
+        if not request.body:
+            request.body = body
+        else:
+            if isinstance(request.body, bytes):
+                request.body = bytearray(request.body)
+            request.body += body
+        if len(request.body) > self.server.body_limit:
+            limit = self.server.body_limit
+            self._fail(
+                413,
+                f"request body exceeds this server's limit of {limit} bytes "
+                "(sized for max_batch_size rows of the largest model)",
+            )
+            raise httptools.HttpParserError("body too large")
+
+    def on_message_complete(self) -> None:
+        request, self.request = self.request, None
+        request.keep_alive = self.parser.should_keep_alive()
+        if isinstance(request.body, bytearray):
+            request.body = bytes(request.body)
+        self._disarm()
+        self.pending.append(request)
+        if len(self.pending) > 16:  # a pipelining client waits for answers before more reads
+            self.transport.pause_reading()
+        if not self.busy:
+            self._next()
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        while self.pending and not self.closing and not self.write_paused:
+            request = self.pending.popleft()
+            result = self.server.app.handle(request)
+            if isinstance(result, HttpResponse):
+                self._send(request, result)
+                continue
+            self.busy = True
+            self.loop.create_task(self._finish(request, result))
+            return
+        if not self.closing and not self.write_paused:
+            self.transport.resume_reading()
+            if self.request is None:
+                self._arm(self.server.idle_timeout, 0)
+
+    async def _finish(self, request: _Request, result: Awaitable[HttpResponse]) -> None:
+        try:
+            response = await result
+        finally:
+            self.busy = False
+        if not self.closing:
+            self._send(request, response)
+            self._next()
+
+    def _send(self, request: _Request, response: HttpResponse) -> None:
+        keep_alive = request.keep_alive and not self.server.closing
+        keep_alive = keep_alive and not (self.close_after and not self.pending)
+        head = [
+            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
+            f"content-type: {response.content_type}\r\ncontent-length: {len(response.body)}\r\n"
+        ]
+        head += [f"{name}: {value}\r\n" for name, value in response.headers]
+        if not keep_alive:
+            head.append("connection: close\r\n")
+        head.append("\r\n")
+        body = b"" if request.method == "HEAD" else response.body
+        self.transport.writelines(("".join(head).encode("latin-1"), body))
+        if not keep_alive:
+            self._close()
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer ``status`` at once (even with requests pending) and close: the stream can no
+        longer be trusted to frame the next request."""
+        if self.closing:
+            return
+        _rejections.warning("HTTP request refused: %d: %s", status, message)
+        self._send(_Request(keep_alive=False), _error(status, message))
+
+    def _close(self) -> None:
+        self.closing = True
+        self._disarm()
+        self.transport.close()
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, status: int) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(seconds, self._expired, status)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self, status: int) -> None:
+        self.timer = None
+        if self.write_paused:
+            self._close()  # a client that stopped reading its answers
+        elif status and not self.busy:
+            timeout = self.server.request_timeout
+            self._fail(status, f"request not received in full within {timeout:g} s")
+        elif not self.busy and not self.pending:
+            self._close()  # idle keep-alive connection
+
+    def close_if_idle(self) -> None:
+        if not self.busy and not self.pending and self.request is None:
+            self._close()
+
+
+def ssl_context(tls: TLSFiles) -> ssl.SSLContext:
+    """The server's TLS context: its certificate, and client certificates required when ``ca``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+        if tls.ca is not None:
+            context.load_verify_locations(tls.ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise SecurityError(
+            f"--tls-cert/--tls-key/--tls-ca: cannot use them for HTTP ({exc})"
+        ) from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class HttpServer:
+    """The listening socket and its connections; :meth:`close` after the drain gate emptied."""
+
+    def __init__(
+        self,
+        app: HttpApp,
+        body_limit: int,
+        *,
+        request_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.app = app
+        self.body_limit = body_limit
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self._server: asyncio.Server | None = None
+
+    async def start(
+        self, host: str, port: int, *, tls: ssl.SSLContext | None = None, reuse_port: bool = False
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: _Connection(self),
+                host,
+                port,
+                ssl=tls,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise ServeError(
+                f"cannot listen for HTTP on {host}:{port} ({exc.strerror}); "
+                "choose another --http-port, or --no-http"
+            ) from None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening, close idle connections; busy ones close after their answer."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 1.0) if self._server else None
