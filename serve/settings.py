@@ -8,9 +8,10 @@ from pathlib import Path
 from .affinity import PIN_CHOICES
 from .eventloop import EventLoopError, resolve_loop
 
-__all__ = ["DEVICES", "SettingsError", "ServerSettings"]
+__all__ = ["DEVICES", "MAX_MESSAGE_BYTES", "SettingsError", "ServerSettings"]
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's message length limits are signed 32-bit
 
 
 class SettingsError(ValueError):
@@ -38,6 +39,8 @@ class ServerSettings:
     batching: bool = True  # False (--no-batching): every request runs alone
     max_queue_delay_us: int | None = None  # overrides dynamic_batching's delay (and turns it on)
     max_queue_size: int = 0  # requests queued per model version; 0: config's, else 1024
+    max_queue_bytes: int = 256 * 1024 * 1024  # input bytes queued per model version
+    max_concurrent_rpcs: int = 1024  # inference RPCs in flight per server process; 0: no limit
     max_inline_us: int = 50  # batches calibrated to run this fast run on the loop; 0: never
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0: off
     event_loop: str = "auto"  # auto: uvloop when installed, else asyncio (serve/eventloop.py)
@@ -49,6 +52,7 @@ class ServerSettings:
     auth_token_file: Path | None = None  # every RPC but health needs "Bearer <token>"
     allow_model_control: bool = False  # RepositoryModelLoad/Unload: PERMISSION_DENIED when off
     reject_non_finite: bool = False  # NaN/inf inputs: INVALID_ARGUMENT instead of computed
+    exit_on_error: bool = False  # a model that fails to load stops the server (exit 1)
 
     def __post_init__(self) -> None:
         if (self.model_repository is None) == (self.model_path is None):
@@ -86,11 +90,18 @@ class ServerSettings:
             ("--max-queue-delay-us", self.max_queue_delay_us or 0),
             ("--max-queue-size", self.max_queue_size),
             ("--max-inline-us", self.max_inline_us),
+            ("--max-queue-bytes", self.max_queue_bytes),
+            ("--max-concurrent-rpcs", self.max_concurrent_rpcs),
         ):
             if value < 0:
                 raise SettingsError(f"{flag} must be >= 0, got {value}")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
+        if self.max_message_bytes > MAX_MESSAGE_BYTES:
+            raise SettingsError(
+                f"--max-message-bytes must be at most {MAX_MESSAGE_BYTES} (gRPC's largest), "
+                f"got {self.max_message_bytes}"
+            )
         if self.max_batch_size < 1:
             raise SettingsError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
 

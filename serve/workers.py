@@ -102,9 +102,6 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
     from .server import configure_logging
 
     configure_logging(settings.log_level)
-    if early_signals():
-        log.info("stopped before serving")
-        return 0
     try:
         held = hold_port(settings.host, settings.port)
     except OSError as exc:
@@ -112,6 +109,9 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
         return 1
     port = held.getsockname()[1]
     with held, _Supervisor(count) as supervisor:
+        if supervisor.signals:  # signalled while Python was still importing
+            log.info("stopped before serving")
+            return 0
         for index in range(count):
             supervisor.fork(lambda fd, i=index: _worker(settings, i, count, port, fd))
         return supervisor.wait(on_ready, held)
@@ -148,6 +148,7 @@ class _Supervisor:
         self.codes: dict[int, int] = {}  # worker index -> exit code
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
+        self.signalled = False  # a shutdown signal came: workers stopping early is no failure
         self._wake_r, self._wake_w = socket.socketpair()
         self._previous: dict[int, object] = {}
         self._watched = (*SHUTDOWN_SIGNALS, signal.SIGCHLD)
@@ -158,6 +159,8 @@ class _Supervisor:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for signum in self._watched:
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        # Caught before these handlers: ours to forward, and never inherited by a worker.
+        self.signals.extend(early_signals())
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         return self
 
@@ -231,7 +234,7 @@ class _Supervisor:
         failed = {i: c for i, c in self.codes.items() if c != 0}
         if failed:
             log.error("workers exited with %s", failed)
-        return 0 if not failed and len(lines) == self.count else 1
+        return 0 if not failed and (len(lines) == self.count or self.signalled) else 1
 
     def _read_ready(self, key: selectors.SelectorKey, lines: dict[int, str]) -> None:
         data = key.fileobj.read(65536)
@@ -246,6 +249,7 @@ class _Supervisor:
         while self.signals:
             signum = self.signals.pop(0)
             if signum in SHUTDOWN_SIGNALS:
+                self.signalled = True
                 log.info("%s: forwarding to %d workers", signal.Signals(signum).name, self.count)
                 self._kill_all(signum)
                 stopping = True
