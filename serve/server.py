@@ -24,18 +24,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .affinity import allowed_cpus, loop_cpu, pin_this_thread
 from .batching import BatchingOptions
 from .dataplane import ONCE, DataPlane
 from .errors import ServeError
-from .eventloop import resolve_loop, run_on_loop
 from .model import message_bytes, signature_from_config
 from .proto import model_config_pb2
 from .repository import DEFAULT_MODEL_FILE, ModelRepository, SingleModelRepository
 from .security import SecurityError, TLSFiles, TokenInterceptor, read_token, server_credentials
 from .servicer import SERVICE_NAME, InferenceServicer, build_handler
 from .session import SessionFactory, default_threads
-from .settings import ServerSettings
+from .settings import ServerSettings, resolve_loop
 from .shutdown import SHUTDOWN_SIGNALS, DrainGate, early_signals
 
 __all__ = [
@@ -103,14 +101,7 @@ class InferenceServer:
         self.settings = settings
         # Runs in flight: one per core of this process's share of the machine.
         threads = default_threads(settings.intra_op_threads, processes=settings.processes)
-        # ORT's runs may use every allowed core, even when the loop thread gets pinned.
-        self.cpus = allowed_cpus()
-        self.executor = ThreadPoolExecutor(
-            threads.workers,
-            thread_name_prefix="bnmodel-run",
-            initializer=pin_this_thread,
-            initargs=(self.cpus,),
-        )
+        self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
         self.factory = SessionFactory(settings.device, threads.intra_op)
         batching = BatchingOptions(
             enabled=settings.batching,
@@ -169,20 +160,11 @@ class InferenceServer:
             self.settings.host,
             self.port,
             limit,
-            resolve_loop(self.settings.event_loop),
+            type(asyncio.get_running_loop()).__module__.split(".")[0],  # the loop really running
             self._access_summary(),
             extra=ONCE,
         )
         return self.port
-
-    def pin_loop_thread(self) -> None:
-        """Keep this worker's event-loop thread, and the gRPC threads started after this, on a
-        core of its own (serve/affinity.py); the executor's threads unpin themselves."""
-        s = self.settings
-        cpu = loop_cpu(s.pin_loop, s.worker_index, self.cpus)
-        if cpu is not None:
-            pin_this_thread([cpu])
-            log.info("event loop pinned to CPU %d", cpu)
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """Token auth when a token is set (serve/security.py); nothing otherwise. The drain
@@ -329,7 +311,6 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
     if stop.is_set():  # signalled while Python was still importing: nothing to drain
         log.info("stopped before serving", extra=ONCE)
         return 0
-    server.pin_loop_thread()  # before start: gRPC's threads are made pinned too
     port = await server.start()
     server.start_metrics()
     loaded = await server.load_models()
@@ -387,8 +368,12 @@ def serve(settings: ServerSettings, on_ready: Callable[[ServerInfo], None] | Non
     worker = settings.worker_index if settings.processes > 1 else None
     configure_logging(settings.log_level, worker)
     try:
-        loop = resolve_loop(settings.event_loop)
-        return run_on_loop(run_server(settings, on_ready or (lambda info: None)), loop)
+        main = run_server(settings, on_ready or (lambda info: None))
+        if resolve_loop(settings.event_loop) == "uvloop":
+            import uvloop
+
+            return uvloop.run(main)
+        return asyncio.run(main)
     except (ServeError, SecurityError) as exc:
         log.error("%s", exc)
         return 1

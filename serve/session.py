@@ -13,9 +13,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .affinity import cpu_count
 from .errors import ModelLoadError
-from .settings import DEVICES
+from .settings import DEVICES, cpu_count
 
 __all__ = [
     "DEVICES",

@@ -39,8 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .affinity import cpu_count
-from .settings import ServerSettings
+from .settings import ServerSettings, cpu_count
 from .shutdown import SHUTDOWN_SIGNALS, early_signals
 
 __all__ = ["default_workers", "run", "serve_workers", "hold_port"]
