@@ -122,10 +122,21 @@ def _infer(args: argparse.Namespace) -> int:
         predictions = predict_file(
             args.url, args.model, args.input, timeout=args.timeout, tls=tls, auth_token=token
         )
-    except (InferenceServerError, InvalidInputError, SecurityError, OSError) as exc:
+        text = write_predictions(predictions, args.output)
+    except (InferenceServerError, InvalidInputError, SecurityError) as exc:
         print(f"bnmodel infer: {exc}", file=sys.stderr)
         return 1
-    text = write_predictions(predictions, args.output)
+    except OSError as exc:  # reading the input or writing --output
+        print(f"bnmodel infer: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    bad = predictions.non_finite_rows
+    if bad:
+        shown = ", ".join(str(i + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        print(
+            f"bnmodel infer: warning: the model gave NaN or inf for {len(bad)} row(s) "
+            f"(rows {shown}); no class is given for them",
+            file=sys.stderr,
+        )
     if args.output is None:
         sys.stdout.write(text)
     else:
