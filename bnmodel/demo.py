@@ -19,8 +19,8 @@ import torch
 from bnmodel.checkpoint import load_checkpoint
 from bnmodel.data import validation_split
 from bnmodel.export.api import export_checkpoint
-from bnmodel.serve.client import InferenceClient
 from bnmodel.launcher import spawn_server
+from bnmodel.serve.client import InferenceClient
 from bnmodel.train import train
 from bnmodel.train_config import TrainConfig
 
