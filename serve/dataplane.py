@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from bnmodel import __version__
 from .batching import BatchingOptions
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError, ServeError
 from .model import Model, ModelVersion, load_model
-from .repository import MAX_NAME_LENGTH, ModelSource, cause
+from .repository import MAX_NAME_LENGTH, ModelRepository, SingleModelRepository, cause
 from .session import SessionFactory
 from .statistics import VersionStats
 from .validation import (
@@ -38,7 +37,6 @@ __all__ = [
     "SERVER_NAME",
     "EXTENSIONS",
     "MAX_ECHOED_ID",
-    "Repository",
     "ServerMetadata",
     "IndexEntry",
     "InferResponse",
@@ -52,14 +50,6 @@ SERVER_NAME = "bnmodel"
 # Protocol extensions this server implements (ServerMetadata.extensions).
 EXTENSIONS = ("model_repository", "model_configuration", "statistics")
 MAX_ECHOED_ID = 256  # a request id is echoed back truncated to this many characters
-
-
-class Repository(Protocol):
-    """What the data plane needs of a model repository (serve/repository.py)."""
-
-    def names(self) -> list[str]: ...
-
-    def source(self, name: str) -> ModelSource: ...
 
 
 @dataclass(frozen=True)
@@ -90,7 +80,7 @@ class DataPlane:
 
     def __init__(
         self,
-        repository: Repository,
+        repository: ModelRepository | SingleModelRepository,
         factory: SessionFactory,
         executor: Executor,
         batching: BatchingOptions | None = None,
@@ -106,9 +96,6 @@ class DataPlane:
         self._ready = False
 
     # -- health and metadata ------------------------------------------------------------------
-
-    def live(self) -> bool:
-        return True
 
     def ready(self) -> bool:
         """Startup loading is done and the server is not draining."""

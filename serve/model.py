@@ -23,7 +23,7 @@ from .batching import BatchingOptions, Scheduler, batch_policy, with_inline_runs
 from .codec import Datatype, datatype_from_config, datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
-from .repository import ModelSource, cause, json_parameter
+from .repository import ModelSource, cause
 from .session import SessionFactory, session_signature
 from .settings import MAX_MESSAGE_BYTES
 from .statistics import VersionStats
@@ -31,7 +31,6 @@ from .statistics import VersionStats
 __all__ = [
     "TensorSpec",
     "ModelSignature",
-    "ModelStats",
     "ModelRunner",
     "ModelVersion",
     "Model",
@@ -165,16 +164,6 @@ def check_session(signature: ModelSignature, session, where: str) -> None:
                 )
 
 
-@dataclass(frozen=True)
-class ModelStats:
-    """Totals over a model's versions (per-version counters: ModelVersion.stats)."""
-
-    success_count: int
-    fail_count: int
-    inference_count: int  # rows
-    execution_count: int  # model runs
-
-
 class ModelRunner:
     """Runs one ONNX Runtime session; blocking, thread-safe (ORT sessions allow concurrent runs)."""
 
@@ -221,16 +210,6 @@ class Model:
     signature: ModelSignature
     versions: dict[str, ModelVersion]  # ascending by number
 
-    @property
-    def stats(self) -> ModelStats:
-        every = [v.stats for v in self.versions.values()]
-        return ModelStats(
-            success_count=sum(s.success.count for s in every),
-            fail_count=sum(s.fail.count for s in every),
-            inference_count=sum(s.inference_count for s in every),
-            execution_count=sum(s.execution_count for s in every),
-        )
-
     async def drain(self) -> None:
         """Refuse new requests; return when every queued and running one has finished."""
         await asyncio.gather(*(v.scheduler.drain() for v in self.versions.values()))
@@ -249,10 +228,6 @@ class Model:
                 f"{', '.join(self.versions)}"
             )
         return found
-
-    @property
-    def class_labels(self) -> list[str] | None:
-        return json_parameter(self.config, "class_labels")
 
 
 def _example_inputs(signature: ModelSignature):

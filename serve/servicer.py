@@ -120,7 +120,7 @@ class InferenceServicer:
         self.dataplane = dataplane
 
     async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self.dataplane.live())
+        return pb.ServerLiveResponse(live=True)  # answering at all is being live
 
     async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dataplane.ready())

@@ -65,7 +65,7 @@ def test_infer_matches_onnxruntime(plane):
     assert response.id == "req-1" and response.model_version == "1"
     assert [name for name, _ in response.outputs] == ["logits", "probabilities"]
     np.testing.assert_allclose(response.outputs[0][1], expected[0], rtol=1e-6)
-    assert plane.models["clf"].stats.inference_count >= 7
+    assert plane.statistics("clf")[0][2].inference_count >= 7
 
 
 BAD = [
