@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,7 +60,10 @@ def test_sigterm_with_64_in_flight_answers_every_one(slow_repository, tmp_path):
         channel = grpc.insecure_channel(server.url)
         call = channel.unary_unary(INFER)
         futures = [call.future(_request(64), timeout=120) for _ in range(64)]
-        time.sleep(0.3)  # all 64 reach the server; a few finish
+        first = threading.Event()
+        for future in futures:
+            future.add_done_callback(lambda _: first.set())
+        assert first.wait(60)  # one answered: the server has the others, most still to run
         server.process.send_signal(signal.SIGTERM)
         status = _health(channel)
         pending_at_health = sum(not f.done() for f in futures)

@@ -30,15 +30,18 @@ def test_sigterm_drains_requests_in_flight(slow_repository):
     with run_server("--model-repository", str(slow_repository), "--workers", "1") as server:
         results, finished_at = [], []
 
+        first = threading.Event()
+
         def one_request() -> None:
             with InferenceClient(server.url, timeout=60) as client:
                 results.append(client.infer("slow", x)["probabilities"].shape)
                 finished_at.append(time.monotonic())
+                first.set()
 
         threads = [threading.Thread(target=one_request) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(0.3)  # all four sent; some running, the rest queued for the pool
+        assert first.wait(60)  # one answered; the other three are running or queued
         signalled_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         for thread in threads:
