@@ -92,7 +92,10 @@ def test_a_second_signal_exits_at_once(slow_repository, tmp_path):
     with run_server(*args, "--grace-seconds", "600", log_path=tmp_path / "log") as server:
         channel = grpc.insecure_channel(server.url)
         futures = [channel.unary_unary(INFER).future(_request(64), timeout=120) for _ in range(32)]
-        time.sleep(0.3)
+        first = threading.Event()
+        for future in futures:
+            future.add_done_callback(lambda _: first.set())
+        assert first.wait(60)  # the server has them; 31 still to run
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         server.process.send_signal(signal.SIGINT)
