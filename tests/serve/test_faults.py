@@ -226,3 +226,19 @@ def test_a_bad_token_file_is_a_clear_startup_error(tmp_path, repository):
     assert result.returncode == 1
     assert f"--auth-token-file {token}: the file is empty" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_rpcs_past_the_per_process_cap_are_resource_exhausted_naming_it(slow_repository):
+    args = ("--model-repository", str(slow_repository), "--workers", "1")
+    with run_server(*args, "--max-concurrent-rpcs", "2") as server:
+        channel = grpc.insecure_channel(server.url)
+        call = channel.unary_unary(INFER)
+        # 16 at once, 64 rows each (runs of a few hundred ms): at most 2 are admitted at a time.
+        futures = [call.future(_request(64), timeout=120) for _ in range(16)]
+        errors = [f.exception() for f in futures]
+        channel.close()
+    refused = [e for e in errors if e is not None]
+    assert len(refused) >= 10, errors  # 16 arrive well within the first run
+    assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+    assert "at most 2 (--max-concurrent-rpcs)" in refused[0].details()
+    assert errors.count(None) >= 2  # the admitted ones were answered
