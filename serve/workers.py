@@ -224,7 +224,8 @@ class _Supervisor:
             stopping = self._handle_signals(stopping)
             exited = self._reap(block=False)
             if exited and not stopping:  # a worker died while others serve: stop them all
-                log.error("worker exited unexpectedly (%s); stopping the others", exited)
+                when = "while serving" if announced else "before it was ready (see above)"
+                log.error("%s %s; stopping the others", exited, when)
                 self._kill_all(signal.SIGTERM)
                 stopping = True
             if not stopping and len(lines) < self.count and time.monotonic() > deadline:
@@ -232,7 +233,7 @@ class _Supervisor:
                 self._kill_all(signal.SIGTERM)
                 stopping = True
         failed = {i: c for i, c in self.codes.items() if c != 0}
-        if failed:
+        if failed and announced:  # a failed start was reported above
             log.error("workers exited with %s", failed)
         return 0 if not failed and (len(lines) == self.count or self.signalled) else 1
 
