@@ -173,6 +173,13 @@ def test_model_files_cannot_leave_the_repository(tmp_path):
     )
 
 
+def _started(statistics) -> int:
+    """Requests of "slow" whose run has started (queue statistics count them then)."""
+    request = pb.ModelStatisticsRequest(name="slow").SerializeToString()
+    response = pb.ModelStatisticsResponse.FromString(statistics(request, timeout=10))
+    return response.model_stats[0].inference_stats.queue.count
+
+
 @pytest.mark.slow
 def test_clients_that_give_up_cost_no_run_and_no_log_noise(slow_repository, tmp_path):
     args = ("--model-repository", str(slow_repository), "--workers", "1", "--no-batching")
@@ -184,7 +191,9 @@ def test_clients_that_give_up_cost_no_run_and_no_log_noise(slow_repository, tmp_
         # only after their deadline (two rounds of runs of ~70 ms could end before it).
         slots = len(os.sched_getaffinity(0))
         busy = [call.future(_request(64), timeout=60) for _ in range(3 * slots)]
-        time.sleep(0.1)
+        statistics = channel.unary_unary("/inference.GRPCInferenceService/ModelStatistics")
+        while _started(statistics) < slots:  # every run slot busy: the rest are queued
+            time.sleep(0.005)
         expired = [call.future(_request(64), timeout=0.05) for _ in range(8)]
         cancelled = [call.future(_request(64), timeout=60) for _ in range(8)]
         time.sleep(0.05)
