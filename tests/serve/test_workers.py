@@ -33,6 +33,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_pair() -> int:
+    """A free port whose successor is free too (both bound here once, then released)."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two consecutive free ports")
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("workers")
@@ -56,9 +70,7 @@ def _successes(port: int) -> float:
 
 
 def test_two_workers_share_the_port_and_sigterm_drains_both_with_exit_0(repo, tmp_path):
-    metrics = _free_port()
-    while _free_port() == metrics + 1:  # the second worker's metrics port must be free too
-        metrics = _free_port()
+    metrics = _free_pair()  # worker i serves metrics on metrics + i
     args = ("--model-repository", str(repo), "--workers", "2", "--metrics-port", str(metrics))
     x = np.random.default_rng(0).normal(size=(64, FEATURES)).astype(np.float32)
     expected = _reference(repo, "slow", x)
