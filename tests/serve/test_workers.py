@@ -27,12 +27,6 @@ from models import FEATURES, config_text, mlp_model, write_model
 CONNECTIONS = 24  # all on one of 2 workers by chance: 2 * 2**-24
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _free_pair() -> int:
     """A free port whose successor is free too (both bound here once, then released)."""
     for _ in range(100):
