@@ -25,8 +25,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import write_repository  # noqa: E402
-from bnmodel.serve.process import spawn_server  # noqa: E402
 from servers import HERE, free_port  # noqa: E402
+
+from bnmodel.launcher import spawn_server  # noqa: E402
 
 PATH = "/v2/health/ready"
 

@@ -9,7 +9,7 @@ must pass its own accuracy check), then:
    alternating rounds (``--repeats``), so both see the same machine state; each round is the
    median of as many calls as fit in --min-time. Printed: median latency, rows/s, and the
    speedup fp32/int8 (> 1: int8 is faster).
-2. Served: ``bnmodel serve`` (benchmarks' default settings, serve.process launcher) on each
+2. Served: ``bnmodel serve`` (benchmarks' default settings, bnmodel.launcher) on each
    repository in turn, loaded by benchmarks/loadgen.py (its own process) at batch 64 and
    concurrency 16; ``--runs`` interleaved runs, medians and the int8/fp32 rows/s ratio.
 
@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from bnmodel.export.api import export_checkpoint
-from bnmodel.serve.process import spawn_server
+
+from bnmodel.launcher import spawn_server
 
 HERE = Path(__file__).resolve().parent
 BATCHES = (1, 64, 1024)

@@ -36,9 +36,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import IN_FEATURES, MODEL_NAME, NUM_CLASSES, write_repository  # noqa: E402
-from bnmodel.serve.process import spawn_server  # noqa: E402
 from bnmodel.serve.proto import grpc_service_pb2 as pb  # noqa: E402
 from loadgen import http_decode, http_request  # noqa: E402
+
+from bnmodel.launcher import spawn_server  # noqa: E402
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 OK = grpc.StatusCode.OK

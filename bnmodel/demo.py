@@ -19,8 +19,8 @@ import torch
 from bnmodel.checkpoint import load_checkpoint
 from bnmodel.data import validation_split
 from bnmodel.export.api import export_checkpoint
+from bnmodel.launcher import spawn_server
 from bnmodel.serve.client import InferenceClient
-from bnmodel.serve.process import spawn_server
 from bnmodel.train import train
 from bnmodel.train_config import TrainConfig
 

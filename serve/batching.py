@@ -71,6 +71,7 @@ __all__ = [
 log = logging.getLogger("bnmodel.serve")
 
 DEFAULT_MAX_QUEUE_SIZE = 1024  # requests waiting per model version, when nothing says otherwise
+DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024  # input bytes waiting per model version
 DEFAULT_MAX_INLINE_US = 50  # longest calibrated run allowed on the event loop
 SOLO_INLINE_US = 1000  # ... and for a lone client's requests (nothing else to serve)
 _INLINE_OVERRUN = 4  # inline runs this many times over budget ...
@@ -92,6 +93,7 @@ class BatchingOptions:
     enabled: bool = True  # False: every request runs alone (--no-batching)
     max_queue_delay_us: int | None = None  # overrides dynamic_batching's delay, turns it on
     max_queue_size: int = 0  # 0: the config's default_queue_policy, else DEFAULT_MAX_QUEUE_SIZE
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES  # input bytes queued per version at most
     runs: int = 1  # model runs in flight per version when batching is off
     max_inline_us: int = DEFAULT_MAX_INLINE_US  # 0: every run on the executor
 
@@ -107,6 +109,7 @@ class BatchPolicy:
     inline_rows: int = 0  # batches of at most this many rows run on the event loop
     inline_budget_ns: int = 0  # what those runs were calibrated against
     solo_rows: int = 0  # ... and, for a lone client, batches of at most this many (SOLO_INLINE_US)
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES  # input bytes queued at most
 
 
 def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions) -> BatchPolicy:
@@ -125,13 +128,23 @@ def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions)
         and (dynamic or options.max_queue_delay_us is not None)
     )
     if not enabled:
-        return BatchPolicy(0, 0, queue_size or DEFAULT_MAX_QUEUE_SIZE, max(options.runs, 1))
+        return BatchPolicy(
+            0,
+            0,
+            queue_size or DEFAULT_MAX_QUEUE_SIZE,
+            max(options.runs, 1),
+            max_queue_bytes=options.max_queue_bytes,
+        )
     delay_us = options.max_queue_delay_us
     if delay_us is None:
         delay_us = config.dynamic_batching.max_queue_delay_microseconds
     # One run at a time: requests pile up behind it and leave as one batch.
     return BatchPolicy(
-        config.max_batch_size, delay_us * 1000, queue_size or DEFAULT_MAX_QUEUE_SIZE, 1
+        config.max_batch_size,
+        delay_us * 1000,
+        queue_size or DEFAULT_MAX_QUEUE_SIZE,
+        1,
+        max_queue_bytes=options.max_queue_bytes,
     )
 
 
@@ -202,18 +215,27 @@ def with_inline_runs(
 
 
 class _Pending:
-    __slots__ = ("inputs", "rows", "future", "enqueued_ns", "deadline_ns")
+    __slots__ = ("inputs", "rows", "nbytes", "future", "enqueued_ns", "deadline_ns")
 
-    def __init__(self, inputs, rows: int, future: asyncio.Future, enqueued_ns: int) -> None:
+    def __init__(
+        self, inputs, rows: int, nbytes: int, future: asyncio.Future, enqueued_ns: int
+    ) -> None:
         self.inputs = inputs
         self.rows = rows
+        self.nbytes = nbytes
         self.future = future
         self.enqueued_ns = enqueued_ns
         self.deadline_ns = _deadline_ns.get()
 
 
-def _run_batch(run: Run, inputs: list[Mapping[str, np.ndarray]]):
-    """On a worker thread: merge, run, split; returns (per-request outputs, rows, stage ns)."""
+def _run_batch(run: Run, inputs: list[Mapping[str, np.ndarray]], batched: bool = True):
+    """On a worker thread: merge, run, split; returns (per-request outputs, rows, stage ns).
+
+    A model without a batch axis runs its one request as sent: nothing to merge or split."""
+    if not batched:
+        t0 = time.perf_counter_ns()
+        outputs = run(inputs[0])
+        return [outputs], 1, 0, time.perf_counter_ns() - t0, 0
     t0 = time.perf_counter_ns()
     merged, offsets = merge_inputs(inputs)
     t1 = time.perf_counter_ns()
@@ -228,9 +250,15 @@ class Scheduler:
     """The queue in front of one model version; all methods run on the event loop."""
 
     def __init__(
-        self, run: Run, executor: Executor, policy: BatchPolicy, stats: VersionStats
+        self,
+        run: Run,
+        executor: Executor,
+        policy: BatchPolicy,
+        stats: VersionStats,
+        batched: bool = True,  # False: the model has no batch axis; each request runs alone
     ) -> None:
         self.run = run
+        self.batched = batched
         self.executor = executor
         self.policy = policy
         self.stats = stats
@@ -248,6 +276,7 @@ class Scheduler:
         self._crowded = False
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
+        self._queued_bytes = 0
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future | None = None
@@ -268,6 +297,13 @@ class Scheduler:
                 f"queue full: {len(self._queue)} requests waiting (at most "
                 f"{self.policy.max_queue}, --max-queue-size); retry later"
             )
+        nbytes = sum(array.nbytes for array in inputs.values())
+        if self._queue and self._queued_bytes + nbytes > self.policy.max_queue_bytes:
+            raise ResourceExhaustedError(
+                f"queue full: {self._queued_bytes:,} input bytes waiting, and this request's "
+                f"{nbytes:,} would pass the limit of {self.policy.max_queue_bytes:,} "
+                "(--max-queue-bytes); retry later"
+            )
         idle = self._running == 0 and not self._queue
         if idle:
             if rows <= self.inline_rows:
@@ -282,9 +318,10 @@ class Scheduler:
             self._quiet_runs = 0
             self.solo = False
         loop = self._loop = self._loop or asyncio.get_running_loop()
-        item = _Pending(inputs, rows, loop.create_future(), time.perf_counter_ns())
+        item = _Pending(inputs, rows, nbytes, loop.create_future(), time.perf_counter_ns())
         self._queue.append(item)
         self._queued_rows += rows
+        self._queued_bytes += nbytes
         self._schedule(idle)
         try:
             return await item.future
@@ -301,7 +338,9 @@ class Scheduler:
         self.stats.record_queue(0)
         self._running += 1
         try:
-            parts, _, input_ns, infer_ns, output_ns = result = _run_batch(self.run, [inputs])
+            parts, _, input_ns, infer_ns, output_ns = result = _run_batch(
+                self.run, [inputs], self.batched
+            )
         finally:
             self._running -= 1
         self._after_inline(result, rows, solo)
@@ -343,6 +382,7 @@ class Scheduler:
         with contextlib.suppress(ValueError):
             self._queue.remove(item)
             self._queued_rows -= item.rows
+            self._queued_bytes -= item.nbytes
             self._check_drained()
 
     def _schedule(self, idle: bool = False) -> None:
@@ -390,6 +430,7 @@ class Scheduler:
                 rows += item.rows
             queue.popleft()
             self._queued_rows -= item.rows
+            self._queued_bytes -= item.nbytes
         return batch
 
     def _dispatch(self) -> None:
@@ -407,14 +448,14 @@ class Scheduler:
             return
         self._running += 1
         self._crowded = False
-        future = self.executor.submit(_run_batch, self.run, inputs)
+        future = self.executor.submit(_run_batch, self.run, inputs, self.batched)
         loop = self._loop
         future.add_done_callback(lambda f: _call_soon(loop, self._finish, batch, f))
 
     def _run_inline(self, batch: list[_Pending], inputs, rows: int) -> None:
         """A calibrated-short batch, on the loop: no thread hand-off."""
         try:
-            result = _run_batch(self.run, inputs)
+            result = _run_batch(self.run, inputs, self.batched)
         except Exception as exc:  # noqa: BLE001 -- the model's error goes to its requests
             self._deliver(batch, exc)
             return

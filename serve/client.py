@@ -8,6 +8,7 @@ Works with this server and with any other server of the protocol (Triton, KServe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,13 +25,33 @@ from .security import TLSFiles, bearer_metadata, channel_credentials
 __all__ = ["InferenceServerError", "TensorInfo", "ModelInfo", "InferenceClient"]
 
 _MAX_MESSAGE = 1 << 30  # the server enforces its own limit; the client does not add one
+# UNAVAILABLE (a draining server, a model being reloaded, no connection yet) is retried by
+# gRPC itself with backoff: such a request was never run, so running it later is safe.
+_RETRY_UNAVAILABLE = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+# gRPC's own words when nothing answers at the address (connect, DNS, TLS handshake).
+_UNREACHABLE = ("failed to connect", "dns resolution", "connection refused", "socket closed")
 
 
 class InferenceServerError(Exception):
     """A failed call: ``code`` is the gRPC status name ("NOT_FOUND"), ``message`` the reason."""
 
     def __init__(self, method: str, code: str, message: str) -> None:
-        super().__init__(f"{method} failed with {code}: {message}")
+        super().__init__(f"{method}: {code}: {message}")
         self.method = method
         self.code = code
         self.message = message
@@ -81,6 +102,11 @@ class InferenceClient:
     ) -> None:
         """``tls``: connect with TLS (its ca: the CA to trust; cert/key: for mutual TLS).
         ``auth_token``: sent as ``authorization: Bearer <token>`` on every call."""
+        if "://" in url:
+            raise InvalidInputError(
+                f"{url}: expected the gRPC address as HOST:PORT (no scheme; `bnmodel serve` "
+                "listens on 127.0.0.1:8001 by default)"
+            )
         self.url = url
         self.timeout = timeout
         options = [
@@ -89,6 +115,7 @@ class InferenceClient:
             # One client, one TCP connection of its own (gRPC would share one between clients
             # of the same URL): with --workers N the server balances connections, not calls.
             ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.service_config", _RETRY_UNAVAILABLE),
         ]
         if tls is not None and tls.enabled:
             self._channel = grpc.secure_channel(url, channel_credentials(tls), options=options)
@@ -114,10 +141,17 @@ class InferenceClient:
             )
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() else "UNKNOWN"
-            details = exc.details() or ""
-            if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not details.strip():
-                details = f"no answer from {self.url}"
-            raise InferenceServerError(method, code, f"{details} (server {self.url})") from None
+            details = (exc.details() or "").strip()
+            if code == "UNAVAILABLE" and any(w in details.lower() for w in _UNREACHABLE):
+                details = (
+                    f"no server answers at {self.url}; is `bnmodel serve` running there "
+                    "(and with TLS only if you gave --tls-ca)?"
+                )
+            elif code == "DEADLINE_EXCEEDED" and not details:
+                details = f"no answer from {self.url} within {timeout or self.timeout:g} s"
+            else:
+                details = f"{details.splitlines()[0] if details else 'no details'} ({self.url})"
+            raise InferenceServerError(method, code, details) from None
 
     # -- health and metadata ------------------------------------------------------------------
 

@@ -13,16 +13,15 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from bnmodel import __version__
 
 from .batching import BatchingOptions
-from .errors import InvalidInputError, ModelNotFoundError, ServeError
+from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError, ServeError
 from .model import Model, ModelVersion, load_model
-from .repository import MAX_NAME_LENGTH, ModelSource
+from .repository import MAX_NAME_LENGTH, ModelRepository, SingleModelRepository, cause
 from .session import SessionFactory
 from .statistics import VersionStats
 from .validation import (
@@ -38,7 +37,6 @@ __all__ = [
     "SERVER_NAME",
     "EXTENSIONS",
     "MAX_ECHOED_ID",
-    "Repository",
     "ServerMetadata",
     "IndexEntry",
     "InferResponse",
@@ -46,19 +44,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("bnmodel.serve")
+ONCE = {"once": True}  # a startup event every worker process sees alike: worker 0 logs it
 
 SERVER_NAME = "bnmodel"
 # Protocol extensions this server implements (ServerMetadata.extensions).
 EXTENSIONS = ("model_repository", "model_configuration", "statistics")
 MAX_ECHOED_ID = 256  # a request id is echoed back truncated to this many characters
-
-
-class Repository(Protocol):
-    """What the data plane needs of a model repository (serve/repository.py)."""
-
-    def names(self) -> list[str]: ...
-
-    def source(self, name: str) -> ModelSource: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +80,7 @@ class DataPlane:
 
     def __init__(
         self,
-        repository: Repository,
+        repository: ModelRepository | SingleModelRepository,
         factory: SessionFactory,
         executor: Executor,
         batching: BatchingOptions | None = None,
@@ -105,9 +96,6 @@ class DataPlane:
         self._ready = False
 
     # -- health and metadata ------------------------------------------------------------------
-
-    def live(self) -> bool:
-        return True
 
     def ready(self) -> bool:
         """Startup loading is done and the server is not draining."""
@@ -160,23 +148,37 @@ class DataPlane:
                 entries.append(IndexEntry(name, "", "UNAVAILABLE", reason))
         return entries
 
+    def _known(self, name: str) -> None:
+        """NotFound (or InvalidInput) unless ``name`` is loaded or in the repository; checked
+        before a lock is made for it, so unknown names leave nothing behind."""
+        if name not in self._models and name not in self.repository.names():
+            raise self._not_found(name)
+
     async def load(self, name: str) -> Model:
-        """(Re)load ``name`` from the repository; the new model replaces the old one at once."""
-        lock = self._load_locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        """(Re)load ``name`` from the repository; the new model replaces the old one at once.
+
+        Any failure (a bad config or file, or an error nobody foresaw) fails this model alone:
+        one log line, the reason kept for RepositoryIndex and NOT_FOUND answers.
+        """
+        self._known(name)
+        async with self._load_locks.setdefault(name, asyncio.Lock()):
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
             try:
                 model = await loop.run_in_executor(self.executor, self._build, name)
-            except ServeError as exc:
-                if not isinstance(exc, ModelNotFoundError):
-                    self._failures[name] = str(exc)
-                detail = f" [{exc.detail}]" if exc.detail else ""
-                log.warning("failed to load model %s: %s%s", quote(name), exc, detail)
-                raise
+            except Exception as exc:  # noqa: BLE001 -- whatever it is, only this model fails
+                error = exc
+                if not isinstance(exc, ServeError):
+                    error = ModelLoadError(f"{name}: unexpected error while loading ({cause(exc)})")
+                if not isinstance(error, ModelNotFoundError):
+                    self._failures[name] = str(error)
+                detail = f" [{error.detail}]" if error.detail else ""
+                log.warning("failed to load model %s: %s%s", quote(name), error, detail, extra=ONCE)
+                raise error from None
             self._models[name] = model  # atomic swap: requests in flight keep the old one
             self._failures.pop(name, None)
-            log.info("%s in %.0f ms", _describe(model), 1000 * (time.perf_counter() - start))
+            elapsed = 1000 * (time.perf_counter() - start)
+            log.info("%s in %.0f ms", _describe(model), elapsed, extra=ONCE)
             return model
 
     def _build(self, name: str) -> Model:
@@ -184,15 +186,21 @@ class DataPlane:
 
     async def unload(self, name: str) -> None:
         """Stop serving ``name``: new requests get NOT_FOUND at once; returns once the requests
-        already queued or running have finished."""
-        model = self._models.pop(name, None)
-        if model is None and name not in self.repository.names():
-            raise self._not_found(name)
-        self._failures.pop(name, None)
-        if model is not None:
-            pending = sum(v.scheduler.pending for v in model.versions.values())
-            await model.drain()
-            log.info("unloaded model %s (drained %d requests in flight)", quote(name), pending)
+        already queued or running have finished. Waits for a load of ``name`` in flight, so
+        that load cannot put the model back afterwards."""
+        self._known(name)
+        async with self._load_locks.setdefault(name, asyncio.Lock()):
+            model = self._models.pop(name, None)
+            self._failures.pop(name, None)
+            if model is not None:
+                pending = sum(v.scheduler.pending for v in model.versions.values())
+                await model.drain()
+                log.info("unloaded model %s (drained %d requests in flight)", quote(name), pending)
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Models that failed to load, with why."""
+        return dict(self._failures)
 
     def statistics(self, name: str = "", version: str = "") -> list[tuple[str, str, VersionStats]]:
         """(model, version, counters) of every loaded version, or of ``name`` [``version``]."""
@@ -210,7 +218,7 @@ class DataPlane:
             try:
                 await self.load(name)
                 loaded.append(name)
-            except ServeError:
+            except ServeError:  # logged by load; every other model still loads
                 pass
         return loaded
 

@@ -16,8 +16,6 @@ __all__ = [
     "ModelLoadError",
     "ModelNotReadyError",
     "ResourceExhaustedError",
-    "UnsupportedError",
-    "ServerShuttingDownError",
     "DeadlineExceededError",
     "STATUS_CODES",
     "status_code_for",
@@ -55,14 +53,6 @@ class ResourceExhaustedError(ServeError):
     """A bounded resource (for example a batching queue) is full."""
 
 
-class UnsupportedError(ServeError):
-    """A valid request for a feature this server does not implement."""
-
-
-class ServerShuttingDownError(ServeError):
-    """The server is draining and takes no new work."""
-
-
 class DeadlineExceededError(ServeError):
     """The client's deadline passed while its request waited; it was not run."""
 
@@ -75,8 +65,6 @@ STATUS_CODES: dict[type[ServeError], grpc.StatusCode] = {
     ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
     ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
-    ServerShuttingDownError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 

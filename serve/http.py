@@ -104,6 +104,10 @@ _EMPTY_OK = HttpResponse(200, b"")
 _NOT_READY = HttpResponse(400, b"")  # Triton answers a not-ready probe with 400 and no body
 
 
+def _always() -> bool:
+    return True
+
+
 _INT64_TYPES = frozenset(
     (
         FieldDescriptor.TYPE_INT64,
@@ -194,8 +198,9 @@ class HttpApp:
                 )
                 _rejections.warning("HTTP %s refused: 401: %s", name, message)
                 return _error(401, message, (("www-authenticate", "Bearer"),))
-        if self.gate is not None and not self.gate.admit():
-            return _error(503, DrainGate.REFUSAL)
+        if self.gate is not None and (refusal := self.gate.admit()):
+            # Draining: 503, as UNAVAILABLE over gRPC; at --max-concurrent-rpcs: 429.
+            return _error(503 if self.gate.draining else 429, refusal)
         try:
             result = call(request)
         except BaseException as exc:
@@ -233,7 +238,7 @@ class HttpApp:
 
     def _health(self, method: str, path: str) -> HttpResponse:
         if path == "/v2/health/live":
-            check = self.dataplane.live
+            check = _always  # answering at all is being live (as gRPC's ServerLive)
         elif path == "/v2/health/ready":
             check = self.dataplane.ready
         else:

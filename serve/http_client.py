@@ -84,6 +84,11 @@ class HttpInferenceClient:
         except (OSError, http.client.HTTPException) as exc:
             self._connection.close()
             reason = str(exc) or type(exc).__name__
+            if isinstance(exc, http.client.BadStatusLine):  # e.g. a gRPC port's HTTP/2 frames
+                reason = (
+                    "the answer is not HTTP/1.1; is this the gRPC port? "
+                    "(bnmodel serve listens for HTTP on --http-port, 8000 by default)"
+                )
             raise InferenceServerError(
                 method, "UNAVAILABLE", f"{reason} (server {self.url})"
             ) from None
@@ -93,7 +98,7 @@ class HttpInferenceClient:
             except (ValueError, KeyError, TypeError):
                 message = data[:200].decode("utf-8", "replace") or response.reason
             code = f"HTTP {response.status}"
-            raise InferenceServerError(method, code, f"{message} (server {self.url})")
+            raise InferenceServerError(method, code, f"{message} ({self.url})")
         return data, response.headers
 
     def _model_path(self, name: str, version: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -22,23 +23,27 @@ from .batching import BatchingOptions, Scheduler, batch_policy, with_inline_runs
 from .codec import Datatype, datatype_from_config, datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
-from .repository import ModelSource, json_parameter
+from .repository import ModelSource, cause
 from .session import SessionFactory, session_signature
+from .settings import MAX_MESSAGE_BYTES
 from .statistics import VersionStats
 
 __all__ = [
     "TensorSpec",
     "ModelSignature",
-    "ModelStats",
     "ModelRunner",
     "ModelVersion",
     "Model",
+    "MAX_MESSAGE_BYTES",
+    "message_bytes",
     "signature_from_config",
     "check_session",
     "load_model",
 ]
 
 log = logging.getLogger("bnmodel.serve")
+
+_FRAMING_ALLOWANCE = 64 * 1024  # names, shapes, protobuf tags around the tensor bytes
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,10 @@ class ModelSignature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int  # 0: tensors have no batch axis
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
 
     def shape(self, spec: TensorSpec) -> list[int]:
         """Full protocol shape: -1 for the batch axis when the model batches."""
@@ -75,8 +84,8 @@ def _specs(tensors, where: str) -> tuple[TensorSpec, ...]:
     for tensor in tensors:
         try:
             datatype = datatype_from_config(model_config_pb2.DataType.Name(tensor.data_type))
-        except InvalidInputError as exc:
-            raise ModelLoadError(f"{where} {tensor.name!r}: {exc}") from None
+        except ValueError as exc:  # InvalidInputError, or an enum number DataType lacks
+            raise ModelLoadError(f"{where} {tensor.name!r}: data_type: {exc}") from None
         specs.append(TensorSpec(tensor.name, datatype, tuple(tensor.dims)))
     return tuple(specs)
 
@@ -88,11 +97,30 @@ def signature_from_config(config: model_config_pb2.ModelConfig) -> ModelSignatur
         raise ModelLoadError(f"{where}: declares no input or no output tensors")
     if config.max_batch_size < 0:
         raise ModelLoadError(f"{where}: max_batch_size is {config.max_batch_size}, expected >= 0")
-    return ModelSignature(
+    signature = ModelSignature(
         inputs=_specs(config.input, f"{where}: input"),
         outputs=_specs(config.output, f"{where}: output"),
         max_batch_size=config.max_batch_size,
     )
+    need = message_bytes(signature)
+    if need > MAX_MESSAGE_BYTES:
+        raise ModelLoadError(
+            f"{where}: a request or response of max_batch_size rows needs {need:,} bytes, "
+            f"more than gRPC's largest message ({MAX_MESSAGE_BYTES:,}); lower max_batch_size "
+            "or the dims"
+        )
+    return signature
+
+
+def message_bytes(signature: ModelSignature) -> int:
+    """Bytes a request or response of max_batch_size rows needs (-1 dims count as 1), with
+    room for the protobuf framing around the tensors."""
+    rows = max(signature.max_batch_size, 1)
+    need = max(
+        rows * sum(s.datatype.dtype.itemsize * math.prod(max(d, 1) for d in s.dims) for s in group)
+        for group in (signature.inputs, signature.outputs)
+    )
+    return int(need * 1.25) + _FRAMING_ALLOWANCE
 
 
 def _dims_match(declared: list[int], actual: tuple[int | None, ...]) -> bool:
@@ -134,16 +162,6 @@ def check_session(signature: ModelSignature, session, where: str) -> None:
                     f"{signature.shape(spec)} in config.pbtxt but {graph_type} "
                     f"{[-1 if d is None else d for d in shape]} in the graph"
                 )
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    """Totals over a model's versions (per-version counters: ModelVersion.stats)."""
-
-    success_count: int
-    fail_count: int
-    inference_count: int  # rows
-    execution_count: int  # model runs
 
 
 class ModelRunner:
@@ -192,16 +210,6 @@ class Model:
     signature: ModelSignature
     versions: dict[str, ModelVersion]  # ascending by number
 
-    @property
-    def stats(self) -> ModelStats:
-        every = [v.stats for v in self.versions.values()]
-        return ModelStats(
-            success_count=sum(s.success.count for s in every),
-            fail_count=sum(s.fail.count for s in every),
-            inference_count=sum(s.inference_count for s in every),
-            execution_count=sum(s.execution_count for s in every),
-        )
-
     async def drain(self) -> None:
         """Refuse new requests; return when every queued and running one has finished."""
         await asyncio.gather(*(v.scheduler.drain() for v in self.versions.values()))
@@ -220,10 +228,6 @@ class Model:
                 f"{', '.join(self.versions)}"
             )
         return found
-
-    @property
-    def class_labels(self) -> list[str] | None:
-        return json_parameter(self.config, "class_labels")
 
 
 def _example_inputs(signature: ModelSignature):
@@ -265,15 +269,18 @@ def load_model(
             raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
         check_session(signature, session, where)
         runner = ModelRunner(session, output_names)
-        timed = with_inline_runs(
-            policy,
-            runner.run,
-            _example_inputs(signature),
-            signature.max_batch_size,
-            (batching or BatchingOptions()).max_inline_us,
-        )
-        scheduler = Scheduler(runner.run, executor, timed, VersionStats())
-        versions[version] = ModelVersion(
-            version, runner, scheduler, batched=signature.max_batch_size > 0
-        )
+        try:  # times the model on zero inputs: a graph that loads may still fail to run
+            timed = with_inline_runs(
+                policy,
+                runner.run,
+                _example_inputs(signature),
+                signature.max_batch_size,
+                (batching or BatchingOptions()).max_inline_us,
+            )
+        except Exception as exc:  # noqa: BLE001 -- ORT raises several pybind types
+            raise ModelLoadError(
+                f"{where}: fails when run on zero inputs at load ({cause(exc)})"
+            ) from None
+        scheduler = Scheduler(runner.run, executor, timed, VersionStats(), signature.batched)
+        versions[version] = ModelVersion(version, runner, scheduler, signature.batched)
     return Model(source.name, source.config, signature, versions)

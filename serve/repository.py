@@ -36,6 +36,7 @@ __all__ = [
     "config_from_onnx",
     "default_model_name",
     "json_parameter",
+    "cause",
 ]
 
 CONFIG_FILE = "config.pbtxt"
@@ -117,8 +118,11 @@ class ModelRepository:
     def source(self, name: str) -> ModelSource:
         """Read ``name``'s config.pbtxt and find its version files."""
         folder = self._model_dir(name)
-        config_path = folder / CONFIG_FILE
-        config = parse_config(config_path.read_text(), source=f"{name}/{CONFIG_FILE}")
+        try:
+            text = (folder / CONFIG_FILE).read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as exc:
+            raise ModelLoadError(f"{name}/{CONFIG_FILE}: cannot read it ({cause(exc)})") from None
+        config = parse_config(text, source=f"{name}/{CONFIG_FILE}")
         if config.name and config.name != name:
             raise ModelLoadError(
                 f"{name}/{CONFIG_FILE}: name {config.name!r} does not match its folder {name!r}"
@@ -139,11 +143,16 @@ class ModelRepository:
         return ModelSource(name, config, self._versions(folder, filename, config))
 
     def _versions(self, folder: Path, filename: str, config) -> dict[str, Path]:
-        available = [
-            int(p.name)
-            for p in folder.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / filename).is_file()
-        ]
+        try:  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+            available = [
+                int(p.name)
+                for p in folder.iterdir()
+                if p.name.isascii() and p.name.isdigit() and (p / filename).is_file()
+            ]
+        except OSError as exc:
+            raise ModelLoadError(
+                f"{folder.name}/: cannot list its versions ({cause(exc)})"
+            ) from None
         chosen = select_versions(available, config.version_policy)
         if not chosen:
             raise ModelLoadError(
@@ -151,6 +160,14 @@ class ModelRepository:
                 f"matches the version policy (found versions: {sorted(available) or 'none'})"
             )
         return {str(v): _inside(folder, folder / str(v) / filename) for v in chosen}
+
+
+def cause(exc: BaseException) -> str:
+    """An exception in a few words for a one-line message: "UnicodeDecodeError: ..."."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _inside(folder: Path, path: Path) -> Path:

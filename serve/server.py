@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -24,18 +24,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .affinity import allowed_cpus, loop_cpu, pin_this_thread
 from .batching import BatchingOptions
-from .codec import datatype_from_config
-from .dataplane import DataPlane
-from .errors import InvalidInputError, ServeError
-from .eventloop import resolve_loop, run_on_loop
+from .dataplane import ONCE, DataPlane
+from .errors import ServeError
+from .model import message_bytes, signature_from_config
 from .proto import model_config_pb2
-from .repository import ModelRepository, SingleModelRepository
+from .repository import DEFAULT_MODEL_FILE, ModelRepository, SingleModelRepository
 from .security import SecurityError, TLSFiles, TokenInterceptor, read_token, server_credentials
 from .servicer import SERVICE_NAME, InferenceServicer, build_handler
 from .session import SessionFactory, default_threads
-from .settings import ServerSettings
+from .settings import ServerSettings, resolve_loop
 from .shutdown import SHUTDOWN_SIGNALS, DrainGate, early_signals
 
 __all__ = [
@@ -50,7 +48,6 @@ __all__ = [
 log = logging.getLogger("bnmodel.serve")
 
 _GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
-_FRAMING_ALLOWANCE = 64 * 1024  # names, shapes, protobuf tags around the tensor bytes
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,7 @@ class ServerInfo:
     startup_seconds: float
     http_port: int = 0  # 0: no HTTP
     http_tls: bool = False  # HTTPS
+    failed: tuple[str, ...] = ()  # models that could not be loaded
 
 
 def ready_line(info: ServerInfo) -> str:
@@ -72,35 +70,25 @@ def ready_line(info: ServerInfo) -> str:
     endpoints = [f"{info.host}:{info.port} (gRPC)"] if info.port else []
     if info.http_port:
         endpoints.append(f"{info.host}:{info.http_port} ({'HTTPS' if info.http_tls else 'HTTP'})")
+    failed = f"; NOT loaded: {', '.join(info.failed)} (see the log)" if info.failed else ""
     return (
         f"bnmodel serve: ready on {', '.join(endpoints)} "
-        f"(models: {', '.join(info.models)}; {providers}; "
+        f"(models: {', '.join(info.models)}{failed}; {providers}; "
         f"started in {1000 * info.startup_seconds:.0f} ms)"
     )
-
-
-def _row_bytes(tensors) -> int:
-    total = 0
-    for tensor in tensors:
-        try:
-            itemsize = datatype_from_config(model_config_pb2.DataType.Name(tensor.data_type))
-        except (InvalidInputError, ValueError):
-            continue  # refused at load anyway
-        total += itemsize.dtype.itemsize * math.prod(max(d, 1) for d in tensor.dims)
-    return total
 
 
 def default_message_limit(configs: Iterable[model_config_pb2.ModelConfig]) -> int:
     """Bytes a request or response of max_batch_size rows needs, for the largest model.
 
-    Typed FP32 contents are packed 4-byte floats, the same size as raw; -1 dims count as 1.
-    Never below gRPC's own 4 MiB default.
+    Never below gRPC's own 4 MiB default; a config that cannot be read, or needs more than gRPC
+    accepts, is left out (its load fails and says why).
     """
-    need = 0
+    need = _GRPC_DEFAULT_LIMIT
     for config in configs:
-        rows = max(config.max_batch_size, 1)
-        need = max(need, rows * _row_bytes(config.input), rows * _row_bytes(config.output))
-    return max(_GRPC_DEFAULT_LIMIT, int(need * 1.25) + _FRAMING_ALLOWANCE)
+        with contextlib.suppress(ServeError):
+            need = max(need, message_bytes(signature_from_config(config)))
+    return need
 
 
 def _open_repository(settings: ServerSettings):
@@ -118,19 +106,13 @@ class InferenceServer:
         self.settings = settings
         # Runs in flight: one per core of this process's share of the machine.
         threads = default_threads(settings.intra_op_threads, processes=settings.processes)
-        # ORT's runs may use every allowed core, even when the loop thread gets pinned.
-        self.cpus = allowed_cpus()
-        self.executor = ThreadPoolExecutor(
-            threads.workers,
-            thread_name_prefix="bnmodel-run",
-            initializer=pin_this_thread,
-            initargs=(self.cpus,),
-        )
+        self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
         self.factory = SessionFactory(settings.device, threads.intra_op)
         batching = BatchingOptions(
             enabled=settings.batching,
             max_queue_delay_us=settings.max_queue_delay_us,
             max_queue_size=settings.max_queue_size,
+            max_queue_bytes=settings.max_queue_bytes,
             runs=threads.workers,
             max_inline_us=settings.max_inline_us,
         )
@@ -139,7 +121,8 @@ class InferenceServer:
         )
         self.metrics = None  # the Prometheus HTTP server, when --metrics-port is set
         self.health = health.aio.HealthServicer()
-        self.gate = DrainGate()  # counts inference RPCs in flight for the drain
+        # Counts inference RPCs in flight for the drain, and caps them.
+        self.gate = DrainGate(limit=settings.max_concurrent_rpcs)
         self.dataplane.reject_non_finite = settings.reject_non_finite
         self.port = 0
         self.http = None  # serve/http.py's HttpServer, unless --no-http
@@ -151,7 +134,7 @@ class InferenceServer:
             return self.settings.max_message_bytes
         configs = []
         for name in self.dataplane.repository.names():
-            with contextlib.suppress(ServeError):  # the load reports it
+            with contextlib.suppress(Exception):  # the load reports it, for this model alone
                 configs.append(self.dataplane.repository.source(name).config)
         return default_message_limit(configs)
 
@@ -189,8 +172,9 @@ class InferenceServer:
             self.settings.host,
             self.port,
             limit,
-            resolve_loop(self.settings.event_loop),
+            type(asyncio.get_running_loop()).__module__.split(".")[0],  # the loop really running
             self._access_summary(),
+            extra=ONCE,
         )
         return self.port
 
@@ -215,15 +199,6 @@ class InferenceServer:
         )
         return port
 
-    def pin_loop_thread(self) -> None:
-        """Keep this worker's event-loop thread, and the gRPC threads started after this, on a
-        core of its own (serve/affinity.py); the executor's threads unpin themselves."""
-        s = self.settings
-        cpu = loop_cpu(s.pin_loop, s.worker_index, self.cpus)
-        if cpu is not None:
-            pin_this_thread([cpu])
-            log.info("event loop pinned to CPU %d", cpu)
-
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """Token auth when a token is set (serve/security.py); nothing otherwise. The drain
         gate and the model-control switch live in the inference handlers (serve/servicer.py)."""
@@ -234,6 +209,8 @@ class InferenceServer:
         return TLSFiles(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca)
 
     def _bind(self, address: str) -> int:
+        if not self.settings.reuse_port:  # our message, before gRPC's C core logs its own
+            check_port_free(self.settings.host, self.settings.port)
         tls = self._tls()
         credentials = server_credentials(tls) if tls.enabled else None
         try:
@@ -286,10 +263,10 @@ class InferenceServer:
         requests get UNAVAILABLE instead of a refused connection. True: all were answered.
         """
         self.dataplane.set_ready(False)
-        if self.metrics is not None:  # shutdown() waits for its poll loop: off the loop
-            await asyncio.to_thread(self.metrics.shutdown)
         await self.health.enter_graceful_shutdown()
         drained = await self.gate.drain(grace)
+        if self.metrics is not None:  # scraped until the drain ends; shutdown() blocks: a thread
+            await asyncio.to_thread(self.metrics.shutdown)
         if self.http is not None:
             await self.http.close()
         if self._server is not None:
@@ -305,6 +282,20 @@ class InferenceServer:
             await self._server.stop(None)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """ServeError unless ``host:port`` can be bound (port 0 always can)."""
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As gRPC binds: a port left in TIME_WAIT by a server just stopped is free to take.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
 def _install_signal_handlers(server: InferenceServer, stop: asyncio.Event) -> None:
     """First SIGTERM/SIGINT: set ``stop`` (drain). Second: cancel what is running and exit.
 
@@ -312,6 +303,7 @@ def _install_signal_handlers(server: InferenceServer, stop: asyncio.Event) -> No
     """
     loop = asyncio.get_running_loop()
     seen = []
+    tasks = set()  # the loop keeps only weak references to tasks
 
     def on_signal(signum: int) -> None:
         seen.append(signum)
@@ -326,7 +318,9 @@ def _install_signal_handlers(server: InferenceServer, stop: asyncio.Event) -> No
             stop.set()
         else:
             log.warning("%s again: exiting now, cancelling requests still in flight", name)
-            loop.create_task(_force_exit(server, 128 + signum))
+            task = loop.create_task(_force_exit(server, 128 + signum))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     for signum in SHUTDOWN_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
@@ -344,21 +338,23 @@ async def _force_exit(server: InferenceServer, code: int) -> None:
 
 
 async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], None]) -> int:
-    """Serve until SIGTERM/SIGINT; 0 after a clean drain, 1 when no model could be loaded."""
+    """Serve until SIGTERM/SIGINT; 0 after a clean drain, 1 when no model could be loaded (or
+    one could not, with --exit-on-error)."""
     start = time.perf_counter()
     server = InferenceServer(settings)
     stop = asyncio.Event()
     # Installed first, so a signal during model loading also ends in an orderly stop.
     _install_signal_handlers(server, stop)
     if stop.is_set():  # signalled while Python was still importing: nothing to drain
-        log.info("stopped before serving")
+        log.info("stopped before serving", extra=ONCE)
         return 0
-    server.pin_loop_thread()  # before start: gRPC's threads are made pinned too
     port = await server.start()
     server.start_metrics()
     loaded = await server.load_models()
-    if not loaded:
-        log.error("no model could be loaded; stopping")
+    failed = tuple(sorted(server.dataplane.failures))
+    refusal = _refusal(settings, loaded, failed)
+    if refusal:
+        log.error("%s; stopping", refusal, extra=ONCE)
         await server.stop(0)
         return 1
     if not stop.is_set():
@@ -373,6 +369,7 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
                 elapsed,
                 server.http_port,
                 settings.tls_cert is not None,
+                failed,
             )
         )
     await stop.wait()
@@ -383,10 +380,31 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[ServerInfo], 
     return 0
 
 
-def configure_logging(level: str) -> None:
-    """One line per event on stderr: time, level, message."""
+def _refusal(settings: ServerSettings, loaded: list[str], failed: tuple[str, ...]) -> str:
+    """Why the server must not start serving; "" when it may."""
+    if failed and settings.exit_on_error:
+        return f"--exit-on-error: {len(failed)} model(s) failed to load ({', '.join(failed)})"
+    if loaded:
+        return ""
+    if failed:
+        return f"no model could be loaded ({', '.join(failed)} failed, see above)"
+    root = settings.model_repository
+    return (
+        f"no models in {root}: expected {root}/NAME/config.pbtxt and "
+        f"{root}/NAME/1/{DEFAULT_MODEL_FILE} per model (`bnmodel export --repository {root}` "
+        "writes this layout)"
+    )
+
+
+def configure_logging(level: str, worker: int | None = None) -> None:
+    """One line per event on stderr: time, level, message. ``worker``: a worker process's
+    index (``--workers`` > 1): its lines say which worker; events every worker sees alike
+    (logged with ``extra=ONCE``) are logged by worker 0 alone."""
+    tag = "" if worker is None else f"worker {worker}: "
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(message)s"))
+    if worker:
+        handler.addFilter(lambda record: not getattr(record, "once", False))
     logger = logging.getLogger("bnmodel")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
@@ -395,10 +413,15 @@ def configure_logging(level: str) -> None:
 
 def serve(settings: ServerSettings, on_ready: Callable[[ServerInfo], None] | None = None) -> int:
     """Run the server in this process until a signal; returns the exit code."""
-    configure_logging(settings.log_level)
+    worker = settings.worker_index if settings.processes > 1 else None
+    configure_logging(settings.log_level, worker)
     try:
-        loop = resolve_loop(settings.event_loop)
-        return run_on_loop(run_server(settings, on_ready or (lambda info: None)), loop)
+        main = run_server(settings, on_ready or (lambda info: None))
+        if resolve_loop(settings.event_loop) == "uvloop":
+            import uvloop
+
+            return uvloop.run(main)
+        return asyncio.run(main)
     except (ServeError, SecurityError) as exc:
         log.error("%s", exc)
         return 1

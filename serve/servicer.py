@@ -120,7 +120,7 @@ class InferenceServicer:
         self.dataplane = dataplane
 
     async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self.dataplane.live())
+        return pb.ServerLiveResponse(live=True)  # answering at all is being live
 
     async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
@@ -191,8 +191,9 @@ def _guarded(method: str, call: Callable[[Any], Awaitable[Any]], gate: DrainGate
     status (one log line), anything else -> INTERNAL."""
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if gate is not None and not gate.admit():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, gate.REFUSAL)
+        if gate is not None and (refusal := gate.admit()):
+            busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+            await context.abort(grpc.StatusCode.UNAVAILABLE if gate.draining else busy, refusal)
         try:
             set_request_deadline(context.time_remaining())  # the batch queue drops late ones
             try:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .affinity import cpu_count
 from .errors import ModelLoadError
-from .settings import DEVICES
+from .settings import DEVICES, cpu_count
 
 __all__ = [
     "DEVICES",
@@ -114,7 +113,9 @@ class SessionFactory:
         self._cuda_usable = False
         if not self._fallback_logged:
             self._fallback_logged = True
-            log.info("CUDA execution provider unavailable here; running on CPU")
+            log.info(
+                "CUDA execution provider unavailable here; running on CPU", extra={"once": True}
+            )
 
     @property
     def providers(self) -> list[str]:

@@ -1,58 +1,152 @@
-"""Server settings: a frozen dataclass validated on construction; messages name the flag."""
+"""Server settings: a frozen dataclass validated on construction; messages name the flag.
+
+Each field that is a ``bnmodel serve`` flag carries its help text (and range, choices) in its
+metadata; serve/cli.py builds the flags from these, so every default lives here alone.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.util
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from .affinity import PIN_CHOICES
-from .eventloop import EventLoopError, resolve_loop
-
-__all__ = ["DEVICES", "SettingsError", "ServerSettings"]
+__all__ = [
+    "DEVICES",
+    "EVENT_LOOPS",
+    "MAX_MESSAGE_BYTES",
+    "SettingsError",
+    "ServerSettings",
+    "cpu_count",
+    "flag_name",
+    "resolve_loop",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's message length limits are signed 32-bit
+_PORT = (0, 65535)
+_COUNT = (0, None)
 
 
 class SettingsError(ValueError):
     """A server setting (command-line flag) with a value that cannot work."""
 
 
+def _flag(default: Any, help: str, **options: Any) -> Any:
+    """A field that is also a flag: ``help`` (argparse's), and optionally ``flag`` (name, when
+    not --FIELD-NAME), ``range`` ((low, high), None: unbounded), ``choices``, ``metavar``."""
+    return field(default=default, metadata={"help": help, **options})
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    model_repository: Path | None = None  # Triton-layout folder, or
-    model_path: Path | None = None  # one ONNX file served as one model
-    model_name: str | None = None  # name for model_path (default: the file's stem)
-    host: str = "127.0.0.1"  # loopback unless told otherwise
-    port: int = 8001  # 0: any free port (the ready line says which)
-    device: str = "auto"
-    max_batch_size: int = 1024  # for model_path, which has no config.pbtxt
-    max_message_bytes: int = 0  # 0: what max_batch_size rows of the largest model need
-    intra_op_threads: int = 0  # 0: suited to the machine (serve/session.py)
-    workers: int = 0  # server processes sharing the port (serve/workers.py); 0: suited
+    model_repository: Path | None = _flag(
+        None,
+        "Triton-layout repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx",
+        metavar="DIR",
+    )
+    model_path: Path | None = _flag(
+        None, "serve one ONNX file", flag="--model", metavar="FILE.onnx"
+    )
+    model_name: str | None = _flag(None, "name for --model (default: the file's stem)")
+    host: str = _flag("127.0.0.1", "address to bind")
+    port: int = _flag(8001, "0 picks a free port (the ready line says which)", range=_PORT)
+    device: str = _flag("auto", "auto: CUDA when it really works, else CPU", choices=DEVICES)
+    max_batch_size: int = _flag(1024, "for --model, which has no config.pbtxt", range=(1, None))
+    max_message_bytes: int = _flag(
+        0, "gRPC message limit; 0: what max_batch_size rows need", range=(0, MAX_MESSAGE_BYTES)
+    )
+    intra_op_threads: int = _flag(
+        0, "ONNX Runtime threads per run; 0: suited to the machine", range=_COUNT
+    )
+    workers: int = _flag(
+        0,
+        "server processes sharing the port (SO_REUSEPORT; clients are balanced per "
+        "connection); 0: one per core, or 1 with --allow-model-control",
+        range=_COUNT,
+    )
     reuse_port: bool = False  # set for each worker process: bind with SO_REUSEPORT
     processes: int = 1  # set for each worker process: how many share the machine's cores
-    worker_index: int = 0  # set for each worker process: which one it is (its core when pinned)
-    pin_loop: str = "off"  # "on": pin the event loop and gRPC threads to a core (affinity.py)
-    grace_seconds: float = 30.0  # how long SIGTERM waits for requests in flight
-    # Dynamic batching (serve/batching.py); None/0 defer to each model's config.pbtxt.
-    batching: bool = True  # False (--no-batching): every request runs alone
-    max_queue_delay_us: int | None = None  # overrides dynamic_batching's delay (and turns it on)
-    max_queue_size: int = 0  # requests queued per model version; 0: config's, else 1024
-    max_inline_us: int = 50  # batches calibrated to run this fast run on the loop; 0: never
-    metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0: off
-    event_loop: str = "auto"  # auto: uvloop when installed, else asyncio (serve/eventloop.py)
-    log_level: str = "INFO"
+    worker_index: int = 0  # set for each worker process: which one it is
+    grace_seconds: float = _flag(
+        30.0, "on SIGTERM, wait this long for requests in flight", range=_COUNT
+    )
+    batching: bool = _flag(
+        True,
+        "run every request alone (no dynamic batching, whatever config.pbtxt says)",
+        flag="--no-batching",
+    )
+    max_queue_delay_us: int | None = _flag(
+        None,
+        "batching window: overrides config.pbtxt's dynamic_batching "
+        "max_queue_delay_microseconds and turns batching on for every batchable model",
+        range=_COUNT,
+        metavar="US",
+    )
+    max_queue_size: int = _flag(
+        0,
+        "requests queued per model version before RESOURCE_EXHAUSTED; "
+        "0: config.pbtxt's default_queue_policy, else 1024",
+        range=_COUNT,
+    )
+    max_queue_bytes: int = _flag(
+        256 * 1024 * 1024,
+        "input bytes queued per model version before RESOURCE_EXHAUSTED",
+        range=(1, None),
+    )
+    max_concurrent_rpcs: int = _flag(
+        1024,
+        "inference requests in flight per server process before RESOURCE_EXHAUSTED; 0: no limit",
+        range=_COUNT,
+    )
+    max_inline_us: int = _flag(
+        50,
+        "run batches that take at most US microseconds (timed at load) on the event loop, "
+        "saving a thread hand-off; larger ones run on a thread, except a lone client's (up "
+        "to 1 ms: nothing else is waiting for the loop); 0: always a thread",
+        range=_COUNT,
+        metavar="US",
+    )
+    metrics_port: int = _flag(
+        0, "serve Prometheus metrics on HOST:PORT/metrics; 0: off", range=_PORT
+    )
+    event_loop: str = _flag(
+        "auto",
+        "event loop: uvloop (faster per request) or the standard asyncio one; auto: uvloop "
+        "when installed",
+        flag="--loop",
+        choices=EVENT_LOOPS,
+    )
+    log_level: str = _flag("INFO", "log lines at this level and above", choices=LOG_LEVELS)
     # Access control (serve/security.py): TLS when cert+key, mutual TLS when also ca.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    auth_token_file: Path | None = None  # every RPC but health needs "Bearer <token>"
-    allow_model_control: bool = False  # RepositoryModelLoad/Unload: PERMISSION_DENIED when off
-    reject_non_finite: bool = False  # NaN/inf inputs: INVALID_ARGUMENT instead of computed
+    tls_cert: Path | None = _flag(None, "the server's TLS certificate chain", metavar="PEM")
+    tls_key: Path | None = _flag(None, "the server's TLS private key", metavar="PEM")
+    tls_ca: Path | None = _flag(
+        None, "require client certificates signed by this CA (mutual TLS)", metavar="PEM"
+    )
+    auth_token_file: Path | None = _flag(
+        None, "every RPC but health needs 'authorization: Bearer <token in FILE>'", metavar="FILE"
+    )
+    allow_model_control: bool = _flag(
+        False, "allow RepositoryModelLoad/Unload over gRPC (default: PERMISSION_DENIED)"
+    )
+    reject_non_finite: bool = _flag(
+        False, "refuse NaN/inf inputs with INVALID_ARGUMENT (default: run them as sent)"
+    )
+    exit_on_error: bool = _flag(
+        False,
+        "exit 1 when any model fails to load (default: serve the others, report it "
+        "UNAVAILABLE in RepositoryIndex and on the ready line)",
+    )
     # HTTP/REST beside gRPC on the same loop and data plane (serve/http.py); Triton's ports.
-    http_port: int = 8000  # 0: any free port (the ready line says which)
-    http: bool = True  # False (--no-http): gRPC only
-    grpc: bool = True  # False (--no-grpc): HTTP only
+    http_port: int = _flag(
+        8000, "HTTP/REST port; 0 picks a free port (the ready line says which)", range=_PORT
+    )
+    http: bool = _flag(True, "serve gRPC only", flag="--no-http")
+    grpc: bool = _flag(True, "serve HTTP/REST only", flag="--no-grpc")
 
     def __post_init__(self) -> None:
         if (self.model_repository is None) == (self.model_path is None):
@@ -61,57 +155,65 @@ class ServerSettings:
             raise SettingsError(f"--model-repository {self.model_repository}: no such folder")
         if self.model_path is not None and not Path(self.model_path).is_file():
             raise SettingsError(f"--model {self.model_path}: no such file")
-        if not 0 <= self.port <= 65535:
-            raise SettingsError(f"--port must be in 0..65535, got {self.port}")
-        if self.device not in DEVICES:
-            raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
-        self._check_non_negative()
-        if not 0 <= self.http_port <= 65535:
-            raise SettingsError(f"--http-port must be in 0..65535, got {self.http_port}")
+        for f in fields(self):
+            self._check_range(f)
         if not (self.http or self.grpc):
             raise SettingsError("--no-http and --no-grpc together leave nothing to serve")
         self._check_access_files()
-        if self.pin_loop not in PIN_CHOICES:
-            raise SettingsError(
-                f"--pin-loop must be one of {', '.join(PIN_CHOICES)}, got {self.pin_loop}"
-            )
         if self.allow_model_control and self.workers > 1:
             raise SettingsError(
                 "--allow-model-control needs --workers 1: every worker process has its own "
                 "models, and a load or unload would reach only the one holding the connection"
             )
-        try:
-            resolve_loop(self.event_loop)
-        except EventLoopError as exc:
-            raise SettingsError(str(exc)) from None
+        resolve_loop(self.event_loop)
 
-    def _check_non_negative(self) -> None:
-        for flag, value in (
-            ("--max-message-bytes", self.max_message_bytes),
-            ("--intra-op-threads", self.intra_op_threads),
-            ("--workers", self.workers),
-            ("--grace-seconds", self.grace_seconds),
-            ("--max-queue-delay-us", self.max_queue_delay_us or 0),
-            ("--max-queue-size", self.max_queue_size),
-            ("--max-inline-us", self.max_inline_us),
-        ):
-            if value < 0:
-                raise SettingsError(f"{flag} must be >= 0, got {value}")
-        if not 0 <= self.metrics_port <= 65535:
-            raise SettingsError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
-        if self.max_batch_size < 1:
-            raise SettingsError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+    def _check_range(self, f) -> None:
+        value, flag = getattr(self, f.name), flag_name(f)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise SettingsError(f"{flag} must be one of {', '.join(choices)}, got {value}")
+        low, high = f.metadata.get("range", (None, None))
+        if value is None or (low is None or value >= low) and (high is None or value <= high):
+            return
+        if high is None:
+            raise SettingsError(f"{flag} must be >= {low}, got {value}")
+        raise SettingsError(f"{flag} must be in {low}..{high}, got {value}")
 
     def _check_access_files(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_ca is not None and self.tls_cert is None:
             raise SettingsError("--tls-ca (require client certificates) needs --tls-cert/--tls-key")
-        for flag, path in (
-            ("--tls-cert", self.tls_cert),
-            ("--tls-key", self.tls_key),
-            ("--tls-ca", self.tls_ca),
-            ("--auth-token-file", self.auth_token_file),
-        ):
+        for name in ("tls_cert", "tls_key", "tls_ca", "auth_token_file"):
+            path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise SettingsError(f"{flag} {path}: no such file")
+                raise SettingsError(f"--{name.replace('_', '-')} {path}: no such file")
+
+
+def flag_name(f) -> str:
+    """The command-line flag of a settings field: its ``flag`` metadata, else --FIELD-NAME."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def cpu_count() -> int:
+    """How many CPUs this process may use (its affinity mask where supported), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def resolve_loop(choice: str) -> str:
+    """ "auto" -> "uvloop" when installed, else "asyncio"; an explicit name is checked.
+
+    uvloop (libuv, in C) does the loop's own work per request for less than asyncio: on the
+    2-core benchmark machine it raised batch-1 throughput by 5-10% (benchmarks/README.md). It
+    is a dependency wherever it installs (not on Windows); ``--loop asyncio`` opts out.
+    """
+    if choice not in EVENT_LOOPS:
+        raise SettingsError(f"--loop must be one of {', '.join(EVENT_LOOPS)}, got {choice}")
+    installed = importlib.util.find_spec("uvloop") is not None
+    if choice == "uvloop" and not installed:
+        raise SettingsError("--loop uvloop: uvloop is not installed (pip install uvloop)")
+    if choice == "auto":
+        return "uvloop" if installed else "asyncio"
+    return choice

@@ -33,8 +33,11 @@ def catch_early_signals() -> None:
 
 
 def early_signals() -> list[int]:
-    """Signals recorded by :func:`catch_early_signals` so far, oldest first."""
-    return list(_caught)
+    """Signals recorded by :func:`catch_early_signals` so far, oldest first, forgotten once
+    taken: a process that forks afterwards must not hand them to its children too."""
+    taken = list(_caught)
+    _caught.clear()
+    return taken
 
 
 class DrainGate:
@@ -56,7 +59,9 @@ class DrainGate:
         self,
         settle: float = 0.5,  # s: (1) above
         quiet: float = 0.05,  # s: (3) above
+        limit: int = 0,  # RPCs in flight at most (--max-concurrent-rpcs); 0: no limit
     ) -> None:
+        self.limit = limit
         self.settle = settle
         self.quiet = quiet
         self.draining = False
@@ -66,15 +71,20 @@ class DrainGate:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def admit(self) -> bool:
-        """An RPC arrives: False (and counted as refused) while draining, else it is in flight
-        until :meth:`done`."""
-        self._last_arrival = time.monotonic()
-        if self.draining:
+    def admit(self) -> str:
+        """An RPC arrives: why it is refused (while draining: UNAVAILABLE, else at the limit:
+        RESOURCE_EXHAUSTED), or "" and it is in flight until :meth:`done`."""
+        if self.draining:  # answered at once: no reason to wait for it in the quiet period
             self.refused += 1
-            return False
+            return self.REFUSAL
+        if self.limit and self.in_flight >= self.limit:
+            return (
+                f"this server process has {self.in_flight} requests in flight, at most "
+                f"{self.limit} (--max-concurrent-rpcs); retry later"
+            )
+        self._last_arrival = time.monotonic()
         self.in_flight += 1
-        return True
+        return ""
 
     def done(self) -> None:
         self.in_flight -= 1

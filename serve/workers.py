@@ -39,8 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .affinity import cpu_count
-from .settings import ServerSettings
+from .settings import ServerSettings, cpu_count
 from .shutdown import SHUTDOWN_SIGNALS, early_signals
 
 __all__ = ["default_workers", "run", "serve_workers", "hold_port"]
@@ -74,6 +73,7 @@ def hold_port(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if port:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
             try:
                 probe.bind((host, port))
             except OSError as exc:
@@ -102,9 +102,6 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
     from .server import configure_logging
 
     configure_logging(settings.log_level)
-    if early_signals():
-        log.info("stopped before serving")
-        return 0
     try:
         # HTTP (serve/http.py) is shared the same way; a closed socket stands in for a side off.
         held = hold_port(settings.host, settings.port) if settings.grpc else socket.socket()
@@ -123,6 +120,9 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
     if settings.http:
         settings = dataclasses.replace(settings, http_port=http_held.getsockname()[1])
     with held, http_held, _Supervisor(count) as supervisor:
+        if supervisor.signals:  # signalled while Python was still importing
+            log.info("stopped before serving")
+            return 0
         for index in range(count):
             supervisor.fork(lambda fd, i=index: _worker(settings, i, count, port, fd))
         return supervisor.wait(on_ready, held)
@@ -159,6 +159,7 @@ class _Supervisor:
         self.codes: dict[int, int] = {}  # worker index -> exit code
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
+        self.signalled = False  # a shutdown signal came: workers stopping early is no failure
         self._wake_r, self._wake_w = socket.socketpair()
         self._previous: dict[int, object] = {}
         self._watched = (*SHUTDOWN_SIGNALS, signal.SIGCHLD)
@@ -169,6 +170,8 @@ class _Supervisor:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for signum in self._watched:
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        # Caught before these handlers: ours to forward, and never inherited by a worker.
+        self.signals.extend(early_signals())
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         return self
 
@@ -232,7 +235,8 @@ class _Supervisor:
             stopping = self._handle_signals(stopping)
             exited = self._reap(block=False)
             if exited and not stopping:  # a worker died while others serve: stop them all
-                log.error("worker exited unexpectedly (%s); stopping the others", exited)
+                when = "while serving" if announced else "before it was ready (see above)"
+                log.error("%s %s; stopping the others", exited, when)
                 self._kill_all(signal.SIGTERM)
                 stopping = True
             if not stopping and len(lines) < self.count and time.monotonic() > deadline:
@@ -240,9 +244,9 @@ class _Supervisor:
                 self._kill_all(signal.SIGTERM)
                 stopping = True
         failed = {i: c for i, c in self.codes.items() if c != 0}
-        if failed:
+        if failed and announced:  # a failed start was reported above
             log.error("workers exited with %s", failed)
-        return 0 if not failed and len(lines) == self.count else 1
+        return 0 if not failed and (len(lines) == self.count or self.signalled) else 1
 
     def _read_ready(self, key: selectors.SelectorKey, lines: dict[int, str]) -> None:
         data = key.fileobj.read(65536)
@@ -257,6 +261,7 @@ class _Supervisor:
         while self.signals:
             signum = self.signals.pop(0)
             if signum in SHUTDOWN_SIGNALS:
+                self.signalled = True
                 log.info("%s: forwarding to %d workers", signal.Signals(signum).name, self.count)
                 self._kill_all(signum)
                 stopping = True

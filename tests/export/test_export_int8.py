@@ -12,12 +12,12 @@ import pytest
 from bnmodel.export.api import export_checkpoint
 from bnmodel.export.int8 import Int8AccuracyError, Int8Error
 from bnmodel.serve.client import InferenceClient
-from bnmodel.serve.process import spawn_server
 from export_testlib import make_checkpoint
 
 from bnmodel.checkpoint import load_checkpoint, save_checkpoint
 from bnmodel.cli import main
 from bnmodel.data import validation_split
+from bnmodel.launcher import spawn_server
 
 
 @pytest.fixture(scope="module")

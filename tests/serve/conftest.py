@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bnmodel.serve.process import ServerProcess, spawn_server  # noqa: E402
 from models import config_text, mlp_model, write_model  # noqa: E402
+
+from bnmodel.launcher import ServerProcess, spawn_server  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -126,3 +126,53 @@ def write_model(
     path = folder / str(version) / "model.onnx"
     onnx.save(model, path)
     return path
+
+
+def fixed_model(seed: int = 3) -> onnx.ModelProto:
+    """A model without a batch axis: features [8] -> logits [3] and probabilities [3]."""
+    w = np.random.default_rng(seed).normal(size=(FEATURES, CLASSES)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=0),
+        ],
+        "fixed",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [FEATURES])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [CLASSES]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [CLASSES]),
+        ],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    helper.set_model_props(model, {"bnmodel.class_labels": json.dumps(LABELS)})
+    return model
+
+
+def fixed_config(name: str) -> str:
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            "max_batch_size: 0",
+            f'input [{{ name: "features" data_type: TYPE_FP32 dims: [ {FEATURES} ] }}]',
+            f'output [{{ name: "logits" data_type: TYPE_FP32 dims: [ {CLASSES} ] }},',
+            f'         {{ name: "probabilities" data_type: TYPE_FP32 dims: [ {CLASSES} ] }}]',
+            _string_parameter("class_labels", json.dumps(LABELS)),
+        ]
+    )
+
+
+def failing_model() -> onnx.ModelProto:
+    """Loads, but every run fails: 8 features per row cannot be reshaped into rows of 5."""
+    shape = numpy_helper.from_array(np.array([-1, 5], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["features", "shape"], ["y"])],
+        "failing",
+        [_tensor("features", TensorProto.FLOAT, FEATURES)],
+        [_tensor("y", TensorProto.FLOAT, 5)],
+        [shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model

@@ -52,9 +52,11 @@ class FakeModel:
         return {"y": 3 * x + 1}
 
 
-def _scheduler(model, max_rows=64, delay_us=0, max_queue=100, slots=1, inline_rows=0, solo_rows=0):
+def _scheduler(
+    model, max_rows=64, delay_us=0, max_queue=100, slots=1, inline_rows=0, solo_rows=0, **kw
+):
     policy = BatchPolicy(
-        max_rows, delay_us * 1000, max_queue, slots, inline_rows, 50_000, solo_rows
+        max_rows, delay_us * 1000, max_queue, slots, inline_rows, 50_000, solo_rows, **kw
     )
     executor = ThreadPoolExecutor(2)
     return Scheduler(model, executor, policy, VersionStats()), executor
@@ -144,6 +146,25 @@ def test_full_queue_answers_resource_exhausted():
             await scheduler.submit(_x(1, 5), 1)
         model.gate.set()
         await asyncio.gather(first, *queued)
+        executor.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_queue_full_in_bytes_answers_resource_exhausted_naming_that_limit():
+    async def main():
+        model = FakeModel(threading.Event())
+        scheduler, executor = _scheduler(model, max_queue_bytes=40)  # 2.5 one-row requests
+        first = await _held_first(scheduler, model)
+        queued = [asyncio.create_task(scheduler.submit(_x(1, s), 1)) for s in range(2)]
+        await _until(lambda: scheduler.pending == 3)
+        with pytest.raises(
+            ResourceExhaustedError, match="32 input bytes waiting.*--max-queue-bytes"
+        ):
+            await scheduler.submit(_x(1, 5), 1)
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        assert scheduler._queued_bytes == 0  # nothing left counted once the queue is empty
         executor.shutdown()
 
     asyncio.run(main())

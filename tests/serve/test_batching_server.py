@@ -133,13 +133,22 @@ def slow_server(tmp_path_factory):
         yield running
 
 
+def _until_dispatched(client: InferenceClient, model: str, count: int) -> None:
+    """Until ``count`` requests of ``model`` have left its queue (queue statistics are
+    recorded when a request's batch starts): an event the server reports, not a sleep."""
+    deadline = time.monotonic() + 30
+    while client.model_statistics(model).model_stats[0].inference_stats.queue.count < count:
+        assert time.monotonic() < deadline, f"no {model} request started within 30 s"
+        time.sleep(0.005)
+
+
 def test_deadline_in_queue_means_never_run_and_full_queue_is_resource_exhausted(slow_server):
     url = slow_server.url
     big = np.ones((512, FEATURES), np.float32)
     with InferenceClient(url, timeout=60) as client:
         running = threading.Thread(target=client.infer, args=("slow", big))
         running.start()
-        time.sleep(0.3)  # the big request is running now (it takes far longer than this)
+        _until_dispatched(client, "slow", 1)  # the big request is running now
         with pytest.raises(InferenceServerError) as late:
             client.infer("slow", np.ones((3, FEATURES), np.float32), timeout=0.2)
         assert late.value.code == "DEADLINE_EXCEEDED"

@@ -99,3 +99,64 @@ def test_serve_one_onnx_file(tmp_path):
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("class,p_setosa")
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_infer_errors_are_one_human_line(server, tmp_path):
+    rows = tmp_path / "rows.npy"
+    np.save(rows, np.ones((2, 8), np.float32))
+    free = _one_line(
+        _bnmodel("infer", "--url", "127.0.0.1:1", "--model", "clf", "--input", str(rows))
+    )
+    assert "no server answers at 127.0.0.1:1; is `bnmodel serve` running there" in free
+    http = _one_line(
+        _bnmodel("infer", "--url", f"http://{server.url}", "--model", "clf", "--input", str(rows))
+    )
+    assert "the answer is not HTTP/1.1; is this the gRPC port?" in http
+    missing = _one_line(
+        _bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(tmp_path / "x.csv"))
+    )
+    assert missing == f"bnmodel infer: {tmp_path / 'x.csv'}: no such file"
+    narrow = tmp_path / "narrow.csv"
+    narrow.write_text("1,2,3\n4,5,6\n")
+    columns = _one_line(
+        _bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(narrow))
+    )
+    assert f"{narrow}: 3 columns, the model expects 8 (f0, f1, f2" in columns
+
+
+def test_infer_takes_the_training_file_and_names_a_bad_cell(server, tmp_path):
+    rows = np.random.default_rng(1).normal(size=(3, 8))
+    header = [*FEATURE_NAMES, "species"]  # the training file's string target column
+    body = [
+        ",".join([*(repr(float(v)) for v in r), label])
+        for r, label in zip(rows, LABELS, strict=True)
+    ]
+    train = tmp_path / "train.csv"
+    train.write_text(",".join(header) + "\n" + "\n".join(body) + "\n")
+    result = _bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(train))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 4
+    body[1] = body[1].replace(repr(float(rows[1, 2])), "", 1)  # row 3 of the file, column f2: blank
+    train.write_text(",".join(header) + "\n" + "\n".join(body) + "\n")
+    bad = _one_line(_bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(train)))
+    assert bad == f"bnmodel infer: {train}: row 3, column f2: empty is not a number"
+
+
+def test_infer_flags_nan_outputs_instead_of_a_class(server, tmp_path):
+    rows = np.ones((3, 8), np.float32)
+    rows[1, 0] = np.nan  # NaN in, NaN probabilities out
+    np.save(tmp_path / "rows.npy", rows)
+    result = _bnmodel(
+        "infer", "--url", server.url, "--model", "clf", "--input", str(tmp_path / "rows.npy")
+    )
+    assert result.returncode == 0, result.stderr
+    classes = [line.split(",")[0] for line in result.stdout.strip().splitlines()[1:]]
+    assert classes[1] == "" and classes[0] in LABELS and classes[2] in LABELS
+    assert "NaN or inf for 1 row(s) (rows 2)" in result.stderr

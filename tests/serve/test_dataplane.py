@@ -15,7 +15,7 @@ from bnmodel.serve.proto import grpc_service_pb2 as pb
 from bnmodel.serve.repository import ModelRepository
 from bnmodel.serve.session import SessionFactory
 from bnmodel.serve.validation import InferInput, InferRequest
-from models import config_text, mlp_model, write_model
+from models import config_text, fixed_config, fixed_model, mlp_model, write_model
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_infer_matches_onnxruntime(plane):
     assert response.id == "req-1" and response.model_version == "1"
     assert [name for name, _ in response.outputs] == ["logits", "probabilities"]
     np.testing.assert_allclose(response.outputs[0][1], expected[0], rtol=1e-6)
-    assert plane.models["clf"].stats.inference_count >= 7
+    assert plane.statistics("clf")[0][2].inference_count >= 7
 
 
 BAD = [
@@ -138,3 +138,48 @@ def test_reload_and_unload(plane):
     assert not plane.model_ready("clf")
     loop.run_until_complete(plane.load("clf"))
     assert plane.model_ready("clf", "1") and not plane.model_ready("clf", "2")
+
+
+def test_an_unload_waits_for_a_load_in_flight_which_cannot_bring_the_model_back(plane):
+    plane, loop, _ = plane
+
+    async def load_then_unload():
+        loading = asyncio.create_task(plane.load("clf"))
+        await asyncio.sleep(0)  # the load holds the model's lock, its sessions on a thread
+        await plane.unload("clf")
+        await loading
+
+    loop.run_until_complete(load_then_unload())
+    assert not plane.model_ready("clf")
+    loop.run_until_complete(plane.load("clf"))
+    assert plane.model_ready("clf")
+
+
+def test_names_that_are_not_models_leave_no_lock_behind(plane):
+    plane, loop, _ = plane
+    for name in ("nope", "x" * 100, "../clf"):
+        with pytest.raises(ModelNotFoundError):
+            loop.run_until_complete(plane.load(name))
+        with pytest.raises(ModelNotFoundError):
+            loop.run_until_complete(plane.unload(name))
+    assert set(plane._load_locks) <= {"clf", "mismatch", "corrupt"}
+
+
+def test_a_batchless_model_runs_requests_of_its_full_shape(tmp_path):
+    write_model(tmp_path, "fixed", fixed_model(), fixed_config("fixed"))
+    executor = ThreadPoolExecutor(1)
+    plane = DataPlane(ModelRepository(tmp_path), SessionFactory("cpu", 1), executor)
+    x = np.arange(8, dtype=np.float32)
+    request = InferRequest(
+        "fixed", inputs=(InferInput("features", "FP32", (8,), raw=x.tobytes()),), raw_count=1
+    )
+
+    async def main():
+        await plane.load_all()
+        return await plane.infer(request)
+
+    outputs = dict(asyncio.run(main()).outputs)
+    executor.shutdown()
+    session = ort.InferenceSession(str(tmp_path / "fixed" / "1" / "model.onnx"))
+    np.testing.assert_allclose(outputs["logits"], session.run(["logits"], {"features": x})[0])
+    assert outputs["probabilities"].shape == (3,)

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,7 +60,10 @@ def test_sigterm_with_64_in_flight_answers_every_one(slow_repository, tmp_path):
         channel = grpc.insecure_channel(server.url)
         call = channel.unary_unary(INFER)
         futures = [call.future(_request(64), timeout=120) for _ in range(64)]
-        time.sleep(0.3)  # all 64 reach the server; a few finish
+        first = threading.Event()
+        for future in futures:
+            future.add_done_callback(lambda _: first.set())
+        assert first.wait(60)  # one answered: the server has the others, most still to run
         server.process.send_signal(signal.SIGTERM)
         status = _health(channel)
         pending_at_health = sum(not f.done() for f in futures)
@@ -88,7 +92,10 @@ def test_a_second_signal_exits_at_once(slow_repository, tmp_path):
     with run_server(*args, "--grace-seconds", "600", log_path=tmp_path / "log") as server:
         channel = grpc.insecure_channel(server.url)
         futures = [channel.unary_unary(INFER).future(_request(64), timeout=120) for _ in range(32)]
-        time.sleep(0.3)
+        first = threading.Event()
+        for future in futures:
+            future.add_done_callback(lambda _: first.set())
+        assert first.wait(60)  # the server has them; 31 still to run
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         server.process.send_signal(signal.SIGINT)
@@ -166,6 +173,13 @@ def test_model_files_cannot_leave_the_repository(tmp_path):
     )
 
 
+def _started(statistics) -> int:
+    """Requests of "slow" whose run has started (queue statistics count them then)."""
+    request = pb.ModelStatisticsRequest(name="slow").SerializeToString()
+    response = pb.ModelStatisticsResponse.FromString(statistics(request, timeout=10))
+    return response.model_stats[0].inference_stats.queue.count
+
+
 @pytest.mark.slow
 def test_clients_that_give_up_cost_no_run_and_no_log_noise(slow_repository, tmp_path):
     args = ("--model-repository", str(slow_repository), "--workers", "1", "--no-batching")
@@ -177,7 +191,9 @@ def test_clients_that_give_up_cost_no_run_and_no_log_noise(slow_repository, tmp_
         # only after their deadline (two rounds of runs of ~70 ms could end before it).
         slots = len(os.sched_getaffinity(0))
         busy = [call.future(_request(64), timeout=60) for _ in range(3 * slots)]
-        time.sleep(0.1)
+        statistics = channel.unary_unary("/inference.GRPCInferenceService/ModelStatistics")
+        while _started(statistics) < slots:  # every run slot busy: the rest are queued
+            time.sleep(0.005)
         expired = [call.future(_request(64), timeout=0.05) for _ in range(8)]
         cancelled = [call.future(_request(64), timeout=60) for _ in range(8)]
         time.sleep(0.05)
@@ -219,3 +235,19 @@ def test_a_bad_token_file_is_a_clear_startup_error(tmp_path, repository):
     assert result.returncode == 1
     assert f"--auth-token-file {token}: the file is empty" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_rpcs_past_the_per_process_cap_are_resource_exhausted_naming_it(slow_repository):
+    args = ("--model-repository", str(slow_repository), "--workers", "1")
+    with run_server(*args, "--max-concurrent-rpcs", "2") as server:
+        channel = grpc.insecure_channel(server.url)
+        call = channel.unary_unary(INFER)
+        # 16 at once, 64 rows each (runs of a few hundred ms): at most 2 are admitted at a time.
+        futures = [call.future(_request(64), timeout=120) for _ in range(16)]
+        errors = [f.exception() for f in futures]
+        channel.close()
+    refused = [e for e in errors if e is not None]
+    assert len(refused) >= 10, errors  # 16 arrive well within the first run
+    assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+    assert "at most 2 (--max-concurrent-rpcs)" in refused[0].details()
+    assert errors.count(None) >= 2  # the admitted ones were answered

@@ -138,6 +138,15 @@ def test_loading_a_new_version_under_traffic_loses_no_request(live, stub):
     assert retired.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def _until_dispatched(client: InferenceClient, model: str, count: int) -> None:
+    """Until ``count`` requests of ``model`` have started (queue statistics are recorded when a
+    request's batch starts)."""
+    deadline = time.monotonic() + 30
+    while client.model_statistics(model).model_stats[0].inference_stats.queue.count < count:
+        assert time.monotonic() < deadline, f"no {model} request started within 30 s"
+        time.sleep(0.005)
+
+
 def test_unload_waits_for_the_requests_in_flight_then_new_ones_are_refused(live, stub):
     server, _ = live
     outcome: dict[str, object] = {}
@@ -152,7 +161,7 @@ def test_unload_waits_for_the_requests_in_flight_then_new_ones_are_refused(live,
     worker = threading.Thread(target=big_request)
     with InferenceClient(server.url, timeout=60) as client:
         worker.start()
-        time.sleep(0.3)  # the 512-row run takes seconds: it is in flight now
+        _until_dispatched(client, "slowpoke", 1)  # the 512-row run has started
         client.unload_model("slowpoke")
         unloaded_at = time.monotonic()
         worker.join()

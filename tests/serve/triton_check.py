@@ -2,6 +2,7 @@
 
     python triton_check.py URL infer MODEL INPUTS.npy OUTPUTS.npz   # one request per array in file
     python triton_check.py URL control MODEL                          # health, metadata, repository
+    python triton_check.py URL states MODEL...            # readiness, index; metadata of 2 first
 
 Prints JSON on stdout. Run by tests/serve/test_server.py with sys.executable: tritonclient's
 generated `inference` package cannot share a process with ours.
@@ -57,8 +58,21 @@ def control(client, model: str) -> dict:
     }
 
 
+def states(client, *models: str) -> dict:
+    """ModelReady of each of ``models``, and the repository index as the server gives it."""
+    index = client.get_model_repository_index(as_json=True)["models"]
+    return {
+        "ready": {m: client.is_model_ready(m) for m in models},
+        "index": {m["name"]: [m.get("state", ""), m.get("reason", "")] for m in index},
+        "metadata": {m: client.get_model_metadata(m, as_json=True) for m in models[:2]},
+    }
+
+
 if __name__ == "__main__":
     url, action, model, *paths = sys.argv[1:]
     client = grpcclient.InferenceServerClient(url)
-    result = infer(client, model, *paths) if action == "infer" else control(client, model)
+    if action == "states":
+        result = states(client, model, *paths)
+    else:
+        result = infer(client, model, *paths) if action == "infer" else control(client, model)
     json.dump(result, sys.stdout)
