@@ -7,6 +7,7 @@ caller prefixes the model and tensor names.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from .errors import InvalidInputError
 
 __all__ = [
     "Datatype",
+    "BYTES",
     "DATATYPES",
     "CONTENT_FIELDS",
     "lookup_datatype",
@@ -46,8 +48,14 @@ def _dt(name: str, dtype: str, field: str | None, config: str, ort: str) -> Data
     return Datatype(name, np.dtype(dtype), field, config, ort)
 
 
-# BYTES and BF16 are part of the protocol but not of this server: numpy has no bf16, and the
-# bnmodel contract has no string tensors. Looking them up gives a clear "not supported".
+# BYTES: variable-length strings (a categorical column of a raw-row model). numpy has no such
+# dtype: a BYTES tensor is an object array of str, which ONNX Runtime takes for tensor(string).
+# On the wire each element is a 4-byte little-endian length and that many bytes (raw contents),
+# or one entry of bytes_contents; the server takes only valid UTF-8 (ORT strings are UTF-8).
+BYTES = _dt("BYTES", "O", "bytes_contents", "TYPE_STRING", "tensor(string)")
+
+# BF16 is part of the protocol but not of this server (numpy has no bf16): looking it up gives
+# a clear "not supported".
 DATATYPES: dict[str, Datatype] = {
     d.name: d
     for d in (
@@ -63,8 +71,10 @@ DATATYPES: dict[str, Datatype] = {
         _dt("FP16", "<f2", None, "TYPE_FP16", "tensor(float16)"),
         _dt("FP32", "<f4", "fp32_contents", "TYPE_FP32", "tensor(float)"),
         _dt("FP64", "<f8", "fp64_contents", "TYPE_FP64", "tensor(double)"),
+        BYTES,
     )
 }
+_LENGTH = struct.Struct("<I")  # the length before each BYTES element in raw contents
 _BY_DTYPE = {d.dtype.newbyteorder("="): d for d in DATATYPES.values()}
 _BY_CONFIG = {d.config_name: d for d in DATATYPES.values()}
 _BY_ORT = {d.ort_name: d for d in DATATYPES.values()}
@@ -99,6 +109,8 @@ def lookup_datatype(name: str) -> Datatype:
 def datatype_of(array: np.ndarray) -> Datatype:
     """The protocol datatype of a numpy array (any byte order)."""
     found = _BY_DTYPE.get(array.dtype.newbyteorder("="))
+    if found is None and array.dtype.kind in "US":  # numpy str_ or bytes_ arrays: strings
+        return BYTES
     if found is None:
         raise InvalidInputError(
             f"numpy dtype {array.dtype} has no protocol datatype; use one of {_supported()}"
@@ -134,8 +146,11 @@ def element_count(shape: Sequence[int]) -> int:
 
 
 def decode_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
-    """Raw little-endian bytes -> array of ``shape`` (read-only view of ``raw``, no copy)."""
+    """Raw little-endian bytes -> array of ``shape`` (read-only view of ``raw``, no copy;
+    BYTES: an object array of str)."""
     dt = lookup_datatype(datatype)
+    if dt is BYTES:
+        return _decode_strings(raw, element_count(shape)).reshape(tuple(shape))
     expected = element_count(shape) * dt.dtype.itemsize
     if len(raw) != expected:
         raise InvalidInputError(
@@ -143,6 +158,58 @@ def decode_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
             f"({datatype} with shape {list(shape)})"
         )
     return np.frombuffer(raw, dtype=dt.dtype).reshape(tuple(shape))
+
+
+def _utf8_error(index: int, exc: UnicodeDecodeError) -> InvalidInputError:
+    return InvalidInputError(
+        f"element {index} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
+        f"{exc.start} of the element)"
+    )
+
+
+def _decode_strings(raw: bytes | memoryview, count: int) -> np.ndarray:
+    """BYTES raw contents (per element: 4-byte little-endian length, then the bytes) -> object
+    array of ``count`` str, checking the framing and that every element is UTF-8."""
+    out = np.empty(count, dtype=object)
+    size, offset = len(raw), 0
+    unpack = _LENGTH.unpack_from
+    for i in range(count):
+        if offset + 4 > size:
+            raise InvalidInputError(
+                f"raw contents end ({size} bytes) inside the 4-byte length of element {i}; "
+                f"expected {count} elements (BYTES: each a 4-byte little-endian length, then "
+                "the bytes)"
+            )
+        (length,) = unpack(raw, offset)
+        start, offset = offset + 4, offset + 4 + length
+        if offset > size:
+            raise InvalidInputError(
+                f"element {i} declares {length} bytes, but only {size - start} remain of the "
+                f"{size}-byte raw contents"
+            )
+        try:
+            out[i] = str(raw[start:offset], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise _utf8_error(i, exc) from None
+    if offset != size:
+        raise InvalidInputError(
+            f"raw contents hold {size} bytes, {size - offset} more than the {count} BYTES "
+            "element(s) of the shape"
+        )
+    return out
+
+
+def _strings(values: Sequence[Any]) -> np.ndarray:
+    """bytes_contents (bytes; str when they came as JSON) -> object array of str."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        if type(value) is not str:
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _utf8_error(i, exc) from None
+        out[i] = value
+    return out
 
 
 def _typed_values(contents: Any, dt: Datatype) -> Any:
@@ -168,6 +235,8 @@ def decode_typed(contents: Any, datatype: str, shape: Sequence[int]) -> np.ndarr
             f"typed contents hold {len(values)} values, expected {expected} "
             f"({datatype} with shape {list(shape)})"
         )
+    if dt is BYTES:
+        return _strings(values).reshape(tuple(shape))
     if dt.dtype.kind in "iu" and dt.dtype.itemsize < 8:
         # int_contents/uint_contents carry 32-bit values for 8/16-bit types: range-check them.
         wide = np.asarray(values, dtype=np.int64)
@@ -180,9 +249,26 @@ def decode_typed(contents: Any, datatype: str, shape: Sequence[int]) -> np.ndarr
     return np.asarray(values, dtype=dt.dtype).reshape(tuple(shape))
 
 
+def _encoded_strings(array: np.ndarray) -> list[bytes]:
+    """Elements of a string array (str, or bytes as they are), row-major, as bytes."""
+    encoded = []
+    for i, value in enumerate(array.ravel().tolist()):
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        elif not isinstance(value, bytes):
+            raise InvalidInputError(
+                f"BYTES element {i} is {type(value).__name__} {value!r:.32}, expected str or bytes"
+            )
+        encoded.append(value)
+    return encoded
+
+
 def encode_raw(array: np.ndarray) -> tuple[Datatype, bytes]:
-    """Array -> (datatype, raw little-endian row-major bytes)."""
+    """Array -> (datatype, raw little-endian row-major bytes; BYTES: length-prefixed)."""
     dt = datatype_of(array)
+    if dt is BYTES:
+        parts = _encoded_strings(array)
+        return dt, b"".join(p for value in parts for p in (_LENGTH.pack(len(value)), value))
     return dt, np.ascontiguousarray(array, dtype=dt.dtype).tobytes()
 
 
@@ -191,5 +277,6 @@ def encode_typed(array: np.ndarray, contents: Any) -> Datatype:
     dt = datatype_of(array)
     if dt.contents_field is None:
         raise InvalidInputError(f"{dt.name} has no typed contents field; send it raw")
-    getattr(contents, dt.contents_field).extend(array.ravel().tolist())
+    values = _encoded_strings(array) if dt is BYTES else array.ravel().tolist()
+    getattr(contents, dt.contents_field).extend(values)
     return dt

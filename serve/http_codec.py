@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .codec import CONTENT_FIELDS, DATATYPES, datatype_of, encode_raw
+from .codec import BYTES, CONTENT_FIELDS, DATATYPES, datatype_of, encode_raw
 from .dataplane import InferResponse
 from .errors import InvalidInputError
 from .validation import InferInput, InferRequest, Parameter, quote
@@ -101,6 +101,37 @@ class _JsonContents:
         setattr(self, field, values)
 
 
+def _json_strings(data: list, where: str) -> list[str]:
+    """A BYTES tensor's JSON "data": strings, flat or nested (row-major), flattened."""
+    if all(type(value) is str for value in data):  # the usual case: a flat array
+        return data
+    flat: list[str] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            if type(value) is not str:
+                raise InvalidInputError(
+                    f"{where}: 'data' must hold strings for BYTES, got {_json_type(value)} "
+                    f"at element {len(flat)}"
+                )
+            flat.append(value)
+        else:
+            stack.pop()
+    return flat
+
+
+def _with_nulls(values: np.ndarray) -> np.ndarray:
+    """Numbers and nulls (a float tensor with missing values, as this server writes NaN in
+    JSON answers) -> float64 with NaN for null; anything else is left for the type check."""
+    flat = values.ravel()
+    if all(v is None or type(v) in (int, float) for v in flat):
+        return np.array(flat, dtype=np.float64).reshape(values.shape)
+    return values
+
+
 def _json_data(data: Any, datatype: str, where: str) -> _JsonContents:
     """A tensor's JSON "data" (flat or nested array) as typed contents for serve/codec.py."""
     if not isinstance(data, list):
@@ -113,10 +144,14 @@ def _json_data(data: Any, datatype: str, where: str) -> _JsonContents:
             f"{where}: {datatype} has no JSON form; send it as binary data "
             "(parameters.binary_data_size and the Inference-Header-Content-Length header)"
         )
+    if dt is BYTES:
+        return _JsonContents("bytes_contents", _json_strings(data, where))
     try:
         values = np.asarray(data)
     except (ValueError, TypeError):
         raise InvalidInputError(f"{where}: 'data' is a ragged nested array") from None
+    if values.dtype.kind == "O" and dt.dtype.kind == "f":
+        values = _with_nulls(values)  # JSON has no NaN: null is a missing value
     if values.dtype.kind not in _ACCEPTED_KINDS[dt.dtype.kind]:
         expected = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
         got = _ARRAY_KINDS.get(values.dtype.kind, "nulls, objects or mixed JSON types")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batching import BatchingOptions, Scheduler, batch_policy, with_inline_runs
-from .codec import Datatype, datatype_from_config, datatype_from_ort
+from .codec import BYTES, Datatype, datatype_from_config, datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
 from .repository import ModelSource, cause
@@ -231,15 +231,19 @@ class Model:
 
 
 def _example_inputs(signature: ModelSignature):
-    """rows -> zero inputs of that many rows (to time the model), or None when a non-batch
-    dimension is variable (the cost depends on what clients send)."""
+    """rows -> zero inputs (empty strings for BYTES) of that many rows (to time the model), or
+    None when a non-batch dimension is variable (the cost depends on what clients send)."""
     if any(-1 in spec.dims for spec in signature.inputs):
         return None
     batched = signature.max_batch_size > 0
 
     def example(rows: int) -> dict[str, np.ndarray]:
         return {
-            spec.name: np.zeros(((rows,) if batched else ()) + spec.dims, spec.datatype.dtype)
+            spec.name: np.full(
+                ((rows,) if batched else ()) + spec.dims,
+                "" if spec.datatype is BYTES else 0,
+                spec.datatype.dtype,
+            )
             for spec in signature.inputs
         }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import config_text, mlp_model, write_model  # noqa: E402
+from models import config_text, mlp_model, raw_config_text, raw_model, write_model  # noqa: E402
 
 from bnmodel.launcher import ServerProcess, spawn_server  # noqa: E402
 
@@ -33,11 +33,13 @@ def run_server(
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory) -> Path:
-    """clf (FP32 classifier), reg (regressor), half (FP16 classifier); max_batch_size 64."""
+    """clf (FP32 classifier), reg (regressor), half (FP16 classifier), raw (a raw-row
+    classifier: features FP32 [3] + string inputs color and size); max_batch_size 64."""
     root = tmp_path_factory.mktemp("repository")
     write_model(root, "clf", mlp_model(), config_text("clf"))
     write_model(root, "reg", mlp_model("regression", seed=1), config_text("reg", "regression"))
     write_model(root, "half", mlp_model(fp16=True, seed=2), config_text("half", fp16=True))
+    write_model(root, "raw", raw_model(seed=4), raw_config_text("raw"))
     return root
 
 

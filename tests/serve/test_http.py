@@ -95,7 +95,7 @@ def test_tritonclient_http_control_plane(server):
     assert result["config"]["max_batch_size"] == 64 and result["config"]["input"][0]["dims"] == [8]
     assert result["stats"]["model_stats"][0]["name"] == "clf"
     assert isinstance(result["stats"]["model_stats"][0]["inference_count"], int)
-    assert result["index"] == ["clf", "half", "reg"]
+    assert result["index"] == ["clf", "half", "raw", "reg"]
     assert result["ready_after_unload"] is False and result["ready_after_load"] is True
     assert result["missing_model"].startswith("404 unknown model 'no-such-model'")
 

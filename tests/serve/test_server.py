@@ -69,7 +69,7 @@ def test_tritonclient_control_plane(server):
     assert result["config"]["max_batch_size"] == 64
     assert result["config"]["input"][0]["dims"] == ["8"]
     assert "class_labels" in result["config"]["parameters"]
-    assert result["index"] == ["clf", "half", "reg"]
+    assert result["index"] == ["clf", "half", "raw", "reg"]
     assert result["ready_after_unload"] is False and result["ready_after_load"] is True
     assert result["missing_model_status"] == "StatusCode.NOT_FOUND"
 

@@ -1,6 +1,7 @@
 """Talk to a server with tritonclient.grpc (the off-the-shelf client), in its own process.
 
     python triton_check.py URL infer MODEL INPUTS.npy OUTPUTS.npz   # one request per array in file
+    python triton_check.py URL infer-inputs MODEL INPUTS.npz OUTPUTS.npz   # keys "REQUEST/INPUT"
     python triton_check.py URL control MODEL                          # health, metadata, repository
     python triton_check.py URL states MODEL...            # readiness, index; metadata of 2 first
 
@@ -26,6 +27,34 @@ def infer(client, model: str, inputs_path: str, outputs_path: str) -> dict:
         tensor = grpcclient.InferInput("features", list(x.shape), np_to_triton_dtype(x.dtype))
         tensor.set_data_from_numpy(x)
         response = client.infer(model, [tensor], request_id=f"req-{key}")
+        for output in response.get_response(as_json=True)["outputs"]:
+            results[f"{key}/{output['name']}"] = response.as_numpy(output["name"])
+    np.savez(outputs_path, **results)
+    return {"outputs": sorted(results)}
+
+
+def requests(inputs_path: str) -> dict[str, dict[str, np.ndarray]]:
+    """{request key: {input name: array}} from an npz keyed "REQUEST/INPUT"; string arrays
+    (saved as numpy str, no pickle) become object arrays, which tritonclient sends as BYTES."""
+    found: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(inputs_path) as arrays:
+        for key in arrays.files:
+            request, name = key.split("/", 1)
+            x = arrays[key]
+            found.setdefault(request, {})[name] = x.astype(object) if x.dtype.kind == "U" else x
+    return found
+
+
+def infer_inputs(client, model: str, inputs_path: str, outputs_path: str) -> dict:
+    """One request per request key, with every input of it (several, BYTES among them)."""
+    results = {}
+    for key, arrays in requests(inputs_path).items():
+        tensors = []
+        for name, x in arrays.items():
+            tensor = grpcclient.InferInput(name, list(x.shape), np_to_triton_dtype(x.dtype))
+            tensor.set_data_from_numpy(x)
+            tensors.append(tensor)
+        response = client.infer(model, tensors, request_id=f"req-{key}")
         for output in response.get_response(as_json=True)["outputs"]:
             results[f"{key}/{output['name']}"] = response.as_numpy(output["name"])
     np.savez(outputs_path, **results)
@@ -73,6 +102,8 @@ if __name__ == "__main__":
     client = grpcclient.InferenceServerClient(url)
     if action == "states":
         result = states(client, model, *paths)
+    elif action == "infer-inputs":
+        result = infer_inputs(client, model, *paths)
     else:
         result = infer(client, model, *paths) if action == "infer" else control(client, model)
     json.dump(result, sys.stdout)
