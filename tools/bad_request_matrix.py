@@ -138,6 +138,108 @@ def _answer(expect_nan: bool = False, id_length: int | None = None):
     return check
 
 
+# The raw-row model "raw" (issue 12): features FP32 [-1, 3], color and size BYTES [-1, 1].
+RAW_X = np.array([[1.0, np.nan, 3.0], [0.5, 0.25, np.nan]], np.float32)
+RAW_STRINGS = {"color": [b"red", b"\xe7\xb4\x85"], "size": [b"XL", b""]}
+
+
+def _length_prefixed(values: list[bytes]) -> bytes:
+    return b"".join(len(v).to_bytes(4, "little") + v for v in values)
+
+
+def _raw_rows(
+    edit: Callable[[dict], object] | None = None, typed: bool = False
+) -> pb.ModelInferRequest:
+    """A valid request to "raw" unless ``edit`` changes its {name: [datatype, shape, data]}
+    (data: bytes for raw contents, or a list of bytes for bytes_contents when ``typed``)."""
+    tensors = {"features": ["FP32", (2, 3), RAW_X.tobytes()]}
+    for name, values in RAW_STRINGS.items():
+        tensors[name] = ["BYTES", (2, 1), list(values) if typed else _length_prefixed(values)]
+    if edit is not None:
+        edit(tensors)
+    r = pb.ModelInferRequest(model_name="raw")
+    for name, (datatype, shape, data) in tensors.items():
+        tensor = r.inputs.add(name=name, datatype=datatype, shape=shape)
+        if not typed:
+            r.raw_input_contents.append(data)
+        elif datatype == "BYTES":
+            tensor.contents.bytes_contents.extend(data)
+        else:
+            tensor.contents.fp32_contents.extend(np.frombuffer(data, np.float32).tolist())
+    return r
+
+
+def _set(name: str, index: int, value) -> Callable[[dict], None]:
+    def edit(tensors: dict) -> None:
+        tensors[name][index] = value
+
+    return edit
+
+
+def _raw_rows_answer(data: bytes) -> str | None:
+    """A check of the raw-row model's answer: [2, 3] probabilities, finite, summing to 1."""
+    response = pb.ModelInferResponse.FromString(data)
+    names = [t.name for t in response.outputs]
+    if names != ["logits", "probabilities"]:
+        return f"outputs {names}"
+    p = np.frombuffer(response.raw_output_contents[1], np.float32).reshape(-1, 3)
+    if p.shape != (2, 3) or not np.allclose(p.sum(axis=1), 1, atol=1e-5):
+        return f"probabilities {p}"
+    return None
+
+
+def _raw_rows_cases() -> list[Case]:
+    """BYTES inputs and several inputs per request (issue 12)."""
+    not_utf8 = [b"red", b"gr\xffen"]
+    return [
+        Case("raw rows, BYTES raw (control)", _bytes(_raw_rows()), OK, "",
+             check=_raw_rows_answer),
+        Case("raw rows, bytes_contents (control)", _bytes(_raw_rows(typed=True)), OK, "",
+             check=_raw_rows_answer),
+        Case("BYTES raw element not UTF-8",
+             _bytes(_raw_rows(_set("color", 2, _length_prefixed(not_utf8)))), INVALID,
+             "model 'raw' input 'color': element 1 is not valid UTF-8 (byte 0xff at offset 2"),
+        Case("bytes_contents element not UTF-8",
+             _bytes(_raw_rows(_set("size", 2, not_utf8), typed=True)), INVALID,
+             "model 'raw' input 'size': element 1 is not valid UTF-8"),
+        Case("BYTES length past the end",
+             _bytes(_raw_rows(_set("color", 2, b"\x09\x00\x00\x00red"))), INVALID,
+             "input 'color': element 0 declares 9 bytes, but only 3 remain"),
+        Case("BYTES raw cut inside a length",
+             _bytes(_raw_rows(_set("color", 2, _length_prefixed([b"red"]) + b"\x01\x00"))),
+             INVALID, "input 'color': raw contents end (9 bytes) inside the 4-byte length of "
+             "element 1"),
+        Case("BYTES raw with bytes left over",
+             _bytes(_raw_rows(_set("color", 2, _length_prefixed([b"a", b"b", b"c"])))),
+             INVALID, "input 'color': raw contents hold 15 bytes, 5 more than the 2 BYTES"),
+        Case("FP32 sent for a string input",
+             _bytes(_raw_rows(_set("color", 0, "FP32"))), INVALID,
+             "model 'raw' input 'color': datatype 'FP32', expected BYTES"),
+        Case("BYTES sent for the numeric input",
+             _bytes(_raw_rows(_set("features", 0, "BYTES"))), INVALID,
+             "model 'raw' input 'features': datatype 'BYTES', expected FP32"),
+        Case("wrong BYTES element count",
+             _bytes(_raw_rows(_set("size", 2, [b"S", b"M", b"L"]), typed=True)), INVALID,
+             "input 'size': typed contents hold 3 values, expected 2 (BYTES with shape [2, 1])"),
+        Case("BYTES with two columns",
+             _bytes(_raw_rows(_set("size", 1, (1, 2)))), INVALID,
+             "input 'size': shape [1, 2], expected [-1, 1]"),
+        Case("inputs disagree on the batch size",
+             _bytes(_raw_rows(lambda t: t["size"].__setitem__(
+                 slice(1, 3), [(3, 1), _length_prefixed([b"S", b"M", b"L"])]))),
+             INVALID, "inputs disagree on the batch size: {'features': 2, 'color': 2, 'size': 3}"),
+        Case("unknown input beside the right ones",
+             _bytes(_raw_rows(lambda t: t.__setitem__("colour", t.pop("color")))), INVALID,
+             "unknown input 'colour'; expected inputs: 'features', 'color', 'size'"),
+        Case("a categorical input missing",
+             _bytes(_raw_rows(lambda t: t.pop("size"))), INVALID,
+             "model 'raw': missing input 'size' (BYTES [-1, 1])"),
+        Case("the numeric input missing",
+             _bytes(_raw_rows(lambda t: t.pop("features"))), INVALID,
+             "model 'raw': missing input 'features' (FP32 [-1, 3])"),
+    ]  # fmt: skip
+
+
 def _infer_cases() -> list[Case]:
     nan = X.copy()
     nan[0, 3], nan[0, 5] = np.nan, np.inf
@@ -225,7 +327,7 @@ def _infer_cases() -> list[Case]:
             "output 'logits' requested 2 times",
         ),
         Case(
-            "unsupported datatype (BYTES)",
+            "BYTES for an FP32 input",
             _bytes(_request(datatype="BYTES")),
             INVALID,
             "input 'features': datatype 'BYTES', expected FP32",
@@ -474,7 +576,7 @@ def _control_cases() -> list[Case]:
 
 def cases() -> list[Case]:
     """Every class of the matrix, in the order it is printed."""
-    return _infer_cases() + _control_cases()
+    return _infer_cases() + _raw_rows_cases() + _control_cases()
 
 
 def send(
@@ -502,11 +604,13 @@ def judge(case: Case, code: grpc.StatusCode, message: str, response: bytes) -> s
 
 
 def write_repository(root: Path) -> Path:
-    """clf (FP32 classifier), half (FP16 classifier), broken (a truncated model file)."""
+    """clf (FP32 classifier), half (FP16 classifier), broken (a truncated model file), raw (a
+    raw-row classifier: features FP32 [3], color and size BYTES [1])."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
-    from models import config_text, mlp_model, write_model
+    from models import config_text, mlp_model, raw_config_text, raw_model, write_model
 
     write_model(root, "clf", mlp_model(), config_text("clf"))
+    write_model(root, "raw", raw_model(seed=4), raw_config_text("raw"))
     write_model(root, "half", mlp_model(fp16=True, seed=2), config_text("half", fp16=True))
     path = write_model(root, "broken", mlp_model(seed=3), config_text("broken"))
     path.write_bytes(path.read_bytes()[:100])
@@ -574,6 +678,32 @@ def _binary(size: int, header_length: int | None = None) -> tuple[bytes, tuple]:
     return header + X.tobytes(), (("Inference-Header-Content-Length", str(length)),)
 
 
+def _raw_json(**columns) -> bytes:
+    """A JSON request to "raw"; ``columns`` replace the data of color/size (None: leave out)."""
+    data = {"color": ["red", "blue"], "size": ["S", ""]} | columns
+    inputs = [{"name": "features", "datatype": "FP32", "shape": [2, 3], "data": [0.5] * 6}]
+    inputs += [
+        {"name": name, "datatype": "BYTES", "shape": [2, 1], "data": values}
+        for name, values in data.items()
+        if values is not None
+    ]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def _raw_binary(first: bytes, tail: bytes = b"") -> tuple[bytes, tuple]:
+    """ "raw" with color as binary data: elements ``first`` and "red", then ``tail`` (framing
+    left to the caller) in place of the second when given."""
+    color = (len(first).to_bytes(4, "little") + first) + (tail or b"\x03\x00\x00\x00red")
+    inputs = [
+        {"name": "features", "datatype": "FP32", "shape": [2, 3], "data": [0.5] * 6},
+        {"name": "color", "datatype": "BYTES", "shape": [2, 1],
+         "parameters": {"binary_data_size": len(color)}},
+        {"name": "size", "datatype": "BYTES", "shape": [2, 1], "data": ["S", "M"]},
+    ]  # fmt: skip
+    header = json.dumps({"inputs": inputs}).encode()
+    return header + color, (("Inference-Header-Content-Length", str(len(header))),)
+
+
 def _post(path: str, body: bytes, extra: str = "", length: int | None = None) -> bytes:
     size = len(body) if length is None else length
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {size}\r\n\r\n"
@@ -615,6 +745,20 @@ def http_cases() -> list[HttpCase]:
                  body=_tensor(shape=[65, 8], data=[0.5] * 520)),
         HttpCase("wrong datatype", 400, "datatype 'FP64', expected FP32",
                  body=_tensor(datatype="FP64")),
+        HttpCase("numbers as BYTES data", 400,
+                 "input 'color': 'data' must hold strings for BYTES, got a number at element 1",
+                 path="/v2/models/raw/infer", body=_raw_json(color=["red", 7])),
+        HttpCase("BYTES binary not UTF-8", 400,
+                 "model 'raw' input 'color': element 0 is not valid UTF-8",
+                 path="/v2/models/raw/infer", body=_raw_binary(b"\xc3\x28")[0],
+                 headers=_raw_binary(b"\xc3\x28")[1]),
+        HttpCase("BYTES binary length past the end", 400,
+                 "input 'color': element 1 declares 200 bytes, but only 0 remain",
+                 path="/v2/models/raw/infer",
+                 body=_raw_binary(b"ok", b"\xc8\x00\x00\x00")[0],
+                 headers=_raw_binary(b"ok", b"\xc8\x00\x00\x00")[1]),
+        HttpCase("string input missing", 400, "model 'raw': missing input 'size' (BYTES [-1, 1])",
+                 path="/v2/models/raw/infer", body=_raw_json(size=None)),
         HttpCase("FP16 as JSON", 400, "FP16 has no JSON form", path="/v2/models/half/infer",
                  body=_tensor(datatype="FP16")),
         HttpCase("unknown output", 400, "unknown output 'nope'",
