@@ -4,13 +4,20 @@ Reads a CSV (optional header) or .npy of feature rows, sends them in chunks of t
 max_batch_size (one row per request for a model without a batch axis), and gives class +
 probabilities for a classifier or values for a regressor. A CSV header picks the model's
 feature columns by name, so the training file itself works: its target column (any type) and
-other extra columns are ignored.
+other extra columns are ignored. A blank, "NA" or "nan" numeric cell is NaN (a missing value,
+which a model trained on raw rows imputes).
+
+A raw-row model (issue 12) also takes one BYTES input per categorical column, named after it:
+its rows must come from a CSV with a header; the numeric columns named by the config's
+``feature_names`` go into ``features`` and each categorical column into its own [N, 1] tensor
+of strings, as they are (blank: "").
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -24,7 +31,7 @@ from .proto import model_config_pb2
 from .repository import json_parameter
 from .security import TLSFiles
 
-__all__ = ["Predictions", "read_rows", "predict_file", "write_predictions"]
+__all__ = ["Predictions", "MISSING", "read_rows", "read_table", "predict_file", "write_predictions"]
 
 
 @dataclass(frozen=True)
@@ -50,27 +57,42 @@ class Predictions:
             writer.writerow(([self.classes[i]] if self.classes is not None else []) + cells)
 
 
-def _cell(text: str, path: Path, column: str, row: int) -> float:
+MISSING = frozenset({"", "na", "nan"})  # numeric cells read as NaN (after strip, lower case)
+
+
+def _cell(text: str, path: Path, column: str, row: int, line: int) -> float:
     try:
         return float(text)
     except ValueError:
-        shown = repr(text[:32]) if text.strip() else "empty"
+        if text.strip().lower() in MISSING:
+            return float("nan")
         raise InvalidInputError(
-            f"{path}: row {row}, column {column}: {shown} is not a number"
+            f"{path}: column {column!r}, row {row} (line {line}): {text[:32]!r} is not a number"
         ) from None
+
+
+def _lines(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of every non-empty CSV record."""
+    with path.open(newline="") as f:
+        lines = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if row]
+    if not lines:
+        raise InvalidInputError(f"{path}: no rows")
+    return lines
+
+
+def _is_header(cells: list[str]) -> bool:
+    """A first row with a cell that is neither a number nor a missing value names columns."""
+    return not all(_is_number(c) or c.strip().lower() in MISSING for c in cells)
 
 
 def _read_csv(path: Path, names: list[str] | None, width: int) -> np.ndarray:
     """Rows of a CSV; a header (a first row that is not all numbers) selects ``names``.
     ``width``: the model's feature count (0: unknown)."""
-    with path.open(newline="") as f:
-        lines = [(i, row) for i, row in enumerate(csv.reader(f), start=1) if row]
-    if not lines:
-        raise InvalidInputError(f"{path}: no rows")
+    lines = _lines(path)
     columns = list(range(len(lines[0][1])))
     labels = [f"{c + 1}" for c in columns]
     first = lines[0][1]
-    if not all(_is_number(cell) for cell in first):  # a header
+    if _is_header(first):
         header = [cell.strip() for cell in first]
         lines = lines[1:]
         wanted = names or header
@@ -82,12 +104,68 @@ def _read_csv(path: Path, names: list[str] | None, width: int) -> np.ndarray:
         columns, labels = [header.index(n) for n in wanted], wanted
     elif width and len(first) != width:
         raise _width_error(path, len(first), width, names)
+    return _numbers(path, lines, columns, labels)
+
+
+def _short_line(path: Path, number: int, row: list[str]) -> InvalidInputError:
+    return InvalidInputError(f"{path}: line {number} has {len(row)} cells, not enough")
+
+
+def _numbers(path: Path, lines, columns: list[int], labels: list[str]) -> np.ndarray:
+    """[N, len(columns)] float32 of the data ``lines`` ((line number, cells)); rows are
+    numbered from 1 in messages, with their line in the file."""
     rows = np.empty((len(lines), len(columns)), np.float32)
     for r, (number, row) in enumerate(lines):
-        if len(row) <= max(columns):
-            raise InvalidInputError(f"{path}: row {number} has {len(row)} cells, not enough")
-        rows[r] = [_cell(row[c], path, labels[k], number) for k, c in enumerate(columns)]
+        if len(row) <= max(columns, default=-1):
+            raise _short_line(path, number, row)
+        rows[r] = [_cell(row[c], path, labels[k], r + 1, number) for k, c in enumerate(columns)]
     return rows
+
+
+def _strings(path: Path, lines, column: int) -> np.ndarray:
+    """[N, 1] object array of the cells of ``column``, as they are ("" for a blank)."""
+    values = np.empty((len(lines), 1), dtype=object)
+    for r, (number, row) in enumerate(lines):
+        if len(row) <= column:
+            raise _short_line(path, number, row)
+        values[r, 0] = row[column]
+    return values
+
+
+def read_table(
+    path: Path, numeric: Sequence[str], categorical: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """A raw-row model's inputs from a CSV with a header: ``features`` [N, len(numeric)] float32
+    (blank, "NA", "nan": NaN; left out when ``numeric`` is empty) and one [N, 1] string array
+    per ``categorical`` column, named after it. Other columns are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file")
+    if path.suffix != ".csv":
+        raise InvalidInputError(
+            f"{path}: the model takes categorical columns ({', '.join(categorical)}): give a "
+            ".csv file with a header row naming its columns"
+        )
+    lines = _lines(path)
+    header = [cell.strip() for cell in lines[0][1]]
+    wanted = [*numeric, *categorical]
+    if not _is_header(lines[0][1]) or not set(wanted) & set(header):
+        raise InvalidInputError(
+            f"{path}: the first row is no header naming the model's columns "
+            f"({', '.join(wanted[:8])}{', ...' if len(wanted) > 8 else ''}); add one"
+        )
+    for name in wanted:
+        if name not in header:
+            raise InvalidInputError(f"{path}: no column {name!r}, which the model takes")
+    lines = lines[1:]
+    if not lines:
+        raise InvalidInputError(f"{path}: a header and no rows")
+    inputs = {}
+    if numeric:
+        inputs["features"] = _numbers(path, lines, [header.index(n) for n in numeric], numeric)
+    for name in categorical:
+        inputs[name] = _strings(path, lines, header.index(name))
+    return inputs
 
 
 def _is_number(text: str) -> bool:
@@ -142,6 +220,29 @@ def _predictions(config, outputs: dict[str, np.ndarray]) -> Predictions:
     return Predictions("regression", columns, values)
 
 
+def _table_inputs(model: str, config, path: Path) -> dict[str, np.ndarray]:
+    """{input name: array} of a model with string inputs (categorical columns), from a CSV."""
+    categorical = [t.name for t in config.input if t.data_type == model_config_pb2.TYPE_STRING]
+    numeric = [t for t in config.input if t.data_type != model_config_pb2.TYPE_STRING]
+    names = json_parameter(config, "feature_names") or []
+    if config.max_batch_size < 1 or len(numeric) > 1:
+        raise InvalidInputError(
+            f"model {model!r}: string inputs are read from a CSV for a model with a batch axis "
+            "and at most one numeric input (features); send this model's tensors yourself"
+        )
+    if numeric and len(names) != (numeric[0].dims or [0])[-1]:
+        raise InvalidInputError(
+            f"model {model!r}: its config's feature_names parameter names {len(names)} "
+            f"column(s) for input {numeric[0].name!r} of {list(numeric[0].dims)}; cannot tell "
+            "which CSV columns go into it"
+        )
+    table = read_table(path, names if numeric else [], categorical)
+    if numeric:
+        dtype = np.float16 if numeric[0].data_type == model_config_pb2.TYPE_FP16 else np.float32
+        table[numeric[0].name] = table.pop("features").astype(dtype, copy=False)
+    return table
+
+
 def predict_file(
     url: str,
     model: str,
@@ -158,6 +259,18 @@ def predict_file(
     connect = HttpInferenceClient if is_http_url(url) else InferenceClient
     with connect(url, timeout=timeout, tls=tls, auth_token=auth_token) as client:
         config = client.model_config(model)
+        wanted = ("probabilities",) if any(o.name == "probabilities" for o in config.output) else ()
+        if any(t.data_type == model_config_pb2.TYPE_STRING for t in config.input):
+            inputs = _table_inputs(model, config, input_path)
+            rows, chunk = len(next(iter(inputs.values()))), config.max_batch_size
+            parts = [
+                client.infer(
+                    model, {k: v[i : i + chunk] for k, v in inputs.items()}, outputs=wanted
+                )
+                for i in range(0, rows, chunk)
+            ]
+            outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            return _predictions(config, outputs)
         dims = list(config.input[0].dims) if config.input else []
         width = dims[-1] if dims and dims[-1] > 0 else 0
         rows = read_rows(input_path, json_parameter(config, "feature_names"), width)
@@ -166,7 +279,6 @@ def predict_file(
             if config.input and config.input[0].data_type == model_config_pb2.TYPE_FP16
             else np.float32
         )
-        wanted = ("probabilities",) if any(o.name == "probabilities" for o in config.output) else ()
         if config.max_batch_size:
             chunk = config.max_batch_size
             parts = [

@@ -309,3 +309,80 @@ def test_a_numeric_model_beside_it_is_unchanged(server):
             client.infer("raw", x)
         with pytest.raises(InferenceServerError, match="missing input 'color' \\(BYTES"):
             client.infer("raw", {"features": x[:, :3]})
+
+
+# -- `bnmodel infer` on a CSV of raw rows ------------------------------------------------------
+
+
+def _csv(path: Path, rows: dict[str, np.ndarray], blanks: bool = True) -> Path:
+    """The rows as a training-like CSV: columns shuffled, an extra id and a string target; NaN
+    written as blank, "NA" or "nan" in turn."""
+    spellings = ["", "NA", "nan"] if blanks else ["nan"]
+    header = ["id", "size", *RAW_NUMERIC[::-1], "target", "color"]
+    lines = [",".join(header)]
+    for i in range(len(rows["features"])):
+        numbers = rows["features"][i]
+        cells = [repr(float(v)) if v == v else spellings[i % len(spellings)] for v in numbers]
+        color = rows["color"][i, 0]
+        quoted = f'"{color}"' if "," in color else color
+        lines.append(",".join([str(i), rows["size"][i, 0], *cells[::-1], "yes", quoted]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("http", [False, True], ids=["grpc", "http"])
+def test_infer_reads_raw_rows_by_column_name(server, repository, tmp_path, http):
+    from bnmodel.serve.predict import predict_file
+
+    rows = _rows(150, 7)  # three requests of at most 64 rows
+    rows["color"][0, 0] = "red, or so"  # a quoted cell with a comma
+    assert np.isnan(rows["features"]).any() and (rows["size"] == "").any()
+    url = server.http_url if http else server.url
+    predictions = predict_file(url, "raw", _csv(tmp_path / "rows.csv", rows))
+    expected = _reference(repository, rows)["probabilities"]
+    np.testing.assert_allclose(predictions.values, expected, rtol=1e-6, atol=1e-6)
+    assert predictions.classes[3] in ("setosa", "versicolor", "virginica")
+
+
+def _infer(server, path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bnmodel", "infer", "--url", server.url, "--model", "raw"]
+        + ["--input", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_infer_names_the_file_column_and_row_at_fault(server, tmp_path):
+    good = _csv(tmp_path / "good.csv", _rows(3, 8), blanks=False)
+    text = good.read_text().splitlines()
+    no_color = tmp_path / "no_color.csv"
+    no_color.write_text("\n".join(t.rsplit(",", 1)[0] for t in text) + "\n")
+    assert _error(_infer(server, no_color)) == (
+        f"bnmodel infer: {no_color}: no column 'color', which the model takes"
+    )
+    word = tmp_path / "word.csv"
+    cells = text[2].split(",")
+    cells[2] = "lots"  # column score (the header is reversed), data row 2, line 3
+    word.write_text("\n".join([*text[:2], ",".join(cells), *text[3:]]) + "\n")
+    assert _error(_infer(server, word)) == (
+        f"bnmodel infer: {word}: column 'score', row 2 (line 3): 'lots' is not a number"
+    )
+    npy = tmp_path / "rows.npy"
+    np.save(npy, np.zeros((2, 3), np.float32))
+    assert "the model takes categorical columns (color, size): give a .csv" in _error(
+        _infer(server, npy)
+    )
+    headless = tmp_path / "headless.csv"
+    headless.write_text("1,2,3,red,S\n")
+    assert "the first row is no header naming the model's columns (age, income, score, " in (
+        _error(_infer(server, headless))
+    )

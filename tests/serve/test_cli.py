@@ -143,10 +143,15 @@ def test_infer_takes_the_training_file_and_names_a_bad_cell(server, tmp_path):
     result = _bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(train))
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 4
-    body[1] = body[1].replace(repr(float(rows[1, 2])), "", 1)  # row 3 of the file, column f2: blank
-    train.write_text(",".join(header) + "\n" + "\n".join(body) + "\n")
+    # Data row 2 (line 3 of the file), column f2: blank is a missing value (NaN), text is refused.
+    blank = body[1].replace(repr(float(rows[1, 2])), "", 1)
+    train.write_text("\n".join([",".join(header), body[0], blank, body[2]]) + "\n")
+    result = _bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(train))
+    assert result.returncode == 0 and "NaN or inf for 1 row(s) (rows 2)" in result.stderr
+    text = body[1].replace(repr(float(rows[1, 2])), "oops", 1)
+    train.write_text("\n".join([",".join(header), body[0], text, body[2]]) + "\n")
     bad = _one_line(_bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(train)))
-    assert bad == f"bnmodel infer: {train}: row 3, column f2: empty is not a number"
+    assert bad == f"bnmodel infer: {train}: column 'f2', row 2 (line 3): 'oops' is not a number"
 
 
 def test_infer_flags_nan_outputs_instead_of_a_class(server, tmp_path):
