@@ -4,9 +4,12 @@ Run as its own process so the client's CPU is measured apart from the server's:
     python loadgen.py --url 127.0.0.1:PORT --batch 64 --concurrency 16 --duration 10 --warmup 2
     python loadgen.py --inproc model.onnx --batch 1 --concurrency 1 --duration 10
     python loadgen.py --http http://127.0.0.1:PORT --body json|binary --batch 64 --concurrency 16
+    python loadgen.py --url 127.0.0.1:PORT --model raw --inputs request.npz --concurrency 16
 Prints one JSON object (see `Point`). `concurrency` coroutines (threads for --inproc) each send
 a request, wait for its answer, decode it to numpy and send the next. Throughput counts the answers
 that arrive inside the measured window, which starts after the warm-up; latencies are theirs.
+``--inputs``: the request's tensors by name (numpy str arrays are sent as BYTES; the batch is
+their row count) instead of random [batch, 64] features; gRPC and in-process only.
 """
 
 from __future__ import annotations
@@ -98,11 +101,18 @@ def decode(response) -> np.ndarray:
     return flat.reshape(tuple(out.shape))
 
 
-def reference(model_path: str, x: np.ndarray) -> np.ndarray:
+def reference(model_path: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT], {INPUT: x})[0]
+    return session.run([OUTPUT], inputs)[0]
+
+
+def load_inputs(path: str) -> dict[str, np.ndarray]:
+    """{input name: array} from an npz; numpy str arrays become object arrays (BYTES)."""
+    with np.load(path) as arrays:
+        return {k: arrays[k].astype(object) if arrays[k].dtype.kind == "U" else arrays[k]
+                for k in arrays.files}  # fmt: skip
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -160,8 +170,9 @@ def _channel_options() -> list[tuple[str, int]]:
     ]
 
 
-async def run_remote(args: argparse.Namespace, x: np.ndarray) -> Recorder:
+async def run_remote(args: argparse.Namespace, x: dict[str, np.ndarray]) -> Recorder:
     import tritonclient.grpc.aio as tc
+    from tritonclient.utils import np_to_triton_dtype
 
     # One client = one channel = one TCP connection (own subchannel pool, or gRPC would share
     # one connection between them); SO_REUSEPORT workers are balanced per connection.
@@ -172,11 +183,14 @@ async def run_remote(args: argparse.Namespace, x: np.ndarray) -> Recorder:
         for _ in range(args.connections)
     ]
     client = clients[0]
-    inp = tc.InferInput(INPUT, list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
+    inp = []
+    for name, array in x.items():
+        inp.append(tc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
+        inp[-1].set_data_from_numpy(array)
     outputs = [tc.InferRequestedOutput(OUTPUT)]
+    model = args.model
     try:
-        first = decode((await client.infer(MODEL, [inp], outputs=outputs)).get_response())
+        first = decode((await client.infer(model, inp, outputs=outputs)).get_response())
         if args.verify and not np.allclose(first, reference(args.verify, x), atol=1e-5):
             raise SystemExit(f"{args.url}: answer differs from ONNX Runtime's: {first[:1]}")
         t = time.perf_counter() + args.warmup
@@ -186,7 +200,7 @@ async def run_remote(args: argparse.Namespace, x: np.ndarray) -> Recorder:
             while (t0 := time.perf_counter()) < rec.end:
                 try:
                     result = await client.infer(
-                        MODEL, [inp], outputs=outputs, client_timeout=args.timeout
+                        model, inp, outputs=outputs, client_timeout=args.timeout
                     )
                     decode(result.get_response())
                     rec.ok(t0, time.perf_counter())
@@ -236,11 +250,12 @@ def http_decode(body: bytes, header_length: str | None) -> np.ndarray:
     return np.asarray(out["data"], np.float32).reshape(out["shape"])
 
 
-async def run_http(args: argparse.Namespace, x: np.ndarray) -> Recorder:
+async def run_http(args: argparse.Namespace, inputs: dict[str, np.ndarray]) -> Recorder:
     """Closed loop over aiohttp: ``concurrency`` coroutines sharing one keep-alive pool, so each
     holds one connection (HTTP/1.1 has one request in flight per connection)."""
     import aiohttp
 
+    x = inputs[INPUT]
     url = f"{args.http}/v2/models/{MODEL}/infer"
     body, headers = http_request(x, args.body == "binary")
     connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
@@ -255,7 +270,7 @@ async def run_http(args: argparse.Namespace, x: np.ndarray) -> Recorder:
                 return http_decode(data, response.headers.get("inference-header-content-length"))
 
         first = await call()
-        if args.verify and not np.allclose(first, reference(args.verify, x), atol=1e-5):
+        if args.verify and not np.allclose(first, reference(args.verify, inputs), atol=1e-5):
             raise SystemExit(f"{args.http}: answer differs from ONNX Runtime's: {first[:1]}")
         t = time.perf_counter() + args.warmup
         rec = Recorder(t, t + args.duration)
@@ -275,21 +290,21 @@ async def run_http(args: argparse.Namespace, x: np.ndarray) -> Recorder:
         return rec
 
 
-def run_inproc(args: argparse.Namespace, x: np.ndarray) -> Recorder:
+def run_inproc(args: argparse.Namespace, x: dict[str, np.ndarray]) -> Recorder:
     """`concurrency` threads sharing one single-threaded session (ORT releases the GIL in run)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     session = ort.InferenceSession(args.inproc, opts, providers=["CPUExecutionProvider"])
-    session.run([OUTPUT], {INPUT: x})
+    session.run([OUTPUT], x)
     t = time.perf_counter() + args.warmup
     rec = Recorder(t, t + args.duration)
     lock = threading.Lock()
 
     def worker() -> None:
         while (t0 := time.perf_counter()) < rec.end:
-            session.run([OUTPUT], {INPUT: x})
+            session.run([OUTPUT], x)
             with lock:
                 rec.ok(t0, time.perf_counter())
 
@@ -323,8 +338,17 @@ def main() -> None:
     )
     parser.add_argument("--server-pgid", type=int, help="process group whose CPU to report")
     parser.add_argument("--verify", metavar="MODEL.onnx", help="check the first answer against ORT")
+    parser.add_argument("--model", default=MODEL, help="model name on the server (gRPC)")
+    parser.add_argument("--inputs", metavar="FILE.npz", help="the request's tensors by name")
     args = parser.parse_args()
-    x = np.random.default_rng(0).standard_normal((args.batch, IN_FEATURES)).astype(np.float32)
+    if args.inputs and args.http:
+        parser.error("--inputs: gRPC (--url) and --inproc only")
+    if args.inputs:
+        x = load_inputs(args.inputs)
+        args.batch = len(next(iter(x.values())))
+    else:
+        rows = np.random.default_rng(0).standard_normal((args.batch, IN_FEATURES))
+        x = {INPUT: rows.astype(np.float32)}
     if args.inproc:
         rec = run_inproc(args, x)
     else:

@@ -321,6 +321,7 @@ def raw_config_text(
     max_batch_size: int = 64,
     classes: int = CLASSES,
     extra: str = "",
+    queue_delay_us: int = 100,
 ) -> str:
     """config.pbtxt of :func:`raw_model` as the contract has `bnmodel export --repository`
     write it: ``features`` TYPE_FP32 [F] first, then one TYPE_STRING [1] per categorical."""
@@ -344,7 +345,7 @@ def raw_config_text(
         "output ["
         + ", ".join(f'{{ name: "{o}" data_type: TYPE_FP32 dims: [ {w} ] }}' for o, w in outputs)
         + "]",
-        "dynamic_batching { max_queue_delay_microseconds: 100 }",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
         "version_policy: { latest: { num_versions: 1 } }",
         f'parameters {{ key: "task" value {{ string_value: "{task}" }} }}',
         _string_parameter("feature_names", json.dumps(numeric)),
