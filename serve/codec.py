@@ -167,43 +167,61 @@ def _utf8_error(index: int, exc: UnicodeDecodeError) -> InvalidInputError:
     )
 
 
-def _decode_strings(raw: bytes | memoryview, count: int) -> np.ndarray:
-    """BYTES raw contents (per element: 4-byte little-endian length, then the bytes) -> object
-    array of ``count`` str, checking the framing and that every element is UTF-8."""
-    data = raw if isinstance(raw, bytes) else bytes(raw)
+def _framing_error(data: bytes, count: int) -> InvalidInputError:
+    """What is wrong with the framing of BYTES raw contents that did not parse (walked again,
+    element by element, only on this error path)."""
     size, offset = len(data), 0
-    # All ASCII (the usual case: short strings, their lengths' bytes below 0x80 too): one decode
-    # of the whole buffer, whose character offsets are then its byte offsets (measured: 33 us
-    # instead of 55 us for 3 x 64 short strings).
-    text = data.decode("ascii") if data.isascii() else None
-    values: list[str] = []
-    append, unpack = values.append, _LENGTH.unpack_from
     for i in range(count):
         if offset + 4 > size:
-            raise InvalidInputError(
+            return InvalidInputError(
                 f"raw contents end ({size} bytes) inside the 4-byte length of element {i}; "
                 f"expected {count} elements (BYTES: each a 4-byte little-endian length, then "
                 "the bytes)"
             )
-        (length,) = unpack(data, offset)
+        (length,) = _LENGTH.unpack_from(data, offset)
         start, offset = offset + 4, offset + 4 + length
         if offset > size:
-            raise InvalidInputError(
+            return InvalidInputError(
                 f"element {i} declares {length} bytes, but only {size - start} remain of the "
                 f"{size}-byte raw contents"
             )
+    return InvalidInputError(
+        f"raw contents hold {size} bytes, {size - offset} more than the {count} BYTES "
+        "element(s) of the shape"
+    )
+
+
+def _decode_strings(raw: bytes | memoryview, count: int) -> np.ndarray:
+    """BYTES raw contents (per element: 4-byte little-endian length, then the bytes) -> object
+    array of ``count`` str, checking the framing and that every element is UTF-8."""
+    data = raw if isinstance(raw, bytes) else bytes(raw)
+    # All ASCII (the usual case: short strings, their lengths' bytes below 0x80 too): one decode
+    # of the whole buffer, whose character offsets are then its byte offsets, and no bounds
+    # checks in the loop (a bad frame fails struct or the final offset; _framing_error says
+    # which). 3 x 64 short strings: 28 us, where decoding each element took 55 us.
+    text = data.decode("ascii") if data.isascii() else None
+    values: list[str] = []
+    append, unpack = values.append, _LENGTH.unpack_from
+    offset = 0
+    try:
         if text is not None:
-            append(text[start:offset])
-            continue
-        try:
-            append(str(data[start:offset], "utf-8"))
-        except UnicodeDecodeError as exc:
-            raise _utf8_error(i, exc) from None
-    if offset != size:
-        raise InvalidInputError(
-            f"raw contents hold {size} bytes, {size - offset} more than the {count} BYTES "
-            "element(s) of the shape"
-        )
+            for _ in range(count):
+                start = offset + 4
+                offset = start + unpack(data, offset)[0]
+                append(text[start:offset])
+        else:
+            for _ in range(count):
+                start = offset + 4
+                offset = start + unpack(data, offset)[0]
+                append(str(data[start:offset], "utf-8"))
+    except struct.error:
+        raise _framing_error(data, count) from None
+    except UnicodeDecodeError as exc:
+        if offset > len(data):  # cut short by the end of the data, not a bad string
+            raise _framing_error(data, count) from None
+        raise _utf8_error(len(values), exc) from None
+    if offset != len(data):
+        raise _framing_error(data, count)
     out = np.empty(count, dtype=object)
     out[:] = values
     return out

@@ -91,6 +91,16 @@ def test_raw_and_typed_bytes_round_trip_every_string():
 
 
 @pytest.mark.parametrize(
+    "words",
+    [["a", "", "bc" * 100], ["a", "", "c" * 200], ["\u00e9", "", "x"]],
+    ids=["ascii", "ascii-long-length", "utf8"],
+)
+def test_ascii_and_utf8_buffers_decode_alike(words):
+    array = np.array(words, dtype=object)
+    assert decode_raw(encode_raw(array)[1], "BYTES", (3,)).tolist() == words
+
+
+@pytest.mark.parametrize(
     ("raw", "shape", "message"),
     [
         (
@@ -101,6 +111,7 @@ def test_raw_and_typed_bytes_round_trip_every_string():
         (b"\x05\x00\x00\x00abc", (1, 1), "element 0 declares 5 bytes, but only 3 remain"),
         (b"\x01\x00\x00\x00ab", (1, 1), "raw contents hold 6 bytes, 1 more than the 1 BYTES"),
         (b"\x01\x00\x00\x00a\x02\x00\x00\x00\xc3\x28", (2, 1), "element 1 is not valid UTF-8"),
+        (b"\x05\x00\x00\x00\xc3\xa9", (1,), "element 0 declares 5 bytes, but only 2 remain"),
     ],
 )
 def test_malformed_raw_bytes_say_what_is_wrong(raw, shape, message):
