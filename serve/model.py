@@ -44,6 +44,9 @@ __all__ = [
 log = logging.getLogger("bnmodel.serve")
 
 _FRAMING_ALLOWANCE = 64 * 1024  # names, shapes, protobuf tags around the tensor bytes
+# A BYTES element has no fixed size: message limits budget a string of up to 256 bytes and its
+# 4-byte length (a categorical value; longer ones fit while the whole message does).
+_BYTES_ELEMENT = 4 + 256
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,14 @@ def message_bytes(signature: ModelSignature) -> int:
     room for the protobuf framing around the tensors."""
     rows = max(signature.max_batch_size, 1)
     need = max(
-        rows * sum(s.datatype.dtype.itemsize * math.prod(max(d, 1) for d in s.dims) for s in group)
+        rows * sum(_element_bytes(s.datatype) * math.prod(max(d, 1) for d in s.dims) for s in group)
         for group in (signature.inputs, signature.outputs)
     )
     return int(need * 1.25) + _FRAMING_ALLOWANCE
+
+
+def _element_bytes(datatype: Datatype) -> int:
+    return _BYTES_ELEMENT if datatype is BYTES else datatype.dtype.itemsize
 
 
 def _dims_match(declared: list[int], actual: tuple[int | None, ...]) -> bool:
