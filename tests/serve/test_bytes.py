@@ -33,8 +33,10 @@ from bnmodel.serve.codec import (
 )
 from bnmodel.serve.errors import InvalidInputError
 from bnmodel.serve.http_client import HttpInferenceClient
+from bnmodel.serve.predict import predict_file
 from bnmodel.serve.proto import grpc_service_pb2 as pb
 from bnmodel.serve.statistics import VersionStats
+from conftest import run_server
 from models import RAW_NUMERIC, RAW_VOCABULARIES, raw_model, raw_reference
 
 HERE = Path(__file__).parent
@@ -343,8 +345,6 @@ def _csv(path: Path, rows: dict[str, np.ndarray], blanks: bool = True) -> Path:
 
 @pytest.mark.parametrize("http", [False, True], ids=["grpc", "http"])
 def test_infer_reads_raw_rows_by_column_name(server, repository, tmp_path, http):
-    from bnmodel.serve.predict import predict_file
-
     rows = _rows(150, 7)  # three requests of at most 64 rows
     rows["color"][0, 0] = "red, or so"  # a quoted cell with a comma
     assert np.isnan(rows["features"]).any() and (rows["size"] == "").any()
@@ -397,3 +397,21 @@ def test_infer_names_the_file_column_and_row_at_fault(server, tmp_path):
     assert "the first row is no header naming the model's columns (age, income, score, " in (
         _error(_infer(server, headless))
     )
+
+
+def test_a_raw_row_onnx_file_serves_without_a_config(repository, tmp_path):
+    rows = _rows(5, 9)
+    path = repository / "raw" / "1" / "model.onnx"
+    with run_server("--model", str(path), "--model-name", "solo") as server:
+        with InferenceClient(server.url) as client:
+            config = client.model_config("solo")
+            got = client.infer("solo", rows)
+        predictions = predict_file(server.url, "solo", _csv(tmp_path / "rows.csv", rows))
+    assert [(t.name, t.data_type) for t in config.input] == [
+        ("features", 11),
+        ("color", 13),
+        ("size", 13),
+    ]
+    assert json.loads(config.parameters["categorical_columns"].string_value) == ["color", "size"]
+    _same(got, _reference(repository, rows))
+    np.testing.assert_allclose(predictions.values, got["probabilities"], rtol=1e-6)
