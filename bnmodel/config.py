@@ -26,6 +26,9 @@ class ModelConfig:
     bn_momentum: float | None = 0.1
     # Keep the training set's feature mean/std as buffers: the exported model takes raw features.
     standardize_input: bool = False
+    # Regression: the last layer emits standardized targets and a TargetScale maps them back to
+    # target units (y = z * std + mean, training rows' statistics); export folds it away.
+    standardize_target: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))

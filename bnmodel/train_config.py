@@ -14,9 +14,17 @@ from typing import Any
 
 from bnmodel.config import ACTIVATIONS, BN_PLACEMENTS, ModelConfig
 
-__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig"]
+__all__ = ["MONITORS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig"]
 
 OPTIMIZERS = ("adamw", "sgd")
+# What best.pt and early stopping can follow: name -> (task or None for any, higher is better).
+MONITORS = {
+    "val_loss": (None, False),
+    "val_accuracy": ("classification", True),
+    "val_rmse": ("regression", False),
+    "val_mae": ("regression", False),
+    "val_r2": ("regression", True),
+}
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -28,6 +36,9 @@ class TrainConfig:
     target: str | None = None
     task: str | None = None  # None: inferred from the target column
     val_fraction: float = 0.2
+    # Held-out test rows, evaluated once with best.pt at the end: a file, or a fraction of --data.
+    test: str | None = None
+    test_fraction: float = 0.0
     # Model (see ModelConfig).
     hidden_sizes: tuple[int, ...] = (256, 256)
     activation: str = "relu"
@@ -36,6 +47,7 @@ class TrainConfig:
     bn_eps: float = 1e-5
     bn_momentum: float | None = 0.1
     standardize_input: bool = True
+    standardize_target: bool = True  # regression only
     # Optimization.
     epochs: int = 20
     batch_size: int = 64
@@ -46,7 +58,8 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup: float = 0.0  # fraction of steps with linear warmup (constant/cosine)
     grad_clip: float | None = None  # max global L2 norm of the gradients
-    patience: int | None = None  # early stopping: epochs without improvement of the val metric
+    monitor: str = "val_loss"  # what best.pt and early stopping follow (ties: lower val loss)
+    patience: int | None = None  # early stopping: epochs without improvement of the monitor
     drop_last: bool = False  # a 1-row tail batch is always dropped (BN needs >= 2 rows)
     # Execution.
     seed: int = 0
@@ -57,6 +70,7 @@ class TrainConfig:
     sync_bn: bool = False
     out_dir: Path = Path("runs/train")
     resume: Path | None = None
+    overwrite: bool = False  # replace an earlier run in out_dir
     recompute_bn_stats: bool = False
 
     def __post_init__(self) -> None:
@@ -67,7 +81,9 @@ class TrainConfig:
         for problem in _config_problems(self):
             raise ValueError(problem)
 
-    def model_config(self, in_features: int, out_features: int) -> ModelConfig:
+    def model_config(
+        self, in_features: int, out_features: int, task: str = "classification"
+    ) -> ModelConfig:
         return ModelConfig(
             in_features=in_features,
             hidden_sizes=self.hidden_sizes,
@@ -78,6 +94,7 @@ class TrainConfig:
             bn_eps=self.bn_eps,
             bn_momentum=self.bn_momentum,
             standardize_input=self.standardize_input,
+            standardize_target=self.standardize_target and task == "regression",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +111,19 @@ def _config_problems(c: TrainConfig) -> Iterator[str]:
     """Each message names the command-line flag, what it must be and what it got."""
     checks: list[tuple[bool, str, str, Any]] = [
         (0 < c.val_fraction < 1, "--val-fraction", "in (0, 1)", c.val_fraction),
+        (
+            0 <= c.test_fraction < 1 and c.val_fraction + c.test_fraction < 1,
+            "--test-fraction",
+            "in [0, 1) with --val-fraction + --test-fraction < 1",
+            c.test_fraction,
+        ),
+        (
+            c.test is None or c.test_fraction == 0,
+            "--test",
+            "not combined with --test-fraction",
+            c.test,
+        ),
+        (c.monitor in MONITORS, "--monitor", f"one of {tuple(MONITORS)}", c.monitor),
         (
             c.task in (None, "classification", "regression"),
             "--task",

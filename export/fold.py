@@ -7,7 +7,9 @@ An eval-mode BatchNorm is a per-feature affine map ``y = s * x + t`` with
 (``affine=False`` means gamma = 1, beta = 0). Such a map folds into the layer before it
 (``Linear -> BN``: scale the weight's output rows) or after it (``BN -> Linear``: scale the
 weight's input columns), and so does the model's input standardization ``(x - mean) / std``,
-which is the affine map ``s = 1/std, t = -mean/std``.
+which is the affine map ``s = 1/std, t = -mean/std``. A regressor's target de-standardization
+``y = z * std + mean`` (TargetScale, after the last Linear) folds into that Linear the same way,
+so the graph emits target units with no node of its own.
 
 Every formula computes in float64 and casts back to the parameter dtype: a running variance of
 1e-8 gives s ~ 1e4, and float32 products of such factors would lose digits the model needs.
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bnmodel.model import Standardize
+from bnmodel.model import Standardize, TargetScale
 
 __all__ = [
     "MAX_FOLDED_INPUT_SHIFT",
@@ -35,6 +37,7 @@ __all__ = [
     "fold_conv_bn",
     "fold_linear_bn",
     "fold_model",
+    "fold_linear_target_scale",
     "fold_standardize_linear",
     "fuse_conv_bn",
     "fuse_linear_bn",
@@ -145,6 +148,16 @@ def fold_standardize_linear(
     return fold_affine_linear(scale, -mean.double() * scale, weight, bias)
 
 
+def fold_linear_target_scale(
+    weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear (W (T, in), b (T,)) then ``z * std + mean`` per target.
+
+    W' = std[:, None] * W,  b' = std * b + mean.
+    """
+    return _fold_affine_after(weight, bias, std.double(), mean.double())
+
+
 # --- module level: preconditions, never mutating the input ---------------------------------------
 
 
@@ -161,7 +174,8 @@ class Center(nn.Module):
 
 @dataclass(frozen=True)
 class FoldStep:
-    kind: str  # "linear<-bn", "conv<-bn", "bn->linear", "standardize->linear"
+    # "linear<-bn", "conv<-bn", "bn->linear", "standardize->linear", "linear<-target_scale"
+    kind: str
     sources: tuple[str, ...]  # folded-away module names, e.g. ("net.1",)
     target: str  # the Linear/Conv that absorbed them
 
@@ -219,6 +233,8 @@ def _affine_of(name: str, module: nn.Module) -> Affine | None:
     if isinstance(module, Standardize):
         scale = 1.0 / module.std.double()
         return scale, -module.mean.double() * scale
+    if isinstance(module, TargetScale):
+        return module.std.double(), module.mean.double()
     return None
 
 
@@ -257,13 +273,15 @@ def fuse_conv_bn(conv: nn.Conv1d | nn.Conv2d, bn: nn.Module, name: str = "bn") -
 
 
 def _kind(module: nn.Module) -> str:
+    if isinstance(module, TargetScale):
+        return "target_scale"
     return "standardize" if isinstance(module, Standardize) else "bn"
 
 
 def _absorbs_after(previous: nn.Module, module: nn.Module) -> bool:
     """Can ``previous`` take ``module`` (an affine map right after it) into its weight?"""
     if isinstance(previous, nn.Linear):
-        return isinstance(module, (nn.BatchNorm1d, Standardize))
+        return isinstance(module, (nn.BatchNorm1d, Standardize, TargetScale))
     return isinstance(previous, _CONV) and isinstance(module, _BN)
 
 
