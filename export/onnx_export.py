@@ -182,6 +182,8 @@ def _output_width(layers: Sequence[tuple[str, nn.Module]]) -> int:
     for name, module in reversed(layers):
         if isinstance(module, nn.Linear):
             return module.out_features
+        if isinstance(module, TargetScale):
+            return module.mean.numel()
         if not isinstance(module, (nn.ReLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity)):
             raise ExportError(
                 f"cannot tell the output width: last sized layer is {name} "
