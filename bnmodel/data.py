@@ -45,6 +45,7 @@ class Dataset:
     task: Task
     source: str
     task_reason: str = ""  # why this task: inferred from the target (the rule) or given
+    target: str | None = None  # the target column (or NPZ array) the labels came from
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -196,7 +197,7 @@ def _load_table(
         frame[target].to_numpy(), path, target, task, classes
     )
     return Dataset(
-        features.astype(np.float32), targets, feature_names, labels, task, str(path), why
+        features.astype(np.float32), targets, feature_names, labels, task, str(path), why, target
     )
 
 
@@ -408,7 +409,7 @@ def _load_npz(
     targets, labels, task, why = _npz_targets(
         y, arrays.get("class_labels"), path, y_key, task, classes
     )
-    return Dataset(features, targets, names, labels, task, str(path), why)
+    return Dataset(features, targets, names, labels, task, str(path), why, y_key)
 
 
 def _check_npz_features(x: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -585,7 +586,7 @@ def summarize(
         "sha256": _sha256(path) if path.is_file() else None,
         "rows": len(full),
         "features": list(full.feature_names),
-        "target": target,
+        "target": full.target or target,
         "task": full.task,
         "task_reason": full.task_reason or "built-in data set",
         "splits": {name: len(ds) for name, ds in parts.items() if ds is not None},

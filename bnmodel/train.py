@@ -280,7 +280,7 @@ def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _R
         "feature_names": train_set.feature_names,
         "class_labels": train_set.class_labels,
         "task": train_set.task,
-        "target_name": config.target,
+        "target_name": train_set.target or config.target,
         "data_spec": spec,
     }
     return _Run(
