@@ -32,7 +32,8 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = TrainConfig(
         data=str(root / "iris.csv"),
         hidden_sizes=(16,),
-        epochs=25,
+        epochs=20,
+        batch_size=16,
         device="cpu",
         out_dir=root / "run",
     )
