@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -411,6 +413,47 @@ def _table(model: LocalModel, out: np.ndarray) -> Any:
     return pa.Table.from_arrays(arrays, names=names)
 
 
+def _prefetched(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Read and parse the next chunks in a thread while this one runs (pyarrow and ONNX Runtime
+    both release the GIL); at most ``depth`` chunks wait, so memory stays bounded. An error in
+    the reader is raised here, in order."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        """Wait for room, unless the consumer has gone (then drop it and say so)."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(("chunk", chunk)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="bnmodel-predict-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 @dataclass(frozen=True)
 class PredictSummary:
     rows: int
@@ -442,7 +485,7 @@ def predict_file(
     writer, rows, columns = _Writer(tmp, output_path.suffix.lower()), 0, []
     start = time.perf_counter()
     try:
-        for x, _ in iter_chunks(input_path, model.feature_names, chunk_rows):
+        for x, _ in _prefetched(iter_chunks(input_path, model.feature_names, chunk_rows)):
             table = _table(model, model.run(x))
             writer.write(table)
             rows, columns = rows + len(x), table.column_names
