@@ -38,13 +38,23 @@ SAFE_ON_RESUME = frozenset(
 )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults appended to every flag's help, except on-by-default switches (--no-X), whose
+    help says the default in words: "(default: True)" after --no-standardize reads backwards."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse._StoreFalseAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="train a batch-normalized MLP (digits by default)",
         description="Train a BNMLP and write best.pt, last.pt, metrics.csv and metrics.png to "
         "--out. Runs under torchrun for DistributedDataParallel.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_data_flags(train)
     _add_model_flags(train)
@@ -58,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="reproduce the BN paper's claim on digits: MLP with vs without batch norm",
         description="Train 3x100 sigmoid MLPs (batch 60) with and without BN over several "
         "seeds; write compare_bn.png and compare_bn.csv and print the table.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     compare.add_argument("--out", type=Path, default=Path("runs/compare-bn"), help="run folder")
     compare.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run each")
