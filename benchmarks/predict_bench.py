@@ -26,6 +26,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from bnmodel.export.api import export_checkpoint
 
+from bnmodel.config import ModelConfig
 from bnmodel.predict import load_model, predict_file
 from bnmodel.train import TrainConfig, train
 
@@ -33,7 +34,7 @@ from bnmodel.train import TrainConfig, train
 def make_model(workdir: Path, features: int, classes: int) -> Path:
     config = TrainConfig(
         data=f"synthetic:2000,{features},{classes}",
-        hidden_sizes=(256, 256),
+        model=ModelConfig(hidden_sizes=(256, 256)),
         epochs=1,
         device="cpu",
         out_dir=workdir / "run",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnmodel.config import ModelConfig
 from bnmodel.train_config import TrainConfig
 
 __all__ = ["VARIANTS", "CompareReport", "compare_bn", "format_table", "steps_to"]
@@ -41,9 +42,9 @@ def paper_config(
     overwrite: bool = False,
 ) -> TrainConfig:
     return TrainConfig(
-        hidden_sizes=(100, 100, 100),
-        activation="sigmoid",
-        bn_placement=bn_placement,
+        model=ModelConfig(
+            hidden_sizes=(100, 100, 100), activation="sigmoid", bn_placement=bn_placement
+        ),
         batch_size=60,
         optimizer="sgd",
         momentum=0.0,

@@ -78,6 +78,11 @@ def make_activation(name: str) -> nn.Module:
 class BNMLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.in_features < 1 or config.out_features < 1:
+            raise ValueError(
+                f"in_features and out_features must be >= 1 to build a model, got "
+                f"{config.in_features} and {config.out_features}"
+            )
         self.config = config
         layers: list[nn.Module] = []
         if config.standardize_input:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,9 @@ from bnmodel.train_config import MONITORS, OPTIMIZERS, PRECISIONS, SCHEDULES, Tr
 
 __all__ = ["register"]
 
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
+# One place per default: the model's in ModelConfig, the rest in TrainConfig.
+_DEFAULTS: dict[str, Any] = TrainConfig().to_flags()
+_FLAG_NAMES = frozenset(_DEFAULTS)
 EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
 # Flags that may differ from the checkpoint's on --resume: where and how long to run, not what
 # is trained or how (those would make the resumed run a different experiment).
@@ -307,10 +308,10 @@ def _track_explicit(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the flags, or with --resume the checkpoint's flags with the explicitly
     given safe ones on top. An unsafe change is an error naming the flag and both values."""
-    names = {f.name for f in fields(TrainConfig)}
+    names = _FLAG_NAMES
     given = {k: v for k, v in vars(args).items() if k in names}
     if args.resume is None:
-        return TrainConfig(**given)
+        return TrainConfig.from_flags(given)
     from bnmodel.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.resume)
@@ -319,7 +320,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
             f"--resume {args.resume}: this checkpoint has no training state (best.pt is "
             "for export); resume from last.pt in the same output directory"
         )
-    saved = {k: v for k, v in ckpt.training_state["train_config"].items() if k in names}
+    saved = TrainConfig.from_flags(ckpt.training_state["train_config"]).to_flags()
     explicit = getattr(args, "explicit", set()) & names
     for name in sorted(explicit - SAFE_ON_RESUME):
         new, old = given[name], saved.get(name)
@@ -332,7 +333,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     merged = {**saved, **{k: given[k] for k in explicit}, "resume": args.resume}
     if "out_dir" not in explicit:
         merged["out_dir"] = args.resume.parent
-    return TrainConfig(**merged)
+    return TrainConfig.from_flags(merged)
 
 
 def _train(args: argparse.Namespace) -> int:

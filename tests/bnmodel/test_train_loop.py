@@ -119,7 +119,7 @@ def test_sync_bn_is_refused_off_cuda(tiny_config: TrainConfig) -> None:
 )
 def test_config_errors_name_the_flag(change: dict, flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
-        TrainConfig(**change)
+        TrainConfig.from_flags(change)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from conftest import with_
 
 from bnmodel.checkpoint import load_checkpoint
 from bnmodel.cli import main
+from bnmodel.config import ModelConfig
 from bnmodel.data import DataError, validation_split
 from bnmodel.train import TrainConfig, train
 from bnmodel.train_cli import _report
@@ -34,7 +35,7 @@ def _config(table: Path, tmp_path: Path, **changes: object) -> TrainConfig:
     base = TrainConfig(
         data=str(table),
         target="kind",
-        hidden_sizes=(8,),
+        model=ModelConfig(hidden_sizes=(8,)),
         epochs=3,
         batch_size=16,
         device="cpu",

@@ -14,6 +14,7 @@ import pytest
 from bnmodel.export.api import export_checkpoint
 
 from bnmodel.cli import main
+from bnmodel.config import ModelConfig
 from bnmodel.predict import PredictError, load_model, predict_file
 from bnmodel.train import TrainConfig, train
 
@@ -31,7 +32,7 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     frame.to_csv(root / "iris.csv", index=False)
     config = TrainConfig(
         data=str(root / "iris.csv"),
-        hidden_sizes=(16,),
+        model=ModelConfig(hidden_sizes=(16,)),
         epochs=20,
         batch_size=16,
         device="cpu",
@@ -177,7 +178,7 @@ def test_evaluate_regressor(tmp_path: Path) -> None:
     config = TrainConfig(
         data=str(tmp_path / "reg.csv"),
         target="y",
-        hidden_sizes=(32,),
+        model=ModelConfig(hidden_sizes=(32,)),
         epochs=30,
         device="cpu",
         out_dir=tmp_path / "run",
