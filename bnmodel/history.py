@@ -51,7 +51,8 @@ def plot_history(
     positive = [v for v in losses if v > 0]
     if positive and max(positive) / min(positive) > 10:
         ax_loss.set_yscale("log")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    loss_name = "MSE of the standardized target" if metric == "rmse" else "cross-entropy"
+    ax_loss.set(xlabel="epoch", ylabel=loss_name, title="Loss")
     for key, label in ((f"train_{metric}", "train"), (f"val_{metric}", "validation")):
         ax_metric.plot(epochs, [row[key] for row in history], marker=".", label=label)
     name = "RMSE (target units)" if metric == "rmse" else metric.capitalize()
