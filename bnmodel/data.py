@@ -444,6 +444,12 @@ def _npz_targets(
         if not np.isfinite(values).all():
             row = int(np.argwhere(~np.isfinite(values))[0, 0])
             raise DataError(f"data file {path}: array {key!r}, row {row + 1}: target is not finite")
+        constant = np.flatnonzero(values.min(axis=0) == values.max(axis=0))
+        if classes is None and constant.size:
+            raise DataError(
+                f"data file {path}: array {key!r}, target column {int(constant[0])} is constant "
+                f"({values[0, constant[0]]:g} in all {len(values)} rows); nothing to regress on"
+            )
         return values, None, "regression", f"array {key!r} holds {y.shape[1]} target columns"
     if labels is not None and classes is not None:  # indices into the file's labels
         labels = np.asarray([str(v) for v in labels], dtype=object)

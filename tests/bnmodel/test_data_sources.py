@@ -186,3 +186,10 @@ def test_unseen_label_is_named_with_its_row_count() -> None:
         DataError, match=r"test.csv: label\(s\) never seen in training: 'z' \(2 rows\)"
     ):
         data.encode_labels(np.array(["a", "z", "z"], dtype=object), ["a", "b"], "test.csv")
+
+
+def test_constant_multi_target_column_is_named(tmp_path: Path) -> None:
+    y = np.stack([np.arange(6.0), np.full(6, 2.5)], axis=1)
+    np.savez(tmp_path / "two.npz", X=np.arange(12.0).reshape(6, 2), y=y)
+    with pytest.raises(DataError, match=r"array 'y', target column 1 is constant \(2.5"):
+        data.load_file(tmp_path / "two.npz", None, None)
