@@ -183,22 +183,47 @@ def _load_table(
                 f"columns are {columns}"
             )
         target = "target"
-    if target not in columns:
-        raise DataError(
-            f"data file {path}: target column {target!r} does not exist; columns are {columns}"
-        )
+    names = _target_columns(target, columns, path)
     if len(frame) == 0:
         raise DataError(f"data file {path} has a header but no data rows")
-    feature_names = [c for c in columns if c != target]
+    feature_names = [c for c in columns if c not in names]
     if not feature_names:
         raise DataError(f"data file {path}: no feature columns besides target {target!r}")
     features = np.stack([_numeric_column(frame[c], path, c) for c in feature_names], axis=1)
-    targets, labels, task, why = _encode_targets(
-        frame[target].to_numpy(), path, target, task, classes
-    )
+    if len(names) > 1:
+        targets, labels, task, why = _several_targets(frame, names, path, task, classes)
+    else:
+        targets, labels, task, why = _encode_targets(
+            frame[target].to_numpy(), path, target, task, classes
+        )
     return Dataset(
         features.astype(np.float32), targets, feature_names, labels, task, str(path), why, target
     )
+
+
+def _target_columns(target: str, columns: list[str], path: Path) -> list[str]:
+    """The target column, or several for regression: "a,b" names columns a and b."""
+    if target in columns:
+        return [target]
+    names = [n.strip() for n in target.split(",")]
+    if len(names) > 1 and all(n in columns for n in names):
+        return names
+    missing = [n for n in names if n not in columns]
+    raise DataError(
+        f"data file {path}: target column {missing[0] if missing else target!r} does not "
+        f"exist; columns are {columns}"
+    )
+
+
+def _several_targets(
+    frame: Any, names: list[str], path: Path, task: str | None, classes: list[str] | None
+) -> tuple[np.ndarray, None, Task, str]:
+    """(N, T) float32 regression targets from T columns; each column checked on its own."""
+    if task == "classification" or classes is not None:
+        raise DataError(f"data file {path}: several target columns {names} are for regression only")
+    columns = [_encode_targets(frame[n].to_numpy(), path, n, "regression")[0] for n in names]
+    why = f"{len(names)} target columns: regression"
+    return np.concatenate(columns, axis=1), None, "regression", why
 
 
 def _row_hint(path: Path, row: int) -> str:

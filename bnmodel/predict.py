@@ -72,6 +72,9 @@ class LocalModel:
         if self.task == "classification":
             return [self.label_column, *(f"p_{label}" for label in self.class_labels or [])]
         base = self.target_name or "prediction"
+        names = base.split(",")  # several regression targets: "a,b"
+        if len(names) == width:
+            return names
         return [base] if width == 1 else [f"{base}_{i}" for i in range(width)]
 
     @property
@@ -201,31 +204,34 @@ def _table_blocks(
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     import pyarrow as pa
 
-    columns = [*names, *([target] if target else [])]
-    batches = _csv_batches(path, names, target) if path.suffix == ".csv" else None
+    targets = _target_names(target)
+    columns = [*names, *targets]
+    batches = _csv_batches(path, names, targets) if path.suffix == ".csv" else None
     if batches is None:
         batches = _parquet_batches(path, columns)
     row = 0
     try:
         for batch in batches:
-            yield _block(batch, names, target, path, row)
+            yield _block(batch, names, targets, path, row)
             row += batch.num_rows
     except pa.ArrowInvalid as exc:  # a cell that is not a number, a short row
         raise PredictError(_locate_bad_cell(path, names) or f"input {path}: {exc}") from None
 
 
-def _csv_batches(path: Path, names: list[str], target: str | None) -> Iterator[Any]:
+def _target_names(target: str | None) -> list[str]:
+    """No target, one column, or several regression targets written "a,b"."""
+    return [] if not target else [t.strip() for t in target.split(",")]
+
+
+def _csv_batches(path: Path, names: list[str], targets: list[str]) -> Iterator[Any]:
     import pyarrow as pa
     from pyarrow import csv as pa_csv
 
     header = _csv_header(path)
-    _check_columns(path, header, names, target)
+    _check_columns(path, header, [*names, *targets])
     types = {name: pa.float32() for name in names}
-    if target:
-        types[target] = pa.string()
-    convert = pa_csv.ConvertOptions(
-        column_types=types, include_columns=[*names, *([target] if target else [])]
-    )
+    types.update({t: pa.string() for t in targets})
+    convert = pa_csv.ConvertOptions(column_types=types, include_columns=[*names, *targets])
     read = pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES)
     parse = pa_csv.ParseOptions()
     try:
@@ -252,23 +258,22 @@ def _parquet_batches(path: Path, columns: list[str]) -> Iterator[Any]:
         file = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid or OSError for a bad file
         raise PredictError(f"input {path} is not a readable Parquet file: {exc}") from None
-    _check_columns(path, file.schema_arrow.names, columns, None)
+    _check_columns(path, file.schema_arrow.names, columns)
     yield from file.iter_batches(batch_size=CHUNK_ROWS, columns=columns)
 
 
-def _check_columns(path: Path, header: list[str], names: list[str], target: str | None) -> None:
-    missing = [n for n in [*names, *([target] if target else [])] if n not in header]
+def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
+    missing = [n for n in names if n not in header]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise PredictError(
-            f"input {path}: column(s) {missing[:5]}{more} missing; the model needs "
+            f"input {path}: column(s) {missing[:5]}{more} missing; needed: "
             f"{names[:8]}{' ...' if len(names) > 8 else ''}"
-            + (f" and target {target!r}" if target and target in missing else "")
         )
 
 
 def _block(
-    batch: Any, names: list[str], target: str | None, path: Path, first_row: int
+    batch: Any, names: list[str], targets: list[str], path: Path, first_row: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A record batch as (n, F) float32 features and raw target values; nulls are errors."""
     import pyarrow as pa
@@ -293,8 +298,9 @@ def _block(
             f"{x[r, c]} is not a finite number"
         )
     y = None
-    if target:
-        y = np.asarray(batch.column(target).to_pylist(), dtype=object)
+    if targets:  # (n,) for one target, (n, T) for several
+        cols = [np.asarray(batch.column(t).to_pylist(), dtype=object) for t in targets]
+        y = cols[0] if len(cols) == 1 else np.stack(cols, axis=1)
     return x, y
 
 

@@ -94,7 +94,8 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--target",
         default=None,
-        help="target column (CSV/Parquet; None means 'target') or array (NPZ; None means y)",
+        help="target column (CSV/Parquet; None means 'target'; 'a,b': several, regression) "
+        "or array (NPZ; None means y)",
     )
     from bnmodel.data import INTEGER_TASK_RULE
 

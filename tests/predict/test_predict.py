@@ -190,3 +190,29 @@ def test_evaluate_regressor(tmp_path: Path) -> None:
     assert set(evaluation.metrics) == {"rmse", "mae", "r2"}
     assert evaluation.metrics["r2"] > 0.9 and evaluation.metrics["rmse"] < 0.3 * frame["y"].std()
     assert (tmp_path / "p.png").is_file()
+
+
+def test_several_regression_targets(tmp_path: Path) -> None:
+    from bnmodel.evaluate import evaluate_file
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(240, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    frame["up"] = 50 + 10 * x[:, 0] + rng.normal(size=240)
+    frame["down"] = -3 * x[:, 1] + 0.1 * rng.normal(size=240)
+    frame.to_csv(tmp_path / "two.csv", index=False)
+    config = TrainConfig(
+        data=str(tmp_path / "two.csv"),
+        target="up,down",
+        model=ModelConfig(hidden_sizes=(32,)),
+        epochs=25,
+        device="cpu",
+        out_dir=tmp_path / "run",
+    )
+    result = train(config, progress=False)
+    assert result.task == "regression" and result.best_metrics["val_r2"] > 0.8
+    predict_file(result.best_checkpoint, tmp_path / "two.csv", tmp_path / "out.csv")
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["up", "down"]
+    evaluation = evaluate_file(result.best_checkpoint, tmp_path / "two.csv")
+    assert evaluation.metrics["r2"] > 0.8
