@@ -375,14 +375,16 @@ def _array_blocks(
 class _Writer:
     """CSV or Parquet, one chunk at a time (pyarrow's incremental writers)."""
 
-    def __init__(self, path: Path, suffix: str) -> None:
+    def __init__(self, path: Path, shown: Path) -> None:
+        """Writes to ``path`` (a temporary name); messages name ``shown``, the real output."""
+        suffix = shown.suffix.lower()
         if suffix not in OUTPUT_SUFFIXES:
             raise PredictError(
-                f"output {path}: unknown format {suffix!r}; expected .csv or .parquet"
+                f"output {shown}: unknown format {suffix!r}; expected .csv or .parquet"
             )
-        if not path.parent.is_dir():
-            raise PredictError(f"output {path.name}: folder {path.parent} does not exist")
-        self.path, self.parquet, self._writer = path, suffix != ".csv", None
+        if not shown.parent.is_dir():
+            raise PredictError(f"output {shown}: folder {shown.parent} does not exist")
+        self.path, self.shown, self.parquet, self._writer = path, shown, suffix != ".csv", None
 
     def write(self, table: Any) -> None:
         import pyarrow.csv as pa_csv
@@ -395,7 +397,7 @@ class _Writer:
                 else:
                     self._writer = pa_csv.CSVWriter(self.path, table.schema)
             except OSError as exc:
-                raise PredictError(f"output {self.path} cannot be written: {exc}") from None
+                raise PredictError(f"output {self.shown} cannot be written: {exc}") from None
         self._writer.write_table(table)
 
     def close(self) -> None:
@@ -488,7 +490,7 @@ def predict_file(
     model = model if isinstance(model, LocalModel) else load_model(model)
     output_path = Path(output_path)
     tmp = output_path.with_name(f".{output_path.name}.partial")
-    writer, rows, columns = _Writer(tmp, output_path.suffix.lower()), 0, []
+    writer, rows, columns = _Writer(tmp, output_path), 0, []
     start = time.perf_counter()
     try:
         for x, _ in _prefetched(iter_chunks(input_path, model.feature_names, chunk_rows)):

@@ -216,3 +216,10 @@ def test_several_regression_targets(tmp_path: Path) -> None:
     assert list(out.columns) == ["up", "down"]
     evaluation = evaluate_file(result.best_checkpoint, tmp_path / "two.csv")
     assert evaluation.metrics["r2"] > 0.8
+
+
+def test_bad_output_is_named(iris: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(PredictError, match=r"output .*out.txt: unknown format '.txt'"):
+        predict_file(iris["onnx"], iris["csv"], tmp_path / "out.txt")
+    with pytest.raises(PredictError, match=r"folder .*nowhere does not exist"):
+        predict_file(iris["onnx"], iris["csv"], tmp_path / "nowhere" / "out.csv")
