@@ -166,3 +166,32 @@ def test_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "(default: True)" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_diabetes_with_defaults_is_within_10_percent_of_ridge(tmp_path: Path) -> None:
+    """The issue's bar: only --data/--target, held-out RMSE within 10% of RidgeCV's."""
+    import torch
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import train_test_split
+
+    frame = load_diabetes(as_frame=True).frame
+    frame["target"] = frame["target"].astype(int)  # 25..346: must not become 347 classes
+    train_rows, test_rows = train_test_split(frame, test_size=0.2, random_state=0)
+    train_rows.to_csv(tmp_path / "train.csv", index=False)
+    result = train(
+        TrainConfig(data=str(tmp_path / "train.csv"), target="target", out_dir=tmp_path / "run"),
+        progress=False,
+    )
+    assert result.task == "regression"
+    x = np.array(test_rows.drop(columns="target"), dtype=np.float32)
+    y = test_rows["target"].to_numpy()
+    with torch.no_grad():
+        ours = load_checkpoint(result.best_checkpoint).build_model()(torch.from_numpy(x))
+    ours_rmse = float(np.sqrt(np.mean((ours.numpy()[:, 0] - y) ** 2)))
+    ridge = RidgeCV(alphas=np.logspace(-3, 3, 20)).fit(
+        train_rows.drop(columns="target"), train_rows["target"]
+    )
+    ridge_rmse = float(np.sqrt(np.mean((ridge.predict(test_rows.drop(columns="target")) - y) ** 2)))
+    assert ours_rmse <= 1.1 * ridge_rmse, (ours_rmse, ridge_rmse)
