@@ -17,6 +17,13 @@ EXIT_ERROR = 2
 MODEL_HELP = "a checkpoint (.pt, needs bnmodel[train]), an ONNX file, or a repository model folder"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown for optional flags; a required one has none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.required else super()._get_help_string(action)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from bnmodel.predict import CHUNK_ROWS
 
@@ -26,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run MODEL on every row of --input and write --output: the predicted "
         "class and one probability column per class (p_LABEL), or the predicted values. "
         "Feature columns are picked by name; the target and other columns are ignored.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     predict.add_argument("model", help=MODEL_HELP)
     predict.add_argument(
@@ -44,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run MODEL on --data and compare with its target column: accuracy, "
         "macro-F1, log loss and a confusion matrix for a classifier; RMSE, MAE and R^2 and a "
         "predicted-against-true plot for a regressor.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     evaluate.add_argument("model", help=MODEL_HELP)
     evaluate.add_argument("--data", required=True, type=Path, help=".csv, .parquet or .npz")

@@ -223,3 +223,13 @@ def test_bad_output_is_named(iris: dict[str, Path], tmp_path: Path) -> None:
         predict_file(iris["onnx"], iris["csv"], tmp_path / "out.txt")
     with pytest.raises(PredictError, match=r"folder .*nowhere does not exist"):
         predict_file(iris["onnx"], iris["csv"], tmp_path / "nowhere" / "out.csv")
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "--chunk-rows" in out and "(default: 65536)" in out
+    if command == "predict":  # required flags show no "(default: None)"
+        assert "(default: None)" not in out.split("options:")[1]
