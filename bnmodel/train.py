@@ -605,6 +605,8 @@ def train(
 
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "data.json")
+# Written only by some runs: removed with --overwrite so nothing stale sits beside a new run.
+OPTIONAL_RUN_FILES = ("metrics.png", "test_metrics.json")
 
 
 def check_out_dir(config: TrainConfig) -> None:
@@ -620,6 +622,9 @@ def check_out_dir(config: TrainConfig) -> None:
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
+        if earlier and config.resume is None:  # --overwrite: a new run, nothing of the old one
+            for name in (*RUN_FILES, *OPTIONAL_RUN_FILES):
+                (out / name).unlink(missing_ok=True)
         probe = out / ".bnmodel-write-check"
         probe.write_bytes(b"")
         probe.unlink()

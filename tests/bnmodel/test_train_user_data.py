@@ -145,7 +145,9 @@ def test_run_folder_safety(table: Path, tmp_path: Path, capsys) -> None:
     assert (
         "holds an earlier run (last.pt, best.pt, metrics.csv, data.json)" in capsys.readouterr().err
     )
+    (out / "test_metrics.json").write_text("{}")  # from an older run with test rows
     assert main(_cli(table, out, "--overwrite")) == 0
+    assert not (out / "test_metrics.json").exists()  # nothing stale beside the new run
     capsys.readouterr()
     assert main(_cli(table, table)) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
