@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from bnmodel.config import ModelConfig
 from bnmodel.model import BNMLP
 from bnmodel.train import TrainConfig, train
 
@@ -74,7 +75,7 @@ def trainer_config(
     rows = math.ceil((steps * batch + spec.classes) / (1 - VAL_FRACTION))
     return TrainConfig(
         data=f"synthetic:{rows},{spec.in_features},{spec.classes},0",
-        hidden_sizes=spec.hidden,
+        model=ModelConfig(hidden_sizes=spec.hidden),
         val_fraction=VAL_FRACTION,
         epochs=2,
         batch_size=batch,

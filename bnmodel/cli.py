@@ -15,13 +15,11 @@ from bnmodel import __version__
 __all__ = ["build_parser", "main"]
 
 # What `pip install bnmodel[train]` adds; a serving-only install lacks these.
-TRAIN_EXTRA_MODULES = frozenset(
-    {"torch", "onnx", "sklearn", "pandas", "pyarrow", "matplotlib", "tqdm"}
-)
+TRAIN_EXTRA_MODULES = frozenset({"torch", "onnx", "sklearn", "pandas", "matplotlib", "tqdm"})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bnmodel import demo_cli, train_cli
+    from bnmodel import demo_cli, predict_cli, train_cli
     from bnmodel.export import cli as export_cli
     from bnmodel.serve import cli as serve_cli
 
@@ -32,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bnmodel {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for stage in (train_cli, export_cli, serve_cli, demo_cli):
+    for stage in (train_cli, export_cli, predict_cli, serve_cli, demo_cli):
         stage.register(subparsers)
     return parser
 

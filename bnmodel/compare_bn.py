@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import csv
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnmodel.config import ModelConfig
 from bnmodel.train_config import TrainConfig
 
 __all__ = ["VARIANTS", "CompareReport", "compare_bn", "format_table", "steps_to"]
@@ -31,12 +33,18 @@ class CompareReport:
 
 
 def paper_config(
-    bn_placement: str, seed: int, epochs: int, lr: float, out_dir: Path, device: str
+    bn_placement: str,
+    seed: int,
+    epochs: int,
+    lr: float,
+    out_dir: Path,
+    device: str,
+    overwrite: bool = False,
 ) -> TrainConfig:
     return TrainConfig(
-        hidden_sizes=(100, 100, 100),
-        activation="sigmoid",
-        bn_placement=bn_placement,
+        model=ModelConfig(
+            hidden_sizes=(100, 100, 100), activation="sigmoid", bn_placement=bn_placement
+        ),
         batch_size=60,
         optimizer="sgd",
         momentum=0.0,
@@ -47,6 +55,7 @@ def paper_config(
         seed=seed,
         out_dir=out_dir,
         device=device,
+        overwrite=overwrite,
     )
 
 
@@ -63,19 +72,36 @@ def compare_bn(
     lr: float = 0.5,
     device: str = "cpu",
     progress: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> CompareReport:
-    """Train both variants for every seed; write compare_bn.png and compare_bn.csv to out_dir."""
+    """Train both variants for every seed; write compare_bn.png and compare_bn.csv to out_dir.
+
+    Refuses an out_dir holding an earlier comparison unless ``overwrite``; ``log`` hears of
+    each run as it starts and ends.
+    """
     from bnmodel.train import train
 
     out = Path(out_dir)
+    if (out / "compare_bn.csv").exists() and not overwrite:
+        raise ValueError(
+            f"--out {out} holds an earlier comparison (compare_bn.csv); pass --overwrite to "
+            "replace it or choose another --out"
+        )
     curves: dict[str, list[list[tuple[int, float]]]] = {}
+    total, done = len(VARIANTS) * len(seeds), 0
     for name, placement in VARIANTS.items():
         curves[name] = []
         for seed in seeds:
             run_dir = out / f"{placement}-seed{seed}"
-            result = train(
-                paper_config(placement, seed, epochs, lr, run_dir, device), progress=progress
-            )
+            config = paper_config(placement, seed, epochs, lr, run_dir, device, overwrite)
+            result = train(config, progress=progress)
+            done += 1
+            if log is not None:
+                log(
+                    f"[{done}/{total}] {name}, seed {seed}: final val accuracy "
+                    f"{result.history[-1]['val_accuracy']:.4f}"
+                )
             curves[name].append([(int(r["step"]), r["val_accuracy"]) for r in result.history])
     rows = _summarize(curves, seeds)
     return CompareReport(

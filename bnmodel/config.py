@@ -13,9 +13,12 @@ BN_PLACEMENTS = ("pre", "post", "none")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    in_features: int
-    hidden_sizes: tuple[int, ...]
-    out_features: int
+    """The model's fields, in one place: training's flags and defaults, checkpoints and export
+    all read them from here. in/out features of 0 mean "from the data" (set by training)."""
+
+    in_features: int = 0
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    out_features: int = 0
     activation: Literal["relu", "gelu", "sigmoid", "tanh"] = "relu"
     # pre: Linear(bias=False) -> BN -> act (Ioffe & Szegedy); post: Linear -> act -> BN;
     # none: the baseline without BN.
@@ -25,29 +28,33 @@ class ModelConfig:
     # None selects the cumulative moving average (exact population statistics after one pass).
     bn_momentum: float | None = 0.1
     # Keep the training set's feature mean/std as buffers: the exported model takes raw features.
-    standardize_input: bool = False
+    standardize_input: bool = True
+    # Regression: the last layer emits standardized targets and a TargetScale maps them back to
+    # target units (y = z * std + mean, training rows' statistics); export folds it away.
+    # Training sets it for regression (TrainConfig.standardize_target); never for classifiers.
+    standardize_target: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
-        if self.in_features < 1 or self.out_features < 1:
+        if self.in_features < 0 or self.out_features < 0:
             raise ValueError(
-                f"in_features and out_features must be >= 1, got {self.in_features} and "
-                f"{self.out_features}"
+                f"in_features and out_features must be >= 1 (0: from the data), got "
+                f"{self.in_features} and {self.out_features}"
             )
-        if any(h < 1 for h in self.hidden_sizes):
-            raise ValueError(f"hidden sizes must all be >= 1, got {list(self.hidden_sizes)}")
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise ValueError(
+                f"--hidden must be one or more sizes >= 1, got {list(self.hidden_sizes)}"
+            )
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise ValueError(f"--activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.bn_placement not in BN_PLACEMENTS:
-            raise ValueError(
-                f"bn_placement must be one of {BN_PLACEMENTS}, got {self.bn_placement!r}"
-            )
+            raise ValueError(f"--bn must be one of {BN_PLACEMENTS}, got {self.bn_placement!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not self.bn_eps > 0:
-            raise ValueError(f"bn_eps must be > 0, got {self.bn_eps}")
+            raise ValueError(f"--bn-eps must be > 0, got {self.bn_eps}")
         if self.bn_momentum is not None and not 0.0 < self.bn_momentum <= 1.0:
-            raise ValueError(f"bn_momentum must be in (0, 1] or None, got {self.bn_momentum}")
+            raise ValueError(f"--bn-momentum must be in (0, 1] or 'none', got {self.bn_momentum}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists, not tuples) for checkpoints and ONNX metadata."""
@@ -61,4 +68,5 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")
-        return cls(**d)
+        # Checkpoints written before a field existed mean its old behaviour (off).
+        return cls(**{"standardize_input": False, **d})

@@ -23,6 +23,8 @@ __all__ = [
     "load_source",
     "make_synthetic",
     "split",
+    "split_three",
+    "summarize",
     "validation_split",
 ]
 
@@ -42,6 +44,8 @@ class Dataset:
     class_labels: list[str] | None
     task: Task
     source: str
+    task_reason: str = ""  # why this task: inferred from the target (the rule) or given
+    target: str | None = None  # the target column (or NPZ array) the labels came from
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -125,12 +129,18 @@ def load_source(source: str, target: str | None = None, task: str | None = None)
 # Files
 
 
-def load_file(path: str | Path, target: str | None = None, task: str | None = None) -> Dataset:
+def load_file(
+    path: str | Path,
+    target: str | None = None,
+    task: str | None = None,
+    classes: list[str] | None = None,
+) -> Dataset:
     """Load CSV/Parquet (one named target column, all other columns numeric features) or NPZ.
 
     NPZ holds arrays ``X`` (or ``features``) [N, F] and ``y`` (or ``targets``) [N] or [N, T], and
     optionally ``feature_names`` and ``class_labels`` (string arrays). ``task`` is inferred when
-    None: integer or string targets are classification, fractional floats regression.
+    None (see ``infer_task``). ``classes``: encode labels with a trained model's classes (test
+    rows), where a label never seen in training is an error.
     """
     path = Path(path)
     if task not in (None, "classification", "regression"):
@@ -141,9 +151,9 @@ def load_file(path: str | Path, target: str | None = None, task: str | None = No
         raise DataError(f"data file {path} is empty")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return _load_npz(path, target, task)
+        return _load_npz(path, target, task, classes)
     if suffix in TABULAR_SUFFIXES:
-        return _load_table(path, target, task)
+        return _load_table(path, target, task, classes)
     raise DataError(f"data file {path}: unknown format {suffix!r}; expected .csv, .parquet or .npz")
 
 
@@ -160,7 +170,9 @@ def _read_frame(path: Path) -> Any:
         raise DataError(f"data file {path} cannot be parsed: {exc}") from exc
 
 
-def _load_table(path: Path, target: str | None, task: str | None) -> Dataset:
+def _load_table(
+    path: Path, target: str | None, task: str | None, classes: list[str] | None
+) -> Dataset:
     frame = _read_frame(path)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
@@ -171,18 +183,47 @@ def _load_table(path: Path, target: str | None, task: str | None) -> Dataset:
                 f"columns are {columns}"
             )
         target = "target"
-    if target not in columns:
-        raise DataError(
-            f"data file {path}: target column {target!r} does not exist; columns are {columns}"
-        )
+    names = _target_columns(target, columns, path)
     if len(frame) == 0:
         raise DataError(f"data file {path} has a header but no data rows")
-    feature_names = [c for c in columns if c != target]
+    feature_names = [c for c in columns if c not in names]
     if not feature_names:
         raise DataError(f"data file {path}: no feature columns besides target {target!r}")
     features = np.stack([_numeric_column(frame[c], path, c) for c in feature_names], axis=1)
-    targets, labels, task = _encode_targets(frame[target].to_numpy(), path, target, task)
-    return Dataset(features.astype(np.float32), targets, feature_names, labels, task, str(path))
+    if len(names) > 1:
+        targets, labels, task, why = _several_targets(frame, names, path, task, classes)
+    else:
+        targets, labels, task, why = _encode_targets(
+            frame[target].to_numpy(), path, target, task, classes
+        )
+    return Dataset(
+        features.astype(np.float32), targets, feature_names, labels, task, str(path), why, target
+    )
+
+
+def _target_columns(target: str, columns: list[str], path: Path) -> list[str]:
+    """The target column, or several for regression: "a,b" names columns a and b."""
+    if target in columns:
+        return [target]
+    names = [n.strip() for n in target.split(",")]
+    if len(names) > 1 and all(n in columns for n in names):
+        return names
+    missing = [n for n in names if n not in columns]
+    raise DataError(
+        f"data file {path}: target column {missing[0] if missing else target!r} does not "
+        f"exist; columns are {columns}"
+    )
+
+
+def _several_targets(
+    frame: Any, names: list[str], path: Path, task: str | None, classes: list[str] | None
+) -> tuple[np.ndarray, None, Task, str]:
+    """(N, T) float32 regression targets from T columns; each column checked on its own."""
+    if task == "classification" or classes is not None:
+        raise DataError(f"data file {path}: several target columns {names} are for regression only")
+    columns = [_encode_targets(frame[n].to_numpy(), path, n, "regression")[0] for n in names]
+    why = f"{len(names)} target columns: regression"
+    return np.concatenate(columns, axis=1), None, "regression", why
 
 
 def _row_hint(path: Path, row: int) -> str:
@@ -196,6 +237,11 @@ def _numeric_column(series: Any, path: Path, column: str) -> np.ndarray:
     import pandas as pd
 
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if len(series) and series.isna().all():
+        raise DataError(
+            f"data file {path}: column {column!r} is entirely missing ({len(series)} empty "
+            "values); drop the column"
+        )
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.argmax(bad))
@@ -213,61 +259,152 @@ def _numeric_column(series: Any, path: Path, column: str) -> np.ndarray:
     return values
 
 
+# Integer targets: classification when the distinct values are few and each is well represented,
+# a quantity (regression) when there are many; between the two, the user must say (--task).
+MAX_INTEGER_CLASSES = 20
+MIN_ROWS_PER_INTEGER_CLASS = 5
+INTEGER_TASK_RULE = (
+    f"an integer target with 2 distinct values, or 3 to {MAX_INTEGER_CLASSES} each in at least "
+    f"{MIN_ROWS_PER_INTEGER_CLASS} rows, is classification; more than {MAX_INTEGER_CLASSES} "
+    "distinct values is regression"
+)
+
+
+def infer_task(raw: np.ndarray, where: str) -> tuple[Task, str]:
+    """(task, why) for target values ``raw`` (N,); raises DataError when truly ambiguous.
+
+    String or bool targets are classification, float targets regression, integers by
+    INTEGER_TASK_RULE. ``where`` names the file and column for messages.
+    """
+    kind = np.asarray(raw).dtype.kind
+    if kind == "b":
+        return "classification", "the target is boolean"
+    if kind == "f":
+        return "regression", "the target holds floating-point numbers"
+    if kind not in "iu":
+        return "classification", "the target holds strings"
+    values, counts = np.unique(raw, return_counts=True)
+    k, rarest = len(values), int(counts.min())
+    if k <= 2:
+        return "classification", f"the integer target has {k} distinct values"
+    if k > MAX_INTEGER_CLASSES:
+        return "regression", (
+            f"the integer target has {k} distinct values (> {MAX_INTEGER_CLASSES}), read as a "
+            "quantity; pass --task classification if they are class codes"
+        )
+    if rarest >= MIN_ROWS_PER_INTEGER_CLASS:
+        return "classification", (
+            f"the integer target has {k} distinct values (<= {MAX_INTEGER_CLASSES}), each in "
+            f">= {MIN_ROWS_PER_INTEGER_CLASS} rows"
+        )
+    value = values[int(np.argmin(counts))]
+    raise DataError(
+        f"{where}: cannot tell whether the integer target is classes or a quantity: "
+        f"{k} distinct values, value {value} in only {rarest} row(s); pass --task "
+        f"classification or --task regression ({INTEGER_TASK_RULE})"
+    )
+
+
+def encode_labels(raw: np.ndarray, classes: list[str], where: str) -> np.ndarray:
+    """Class indices (N,) int64 of ``raw`` labels under the training ``classes`` (sorted).
+
+    A label that training never saw is an error naming it and how many rows hold it.
+    """
+    text = np.asarray([_label_text(v) for v in raw], dtype=object)
+    lookup = {label: i for i, label in enumerate(classes)}
+    unseen = sorted({t for t in text if t not in lookup})
+    if unseen:
+        counts = {u: int(np.sum(text == u)) for u in unseen}
+        listed = ", ".join(f"{u!r} ({n} rows)" for u, n in list(counts.items())[:5])
+        raise DataError(
+            f"{where}: label(s) never seen in training: {listed}; the model knows "
+            f"{classes[:10]}{' ...' if len(classes) > 10 else ''}"
+        )
+    return np.fromiter((lookup[t] for t in text), dtype=np.int64, count=len(text))
+
+
+def _label_text(value: Any) -> str:
+    """A label as the user wrote it: 3 (not 3.0) for integers, str otherwise."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def sorted_labels(raw: np.ndarray) -> list[str]:
+    """Distinct labels in sorted order (numeric order for numbers), as text."""
+    distinct = np.unique(np.asarray(raw))
+    return [_label_text(v) for v in distinct]
+
+
+def _check_classes(targets: np.ndarray, labels: list[str], where: str) -> None:
+    counts = np.bincount(targets, minlength=len(labels))
+    if np.count_nonzero(counts) < 2:
+        label = labels[int(np.argmax(counts))]
+        raise DataError(
+            f"{where}: every row holds the same label {label!r}; classification needs "
+            "at least 2 classes"
+        )
+    if np.any(counts == 1):
+        label = labels[int(np.argmax(counts == 1))]
+        raise DataError(
+            f"{where}: class {label!r} has only 1 row; every class needs at least 2 (one to "
+            "train on, one to validate): remove or merge it"
+        )
+
+
 def _encode_targets(
-    raw: np.ndarray, path: Path, column: str, task: str | None
-) -> tuple[np.ndarray, list[str] | None, Task]:
-    """Targets as int64 class indices (with their labels) or float32 (N, 1) regression values."""
+    raw: np.ndarray, path: Path, column: str, task: str | None, classes: list[str] | None = None
+) -> tuple[np.ndarray, list[str] | None, Task, str]:
+    """Targets as int64 class indices (with their labels) or float32 (N, 1) regression values,
+    the task, and why that task (inferred, or given)."""
     import pandas as pd
 
+    where = f"data file {path}: target column {column!r}"
     missing = pd.isna(raw)
+    if missing.all():
+        raise DataError(f"{where} is entirely missing ({len(raw)} empty values)")
     if missing.any():
         row = int(np.argmax(missing))
-        raise DataError(
-            f"data file {path}: target column {column!r}, {_row_hint(path, row)}: value is missing"
-        )
-    numeric = pd.to_numeric(pd.Series(raw), errors="coerce").to_numpy(dtype=np.float64)
-    is_numeric = bool(np.isfinite(numeric).all())
+        raise DataError(f"{where}, {_row_hint(path, row)}: value is missing")
+    raw = _native(raw)
+    why = "given by --task"
     if task is None:
-        integral = is_numeric and bool(np.all(numeric == np.round(numeric)))
-        task = "classification" if (integral or not is_numeric) else "regression"
+        task, why = infer_task(raw, where)
     if task == "regression":
-        if not is_numeric:
+        numeric = pd.to_numeric(pd.Series(raw), errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(numeric).all():
             row = int(np.argmax(~np.isfinite(numeric)))
             raise DataError(
-                f"data file {path}: target column {column!r}, {_row_hint(path, row)}: "
-                f"{raw[row]!r} is not a finite number (task is regression)"
+                f"{where}, {_row_hint(path, row)}: {raw[row]!r} is not a finite number "
+                "(task is regression)"
             )
-        return numeric.astype(np.float32)[:, None], None, "regression"
-    if not is_numeric:
-        labels = sorted({str(v) for v in raw})
-        lookup = {label: i for i, label in enumerate(labels)}
-        return np.array([lookup[str(v)] for v in raw], dtype=np.int64), labels, "classification"
-    return _integer_classes(numeric, path, column)
+        if classes is None and numeric.min() == numeric.max():
+            raise DataError(
+                f"{where} is constant ({numeric[0]:g} in all {len(numeric)} rows); "
+                "there is nothing to regress on"
+            )
+        return numeric.astype(np.float32)[:, None], None, "regression", why
+    if classes is not None:  # rows for a trained model: its classes, no per-class minimum
+        return encode_labels(raw, classes, where), list(classes), "classification", why
+    labels = sorted_labels(raw)
+    targets = encode_labels(raw, labels, where)
+    _check_classes(targets, labels, where)
+    return targets, labels, "classification", why
 
 
-def _integer_classes(
-    values: np.ndarray, path: Path, column: str
-) -> tuple[np.ndarray, list[str], Task]:
-    """Integer labels are class indices 0..K-1 as given (K = max + 1), so a class absent from
-    this file keeps its index; negative or fractional labels are out of range."""
-    bad = (values < 0) | (values != np.round(values))
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataError(
-            f"data file {path}: target column {column!r}, {_row_hint(path, row)}: "
-            f"label {values[row]:g} is out of range; integer class labels must be "
-            "0, 1, ..., K-1 (use --task regression for real-valued targets)"
-        )
-    num_classes = int(values.max()) + 1
-    if num_classes < 2:
-        raise DataError(
-            f"data file {path}: target column {column!r} holds only class 0; "
-            "classification needs at least 2 classes"
-        )
-    return values.astype(np.int64), [str(i) for i in range(num_classes)], "classification"
+def _native(raw: np.ndarray) -> np.ndarray:
+    """Object columns of one Python type as that numpy type (pandas gives object for strings)."""
+    array = np.asarray(raw)
+    if array.dtype != object:
+        return array
+    if all(isinstance(v, (bool, np.bool_)) for v in array):
+        return array.astype(bool)
+    return np.asarray([str(v) for v in array], dtype=object)
 
 
-def _load_npz(path: Path, target: str | None, task: str | None) -> Dataset:
+def _load_npz(
+    path: Path, target: str | None, task: str | None, classes: list[str] | None
+) -> Dataset:
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -294,8 +431,10 @@ def _load_npz(path: Path, target: str | None, task: str | None) -> Dataset:
             f"data file {path}: 'feature_names' has {len(names)} entries for "
             f"{x.shape[1]} feature columns"
         )
-    targets, labels, task = _npz_targets(y, arrays.get("class_labels"), path, y_key, task)
-    return Dataset(features, targets, names, labels, task, str(path))
+    targets, labels, task, why = _npz_targets(
+        y, arrays.get("class_labels"), path, y_key, task, classes
+    )
+    return Dataset(features, targets, names, labels, task, str(path), why, y_key)
 
 
 def _check_npz_features(x: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -313,11 +452,16 @@ def _check_npz_features(x: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 
 def _npz_targets(
-    y: np.ndarray, labels: np.ndarray | None, path: Path, key: str, task: str | None
-) -> tuple[np.ndarray, list[str] | None, Task]:
-    fractional = np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y))
-    if y.ndim == 2 or task == "regression" or (task is None and fractional):
-        if y.ndim == 2 and task == "classification":
+    y: np.ndarray,
+    labels: np.ndarray | None,
+    path: Path,
+    key: str,
+    task: str | None,
+    classes: list[str] | None,
+) -> tuple[np.ndarray, list[str] | None, Task, str]:
+    """[N, T] targets are regression; [N] follow the CSV rules, or index ``class_labels``."""
+    if y.ndim == 2:
+        if task == "classification":
             raise DataError(
                 f"data file {path}: array {key!r} is {y.shape}; class labels must be [N]"
             )
@@ -325,20 +469,30 @@ def _npz_targets(
         if not np.isfinite(values).all():
             row = int(np.argwhere(~np.isfinite(values))[0, 0])
             raise DataError(f"data file {path}: array {key!r}, row {row + 1}: target is not finite")
-        return values, None, "regression"
-    if not np.issubdtype(y.dtype, np.number):
-        return _encode_targets(y, path, key, "classification")
-    encoded, default_labels, _ = _integer_classes(y.astype(np.float64), path, key)
-    if labels is None:
-        return encoded, default_labels, "classification"
+        constant = np.flatnonzero(values.min(axis=0) == values.max(axis=0))
+        if classes is None and constant.size:
+            raise DataError(
+                f"data file {path}: array {key!r}, target column {int(constant[0])} is constant "
+                f"({values[0, constant[0]]:g} in all {len(values)} rows); nothing to regress on"
+            )
+        return values, None, "regression", f"array {key!r} holds {y.shape[1]} target columns"
+    if labels is not None and classes is not None:  # indices into the file's labels
+        labels = np.asarray([str(v) for v in labels], dtype=object)
+        y = labels[np.clip(y.astype(np.int64), 0, len(labels) - 1)]
+    if labels is None or classes is not None or task == "regression":
+        return _encode_targets(y, path, key, task, classes)
+    # Explicit class_labels: y holds indices into them, in the file's own order.
     labels = [str(v) for v in labels]
-    if int(encoded.max()) >= len(labels):
-        row = int(np.argmax(encoded >= len(labels)))
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(labels):
+        bad = (y < 0) | (y >= len(labels)) | (y != np.round(y))
+        row = int(np.argmax(bad))
         raise DataError(
-            f"data file {path}: array {key!r}, row {row + 1}: label {encoded[row]} is "
+            f"data file {path}: array {key!r}, row {row + 1}: label {y[row]} is "
             f"out of range for {len(labels)} class_labels (0..{len(labels) - 1})"
         )
-    return encoded, labels, "classification"
+    targets = y.astype(np.int64)
+    _check_classes(targets, labels, f"data file {path}: array {key!r}")
+    return targets, labels, "classification", "array 'class_labels' names the classes"
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,6 +524,18 @@ def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Da
     return dataset.subset(np.flatnonzero(~is_val)), dataset.subset(np.flatnonzero(is_val))
 
 
+def split_three(
+    dataset: Dataset, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[Dataset, Dataset, Dataset | None]:
+    """(train, validation, test or None): test rows are set aside first (seed + 1), then
+    validation takes ``val_fraction`` of all rows from the rest, both stratified by class."""
+    if test_fraction <= 0:
+        return (*split(dataset, val_fraction, seed), None)
+    rest, test = split(dataset, test_fraction, seed + 1)
+    train, val = split(rest, val_fraction / (1.0 - test_fraction), seed)
+    return train, val, test
+
+
 def _stratified_val_index(
     targets: np.ndarray, val_fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -389,7 +555,11 @@ def _stratified_val_index(
 
 
 def data_spec(
-    dataset: Dataset, target: str | None, val_fraction: float, seed: int
+    dataset: Dataset,
+    target: str | None,
+    val_fraction: float,
+    seed: int,
+    test_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """What a checkpoint records so ``validation_split`` can rebuild the same rows later."""
     spec: dict[str, Any] = {
@@ -399,6 +569,8 @@ def data_spec(
         "seed": int(seed),
         "val_fraction": float(val_fraction),
     }
+    if test_fraction > 0:
+        spec["test_fraction"] = float(test_fraction)
     path = Path(dataset.source)
     if path.suffix.lower() in (*TABULAR_SUFFIXES, ".npz") and path.is_file():
         spec["source"] = str(path.resolve())
@@ -419,7 +591,8 @@ def validation_split(spec: dict[str, Any]) -> tuple[Dataset, Dataset]:
             "checkpoint's data_spec); the validation rows cannot be reproduced"
         )
     dataset = load_source(source, spec.get("target"), spec.get("task"))
-    return split(dataset, fraction, seed)
+    train, val, _ = split_three(dataset, fraction, float(spec.get("test_fraction", 0.0)), seed)
+    return train, val
 
 
 def _sha256(path: Path) -> str:
@@ -428,3 +601,76 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+
+
+def summarize(
+    full: Dataset, parts: dict[str, Dataset | None], target: str | None, test_source: str | None
+) -> dict[str, Any]:
+    """What training is about to use, as plain JSON: printed first and written as data.json."""
+    path = Path(full.source)
+    summary: dict[str, Any] = {
+        "source": full.source,
+        "sha256": _sha256(path) if path.is_file() else None,
+        "rows": len(full),
+        "features": list(full.feature_names),
+        "target": full.target or target,
+        "task": full.task,
+        "task_reason": full.task_reason or "built-in data set",
+        "splits": {name: len(ds) for name, ds in parts.items() if ds is not None},
+        "test_source": test_source,
+        "dropped": [],  # nothing is dropped silently: bad rows or columns are errors
+    }
+    if full.task == "classification":
+        labels = full.class_labels or []
+        counts = np.bincount(full.targets, minlength=len(labels))
+        summary["classes"] = {label: int(n) for label, n in zip(labels, counts, strict=True)}
+    else:
+        y = full.targets.astype(np.float64)
+        summary["target_stats"] = {
+            "mean": y.mean(axis=0).tolist(),
+            "std": y.std(axis=0).tolist(),
+            "min": y.min(axis=0).tolist(),
+            "max": y.max(axis=0).tolist(),
+        }
+    spans = np.ptp(full.features, axis=0)
+    constant = [n for n, s in zip(full.feature_names, spans, strict=True) if s == 0]
+    if constant:
+        summary["constant_features"] = constant
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    features = summary["features"]
+    shown = ", ".join(features[:8]) + (
+        f", ... ({len(features)} in all)" if len(features) > 8 else ""
+    )
+    sha = summary["sha256"]
+    lines = [
+        f"data: {summary['source']}" + (f" (sha256 {sha[:12]})" if sha else ""),
+        f"  rows {summary['rows']}, features: {shown}",
+        f"  task: {summary['task']} ({summary['task_reason']})",
+    ]
+    if "classes" in summary:
+        classes = summary["classes"]
+        items = ", ".join(f"{k}: {v}" for k, v in list(classes.items())[:12])
+        lines.append(f"  classes ({len(classes)}): {items}{' ...' if len(classes) > 12 else ''}")
+    else:
+        stats = summary["target_stats"]
+        lines.append(
+            "  target: "
+            + "; ".join(
+                f"mean {m:.4g}, std {s:.4g}, min {lo:.4g}, max {hi:.4g}"
+                for m, s, lo, hi in zip(
+                    stats["mean"], stats["std"], stats["min"], stats["max"], strict=True
+                )
+            )
+        )
+    lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    if summary.get("constant_features"):
+        lines.append(f"  constant features (kept, carry no signal): {summary['constant_features']}")
+    return "\n".join(lines)

@@ -23,24 +23,47 @@ def write_csv(history: Sequence[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def plot_history(history: Sequence[dict[str, float]], path: Path, metric: str) -> Path:
-    """Two panels against epoch: loss (train, val) and ``metric`` (train, val)."""
+def plot_history(
+    history: Sequence[dict[str, float]],
+    path: Path,
+    metric: str,
+    *,
+    best_epoch: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Two panels against epoch: loss (train, val) and ``metric`` (train, val).
+
+    Whole-number epoch ticks, the best epoch marked by a dashed line, the loss on a log axis
+    when it spans more than a decade. ``metric`` is "accuracy" or "rmse" (target units).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2))
+    losses = [row[k] for row in history for k in ("train_loss", "val_loss")]
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         ax_loss.plot(epochs, [row[key] for row in history], marker=".", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    positive = [v for v in losses if v > 0]
+    if positive and max(positive) / min(positive) > 10:
+        ax_loss.set_yscale("log")
+    loss_name = "MSE of the standardized target" if metric == "rmse" else "cross-entropy"
+    ax_loss.set(xlabel="epoch", ylabel=loss_name, title="Loss")
     for key, label in ((f"train_{metric}", "train"), (f"val_{metric}", "validation")):
         ax_metric.plot(epochs, [row[key] for row in history], marker=".", label=label)
-    ax_metric.set(xlabel="epoch", ylabel=metric, title=metric.capitalize())
+    name = "RMSE (target units)" if metric == "rmse" else metric.capitalize()
+    ax_metric.set(xlabel="epoch", ylabel=name, title=name)
     for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label="best.pt")
         ax.grid(alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

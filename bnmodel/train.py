@@ -64,9 +64,9 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     history: list[dict[str, float]]
-    best_metric: float
+    best_metric: float  # the monitored value at best_epoch
     best_epoch: int
-    metric: str  # "val_accuracy" (higher is better) or "val_mse" (lower is better)
+    metric: str  # the monitored metric (--monitor), e.g. "val_loss"
     out_dir: Path
     metrics_csv: Path
     plot: Path | None
@@ -74,6 +74,10 @@ class TrainResult:
     stopped_early: bool = False
     bn_recompute: dict[str, float] | None = None  # val metric before/after Algorithm 2
     rank: int = 0  # under torchrun: this process's rank (only rank 0 wrote files)
+    best_metrics: dict[str, float] = field(default_factory=dict)  # every val metric at best
+    test_metrics: dict[str, float] | None = None  # best.pt on the held-out test rows
+    task: str = "classification"
+    epochs_run: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +97,7 @@ class _Run:
     y_train: torch.Tensor  # (N,) int64 or (N, T) float32
     x_val: torch.Tensor
     y_val: torch.Tensor
+    test_set: data_mod.Dataset | None  # evaluated once, with best.pt, at the end
     task: str
     generator: torch.Generator  # CPU; shared seed on all ranks, so shards partition each epoch
     steps_per_epoch: int
@@ -104,7 +109,7 @@ class _Run:
 
     @property
     def metric(self) -> str:
-        return "accuracy" if self.task == "classification" else "mse"
+        return "accuracy" if self.task == "classification" else "rmse"
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.config.precision == "bf16":
@@ -118,13 +123,16 @@ class _Progress:
 
     epoch: int = 0  # completed epochs
     global_step: int = 0
-    best_metric: float = math.nan
+    best_metric: float = math.nan  # the monitored value
+    best_loss: float = math.nan  # val loss at best_epoch: breaks ties of the monitored value
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     # Mid-epoch position (Ctrl-C): generator state before this epoch's randperm, batches done,
     # and the epoch's running sums; None at epoch boundaries.
     partial: dict[str, Any] | None = None
+    # (first step, steps) of each schedule cycle added by extending --epochs on resume.
+    segments: list[tuple[int, int]] = field(default_factory=list)
 
 
 class _StopFlag:
@@ -155,25 +163,48 @@ class _StopFlag:
 # Setup
 
 
-def _load_data(config: TrainConfig) -> tuple[data_mod.Dataset, data_mod.Dataset, dict[str, Any]]:
+def _load_data(
+    config: TrainConfig,
+) -> tuple[data_mod.Dataset, data_mod.Dataset, data_mod.Dataset | None, dict[str, Any]]:
+    """(train, validation, test or None, data summary); the summary also goes in data.json."""
     dataset = data_mod.load_source(config.data, config.target, config.task)
     if config.task is not None and dataset.task != config.task:
         raise data_mod.DataError(
             f"data {dataset.source} is {dataset.task}, but --task {config.task} was given"
         )
-    train_set, val_set = data_mod.split(dataset, config.val_fraction, config.seed)
-    spec = data_mod.data_spec(dataset, config.target, config.val_fraction, config.seed)
-    return train_set, val_set, spec
+    train_set, val_set, test_set = data_mod.split_three(
+        dataset, config.val_fraction, config.test_fraction, config.seed
+    )
+    if config.test is not None:
+        test_set = data_mod.load_file(
+            config.test, config.target, dataset.task, dataset.class_labels
+        )
+        if test_set.feature_names != dataset.feature_names:
+            raise data_mod.DataError(
+                f"--test {config.test}: feature columns {test_set.feature_names[:8]} differ "
+                f"from the training data's {dataset.feature_names[:8]}"
+            )
+    parts = {"train": train_set, "validation": val_set, "test": test_set}
+    summary = data_mod.summarize(dataset, parts, config.target, config.test)
+    summary["data_spec"] = data_mod.data_spec(
+        dataset, config.target, config.val_fraction, config.seed, config.test_fraction
+    )
+    return train_set, val_set, test_set, summary
 
 
 def _build_model(config: TrainConfig, train_set: data_mod.Dataset, ctx: DistContext) -> BNMLP:
-    model_config = config.model_config(train_set.features.shape[1], train_set.num_outputs)
+    model_config = config.model_config(
+        train_set.features.shape[1], train_set.num_outputs, train_set.task
+    )
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = BNMLP(model_config)
-    if model.standardize is not None:
-        x = train_set.features.astype(np.float64)
-        model.standardize.set_statistics(
-            torch.from_numpy(x.mean(axis=0)).float(), torch.from_numpy(x.std(axis=0)).float()
+    # The training rows' statistics, in float64, for the input and (regression) the target.
+    for layer, values in ((model.standardize, train_set.features), (model.target_scale, None)):
+        if layer is None:
+            continue
+        v = (train_set.targets if values is None else values).astype(np.float64)
+        layer.set_statistics(
+            torch.from_numpy(v.mean(axis=0)).float(), torch.from_numpy(v.std(axis=0)).float()
         )
     if config.sync_bn and ctx.device.type == "cuda" and ctx.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -216,8 +247,20 @@ def _batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, i
     return bounds
 
 
-def _setup(config: TrainConfig, ctx: DistContext) -> _Run:
-    train_set, val_set, spec = _load_data(config)
+def _check_monitor(config: TrainConfig, task: str) -> None:
+    from bnmodel.train_config import MONITORS
+
+    needs = MONITORS[config.monitor][0]
+    if needs is not None and needs != task:
+        allowed = [m for m, (t, _) in MONITORS.items() if t in (None, task)]
+        raise ValueError(f"--monitor {config.monitor} needs a {needs} task; for {task}: {allowed}")
+
+
+def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _Run:
+    train_set, val_set, test_set, loaded = _load_data(config)
+    summary.update(loaded)
+    spec = summary.pop("data_spec")
+    _check_monitor(config, train_set.task)
     rows_per_rank = len(train_set) // ctx.world_size
     steps = len(_batch_bounds(rows_per_rank, config.batch_size, config.drop_last))
     if steps == 0:
@@ -237,7 +280,7 @@ def _setup(config: TrainConfig, ctx: DistContext) -> _Run:
         "feature_names": train_set.feature_names,
         "class_labels": train_set.class_labels,
         "task": train_set.task,
-        "target_name": config.target,
+        "target_name": train_set.target or config.target,
         "data_spec": spec,
     }
     return _Run(
@@ -250,6 +293,7 @@ def _setup(config: TrainConfig, ctx: DistContext) -> _Run:
         y_train,
         x_val,
         y_val,
+        test_set,
         train_set.task,
         torch.Generator().manual_seed(config.seed),
         steps,
@@ -280,9 +324,13 @@ def _numerics(config: TrainConfig, device: torch.device) -> Iterator[None]:
 
 
 def _loss(run: _Run, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, or the MSE of standardized targets (scale-free; target units without)."""
     if run.task == "classification":
         return F.cross_entropy(out.float(), target)
-    return F.mse_loss(out.float(), target)
+    scale = run.model.target_scale
+    if scale is None:
+        return F.mse_loss(out.float(), target)
+    return F.mse_loss(scale.normalize(out.float()), scale.normalize(target))
 
 
 def _train_step(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,8 +346,8 @@ def _train_step(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Te
     n = xb.shape[0]
     if run.task == "classification":
         metric = (out.detach().argmax(dim=1) == yb).sum()
-    else:
-        metric = loss.detach() * n
+    else:  # squared error in target units, summed over rows and targets
+        metric = (out.detach().float() - yb).square().sum()
     return loss.detach() * n, metric
 
 
@@ -335,10 +383,7 @@ def _run_epoch(run: _Run, prog: _Progress, stop: _StopFlag, tick: Callable[[], N
                 "seconds": time.perf_counter() - start,
             }
             return False
-        set_lr(
-            run.optimizer,
-            lr_at(prog.global_step, run.total_steps, cfg.lr, cfg.schedule, cfg.warmup),
-        )
+        set_lr(run.optimizer, _lr(run, prog))
         idx = order[bounds[b][0] : bounds[b][1]]
         xb = run.x_train[idx].to(device, non_blocking=True)  # no-op when resident
         yb = run.y_train[idx].to(device, non_blocking=True)
@@ -360,45 +405,71 @@ def _epoch_row(
     sums = torch.cat([sums, sums.new_tensor([rows])])
     loss, metric, total_rows = all_reduce_sum(sums, run.ctx).tolist()
     seconds = time.perf_counter() - start
+    if run.task == "classification":
+        train_metric = metric / total_rows
+    else:
+        train_metric = math.sqrt(metric / (total_rows * run.y_train.shape[1]))
     return {
         "epoch": prog.epoch + 1,
         "step": prog.global_step,
         "lr": run.optimizer.param_groups[0]["lr"],
         "train_loss": loss / total_rows,
-        f"train_{run.metric}": metric / total_rows,
+        f"train_{run.metric}": train_metric,
         "epoch_seconds": seconds,
         "train_samples_per_second": total_rows / seconds,
     }
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, model: nn.Module) -> tuple[float, float]:
-    """Validation (loss, metric) in eval mode, on the whole validation set, in chunks."""
+def _evaluate(
+    run: _Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, prefix: str = "val_"
+) -> dict[str, float]:
+    """Loss and metrics of ``model`` in eval mode on rows x (N, F), y, in chunks: accuracy for a
+    classifier; RMSE, MAE and R^2 in target units (pooled over targets) for a regressor."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=run.ctx.device)
-    metric_sum = torch.zeros_like(loss_sum)
-    for lo in range(0, run.x_val.shape[0], EVAL_CHUNK):
-        xb = run.x_val[lo : lo + EVAL_CHUNK].to(run.ctx.device, non_blocking=True)
-        yb = run.y_val[lo : lo + EVAL_CHUNK].to(run.ctx.device, non_blocking=True)
+    zero = torch.zeros((), dtype=torch.float64, device=run.ctx.device)
+    # loss, correct | loss, squared error, absolute error; target sums (T,) for R^2
+    sums = [zero.clone() for _ in range(3)]
+    y_sum = y_sq = zero
+    for lo in range(0, x.shape[0], EVAL_CHUNK):
+        xb = x[lo : lo + EVAL_CHUNK].to(run.ctx.device, non_blocking=True)
+        yb = y[lo : lo + EVAL_CHUNK].to(run.ctx.device, non_blocking=True)
         with run.autocast():
             out = model(xb)
-        loss = _loss(run, out, yb)
-        loss_sum += loss * xb.shape[0]
+        sums[0] += _loss(run, out, yb) * xb.shape[0]
         if run.task == "classification":
-            metric_sum += (out.argmax(dim=1) == yb).sum()
-        else:
-            metric_sum += loss * xb.shape[0]
+            sums[1] += (out.argmax(dim=1) == yb).sum()
+            continue
+        error = out.float().double() - yb.double()
+        sums[1] += error.square().sum()
+        sums[2] += error.abs().sum()
+        y_sum = y_sum + yb.double().sum(dim=0)
+        y_sq = y_sq + yb.double().square().sum(dim=0)
     model.train()
-    n = run.x_val.shape[0]
-    return loss_sum.item() / n, metric_sum.item() / n
+    n = x.shape[0]
+    if run.task == "classification":
+        return {f"{prefix}loss": sums[0].item() / n, f"{prefix}accuracy": sums[1].item() / n}
+    values = n * y.shape[1]
+    total = (y_sq - y_sum.square() / n).sum().item()  # sum of squares about each target's mean
+    sse = sums[1].item()
+    return {
+        f"{prefix}loss": sums[0].item() / n,
+        f"{prefix}rmse": math.sqrt(sse / values),
+        f"{prefix}mae": sums[2].item() / values,
+        f"{prefix}r2": 1.0 - sse / total if total > 0 else math.nan,
+    }
 
 
-def _improved(run: _Run, prog: _Progress, value: float) -> bool:
+def _improved(run: _Run, prog: _Progress, value: float, loss: float) -> bool:
+    """Better monitored value, or the same one with a lower validation loss."""
+    from bnmodel.train_config import MONITORS
+
     if math.isnan(prog.best_metric):
         return True
-    if run.metric == "accuracy":
-        return value > prog.best_metric
-    return value < prog.best_metric
+    higher_is_better = MONITORS[run.config.monitor][1]
+    if value == prog.best_metric:
+        return loss < prog.best_loss
+    return value > prog.best_metric if higher_is_better else value < prog.best_metric
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +483,8 @@ def _training_state(run: _Run, prog: _Progress) -> dict[str, Any]:
         "epoch": prog.epoch,
         "global_step": prog.global_step,
         "best_metric": prog.best_metric,
+        "best_loss": prog.best_loss,
+        "segments": [list(seg) for seg in prog.segments],
         "best_epoch": prog.best_epoch,
         "bad_epochs": prog.bad_epochs,
         "history": prog.history,
@@ -434,7 +507,9 @@ def _checkpoint(run: _Run, prog: _Progress, metrics: dict[str, float], full: boo
     )
 
 
-def _restore(run: _Run, prog: _Progress, path: Path) -> None:
+def _restore(
+    run: _Run, prog: _Progress, path: Path, log: Callable[[str], None] | None = None
+) -> None:
     """Continue from a last.pt: weights, BN buffers, optimizer, RNGs, counters, position."""
     ckpt = load_checkpoint(path)
     state = ckpt.training_state
@@ -461,11 +536,31 @@ def _restore(run: _Run, prog: _Progress, path: Path) -> None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     prog.epoch, prog.global_step = state["epoch"], state["global_step"]
     prog.best_metric, prog.best_epoch = state["best_metric"], state["best_epoch"]
+    prog.best_loss = state.get("best_loss", math.nan)
     prog.bad_epochs, prog.history, prog.partial = (
         state["bad_epochs"],
         list(state["history"]),
         state["partial"],
     )
+    planned_epochs = int(state["train_config"]["epochs"])
+    spe = run.steps_per_epoch
+    prog.segments = [tuple(seg) for seg in state.get("segments") or [(0, planned_epochs * spe)]]
+    planned = sum(length for _, length in prog.segments) // spe
+    note = f"resuming {path} at epoch {prog.epoch} (step {prog.global_step})"
+    if run.config.epochs > planned:
+        prog.segments.append((planned * spe, (run.config.epochs - planned) * spe))
+        note += (
+            f"; --epochs {run.config.epochs} extends the {planned}-epoch plan: epochs "
+            f"{planned + 1}-{run.config.epochs} run a new {run.config.schedule} cycle from "
+            f"--lr {run.config.lr:g} (a warm restart; the first {planned} keep their schedule)"
+        )
+    elif run.config.epochs < planned:
+        note += (
+            f"; stopping at epoch {run.config.epochs} of a schedule planned for {planned} "
+            "epochs (the learning rate will not have decayed fully)"
+        )
+    if log is not None:
+        log(note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,12 +568,17 @@ def _restore(run: _Run, prog: _Progress, path: Path) -> None:
 
 
 def train(
-    config: TrainConfig, *, progress: bool = True, on_step: Callable[[int], None] | None = None
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a BNMLP as ``config`` says; write checkpoints, metrics CSV and plot to out_dir.
 
     ``on_step(global_step)`` is called after every optimizer step (tests use it to deliver a
-    Ctrl-C at a chosen step). Under torchrun every rank calls this; only rank 0 writes files.
+    Ctrl-C at a chosen step); ``log`` gets the data summary and resume notes before training.
+    Under torchrun every rank calls this; only rank 0 writes files and logs.
     """
     ctx = init_distributed(config.device)
     finished = False
@@ -488,25 +588,84 @@ def train(
                 f"--sync-bn needs CUDA devices (SyncBatchNorm has no {ctx.device.type}"
                 " implementation); drop --sync-bn or run with --device cuda"
             )
+        if ctx.is_main:
+            check_out_dir(config)
         with _numerics(config, ctx.device):
-            run = _setup(config, ctx)
-            result = _fit(run, progress, on_step)
+            summary: dict[str, Any] = {}
+            run = _setup(config, ctx, summary)
+            if ctx.is_main:
+                _write_json(summary, config.out_dir / "data.json")
+                if log is not None:
+                    log(data_mod.format_summary(summary))
+            result = _fit(run, progress, on_step, log if ctx.is_main else None)
         finished = True
         return result
     finally:
         cleanup(ctx, wait_for_peers=finished)
 
 
-def _fit(run: _Run, progress: bool, on_step: Callable[[int], None] | None) -> TrainResult:
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "data.json")
+# Written only by some runs: removed with --overwrite so nothing stale sits beside a new run.
+OPTIONAL_RUN_FILES = ("metrics.png", "test_metrics.json")
+
+
+def check_out_dir(config: TrainConfig) -> None:
+    """--out must be a writable folder holding no earlier run (unless --overwrite/--resume)."""
+    out = config.out_dir
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    if earlier and not (config.overwrite or config.resume is not None):
+        raise ValueError(
+            f"--out {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to "
+            f"replace it, --resume {out / 'last.pt'} to continue it, or choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if earlier and config.resume is None:  # --overwrite: a new run, nothing of the old one
+            for name in (*RUN_FILES, *OPTIONAL_RUN_FILES):
+                (out / name).unlink(missing_ok=True)
+        probe = out / ".bnmodel-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+
+
+def _write_json(payload: dict[str, Any], path: Path) -> Path:
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _lr(run: _Run, prog: _Progress) -> float:
+    """The schedule for this step: the run's own, then, for epochs added on resume, a new cycle
+    of the same schedule over the added steps (a warm restart), never the old one stretched."""
+    cfg, step = run.config, prog.global_step
+    start, length = 0, run.total_steps
+    for seg_start, seg_length in prog.segments:
+        if step >= seg_start:
+            start, length = seg_start, seg_length
+    return lr_at(step - start, length, cfg.lr, cfg.schedule, cfg.warmup)
+
+
+def _fit(
+    run: _Run,
+    progress: bool,
+    on_step: Callable[[int], None] | None,
+    log: Callable[[str], None] | None,
+) -> TrainResult:
     from tqdm.auto import tqdm
 
     config, prog = run.config, _Progress()
     out = config.out_dir
     last, best, csv_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
+    prog.segments = [(0, run.total_steps)]
     if config.resume is not None:
-        _restore(run, prog, config.resume)
-    if run.ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        _restore(run, prog, config.resume, log)
     bar = tqdm(
         total=run.total_steps,
         initial=prog.global_step,
@@ -545,12 +704,13 @@ def _end_epoch(run: _Run, prog: _Progress, bar: Any, last: Path, best: Path) -> 
             f"state is in {last}"
         )
     sync_buffers(run.model, run.ctx)
-    val_loss, val_metric = _evaluate(run, run.model)
-    row.update({"val_loss": val_loss, f"val_{run.metric}": val_metric})
+    row.update(_evaluate(run, run.model, run.x_val, run.y_val))
     prog.epoch += 1
     metrics = {k: float(v) for k, v in row.items() if k.startswith(("train_", "val_"))}
-    if _improved(run, prog, val_metric):
-        prog.best_metric, prog.best_epoch, prog.bad_epochs = val_metric, prog.epoch, 0
+    monitored = row[run.config.monitor]
+    if _improved(run, prog, monitored, row["val_loss"]):
+        prog.best_metric, prog.best_loss = monitored, row["val_loss"]
+        prog.best_epoch, prog.bad_epochs = prog.epoch, 0
         if run.ctx.is_main:
             save_checkpoint(_checkpoint(run, prog, metrics, full=False), best)
     else:
@@ -560,7 +720,7 @@ def _end_epoch(run: _Run, prog: _Progress, bar: Any, last: Path, best: Path) -> 
     bar.set_postfix(
         epoch=prog.epoch,
         loss=f"{row['train_loss']:.4f}",
-        **{f"val_{run.metric}": f"{val_metric:.4f}"},
+        **{f"val_{run.metric}": f"{row[f'val_{run.metric}']:.4f}"},
     )
     return run.config.patience is not None and prog.bad_epochs >= run.config.patience
 
@@ -570,17 +730,32 @@ def _finish(run: _Run, prog: _Progress, interrupted: bool, stopped_early: bool) 
     plot = None
     bn_recompute = None
     if run.ctx.is_main and prog.history and all("val_loss" in r for r in prog.history):
-        plot = plot_history(prog.history, out / "metrics.png", run.metric)
+        plot = plot_history(
+            prog.history,
+            out / "metrics.png",
+            run.metric,
+            best_epoch=prog.best_epoch,
+            title=_plot_title(run),
+        )
     if run.ctx.is_main and run.config.recompute_bn_stats and not interrupted:
         bn_recompute = _recompute_best(run, out / "best.pt")
-    best_metric = prog.best_metric if bn_recompute is None else bn_recompute["after"]
+    best_metrics: dict[str, float] = {}
+    test_metrics = None
+    if run.ctx.is_main and prog.best_epoch > 0 and not interrupted:
+        ckpt = load_checkpoint(out / "best.pt")
+        best_metrics = {k: v for k, v in ckpt.metrics.items() if k.startswith("val_")}
+        if run.test_set is not None:
+            test_metrics = _evaluate_test(run, ckpt, out / "test_metrics.json")
+    best_metric = prog.best_metric
+    if bn_recompute is not None:
+        best_metric = best_metrics.get(run.config.monitor, best_metric)
     return TrainResult(
         best_checkpoint=out / "best.pt",
         last_checkpoint=out / "last.pt",
         history=prog.history,
         best_metric=best_metric,
         best_epoch=prog.best_epoch,
-        metric=f"val_{run.metric}",
+        metric=run.config.monitor,
         out_dir=out,
         metrics_csv=out / "metrics.csv",
         plot=plot,
@@ -588,24 +763,42 @@ def _finish(run: _Run, prog: _Progress, interrupted: bool, stopped_early: bool) 
         stopped_early=stopped_early,
         bn_recompute=bn_recompute,
         rank=run.ctx.rank,
+        best_metrics=best_metrics,
+        test_metrics=test_metrics,
+        task=run.task,
+        epochs_run=prog.epoch,
     )
+
+
+def _plot_title(run: _Run) -> str:
+    c = run.model.config
+    hidden = "x".join(str(h) for h in c.hidden_sizes)
+    return (
+        f"{Path(run.config.data).name}: {run.task}, MLP {c.in_features}-{hidden}-"
+        f"{c.out_features} {c.activation}, BN {c.bn_placement}"
+    )
+
+
+def _evaluate_test(run: _Run, ckpt: Checkpoint, path: Path) -> dict[str, float]:
+    """best.pt on the held-out test rows, once; written to test_metrics.json."""
+    test = run.test_set
+    model = ckpt.build_model().to(run.ctx.device)
+    x, y = _tensors(test, run.ctx.device)
+    metrics = _evaluate(run, model, x, y, prefix="test_")
+    _write_json({"rows": len(test), "epoch": ckpt.epoch, **metrics}, path)
+    return metrics
 
 
 def _recompute_best(run: _Run, best: Path) -> dict[str, float]:
     """Algorithm 2 on the best model (a fresh plain-BN copy, so no SyncBN collective runs)."""
     ckpt = load_checkpoint(best)
     model = ckpt.build_model().to(run.ctx.device)
-    before = ckpt.metrics.get(f"val_{run.metric}", math.nan)
+    key = run.config.monitor
+    before = ckpt.metrics.get(key, math.nan)
     with run.autocast():
         recompute_bn_stats(model, run.x_train, run.config.batch_size, seed=run.config.seed)
-    val_loss, after = _evaluate(run, model)
+    after = _evaluate(run, model, run.x_val, run.y_val)
     ckpt.model_state = model.state_dict()
-    ckpt.metrics.update(
-        {
-            "val_loss": val_loss,
-            f"val_{run.metric}": after,
-            f"val_{run.metric}_before_bn_recompute": before,
-        }
-    )
+    ckpt.metrics.update({**after, f"{key}_before_bn_recompute": before})
     save_checkpoint(ckpt, best)
-    return {"before": before, "after": after}
+    return {"before": before, "after": after[key]}

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bnmodel.config import ACTIVATIONS, BN_PLACEMENTS, ModelConfig
+from bnmodel.config import ModelConfig
 
-__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig"]
+__all__ = ["MONITORS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainConfig"]
 
 OPTIMIZERS = ("adamw", "sgd")
+# What best.pt and early stopping can follow: name -> (task or None for any, higher is better).
+MONITORS = {
+    "val_loss": (None, False),
+    "val_accuracy": ("classification", True),
+    "val_rmse": ("regression", False),
+    "val_mae": ("regression", False),
+    "val_r2": ("regression", True),
+}
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -28,14 +36,13 @@ class TrainConfig:
     target: str | None = None
     task: str | None = None  # None: inferred from the target column
     val_fraction: float = 0.2
-    # Model (see ModelConfig).
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    activation: str = "relu"
-    bn_placement: str = "pre"
-    dropout: float = 0.0
-    bn_eps: float = 1e-5
-    bn_momentum: float | None = 0.1
-    standardize_input: bool = True
+    # Held-out test rows, evaluated once with best.pt at the end: a file, or a fraction of --data.
+    test: str | None = None
+    test_fraction: float = 0.0
+    # The model's fields and defaults live in ModelConfig; in/out features come from the data.
+    model: ModelConfig = ModelConfig()
+    # Regression: fit the standardized target (the model maps back to target units).
+    standardize_target: bool = True
     # Optimization.
     epochs: int = 20
     batch_size: int = 64
@@ -46,7 +53,8 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup: float = 0.0  # fraction of steps with linear warmup (constant/cosine)
     grad_clip: float | None = None  # max global L2 norm of the gradients
-    patience: int | None = None  # early stopping: epochs without improvement of the val metric
+    monitor: str = "val_loss"  # what best.pt and early stopping follow (ties: lower val loss)
+    patience: int | None = None  # early stopping: epochs without improvement of the monitor
     drop_last: bool = False  # a 1-row tail batch is always dropped (BN needs >= 2 rows)
     # Execution.
     seed: int = 0
@@ -57,37 +65,55 @@ class TrainConfig:
     sync_bn: bool = False
     out_dir: Path = Path("runs/train")
     resume: Path | None = None
+    overwrite: bool = False  # replace an earlier run in out_dir
     recompute_bn_stats: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        if isinstance(self.model, dict):  # from to_dict(), e.g. a checkpoint's train_config
+            object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.resume is not None:
             object.__setattr__(self, "resume", Path(self.resume))
         for problem in _config_problems(self):
             raise ValueError(problem)
 
-    def model_config(self, in_features: int, out_features: int) -> ModelConfig:
-        return ModelConfig(
+    def model_config(
+        self, in_features: int, out_features: int, task: str = "classification"
+    ) -> ModelConfig:
+        """The model to build for data with these widths and this task."""
+        return replace(
+            self.model,
             in_features=in_features,
-            hidden_sizes=self.hidden_sizes,
             out_features=out_features,
-            activation=self.activation,  # type: ignore[arg-type]
-            bn_placement=self.bn_placement,  # type: ignore[arg-type]
-            dropout=self.dropout,
-            bn_eps=self.bn_eps,
-            bn_momentum=self.bn_momentum,
-            standardize_input=self.standardize_input,
+            standardize_target=self.standardize_target and task == "regression",
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(
-            hidden_sizes=list(self.hidden_sizes),
+            model=self.model.to_dict(),
             out_dir=str(self.out_dir),
             resume=None if self.resume is None else str(self.resume),
         )
         return d
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> TrainConfig:
+        """From one flat mapping of flag names (the CLI's): model fields go to ModelConfig."""
+        model_fields = {f.name for f in fields(ModelConfig)} - {"standardize_target"}
+        model = {k: v for k, v in flags.items() if k in model_fields}
+        rest = {k: v for k, v in flags.items() if k not in model_fields}
+        base = rest.pop("model", ModelConfig())
+        base = ModelConfig.from_dict(base) if isinstance(base, dict) else base
+        return cls(model=replace(base, **model), **rest)
+
+    def to_flags(self) -> dict[str, Any]:
+        """The inverse of from_flags: one flat mapping, model fields included."""
+        flat = self.to_dict()
+        model = flat.pop("model")
+        for name in ("in_features", "out_features", "standardize_target"):
+            model.pop(name)
+        return {**flat, **model}
 
 
 def _config_problems(c: TrainConfig) -> Iterator[str]:
@@ -95,26 +121,23 @@ def _config_problems(c: TrainConfig) -> Iterator[str]:
     checks: list[tuple[bool, str, str, Any]] = [
         (0 < c.val_fraction < 1, "--val-fraction", "in (0, 1)", c.val_fraction),
         (
+            0 <= c.test_fraction < 1 and c.val_fraction + c.test_fraction < 1,
+            "--test-fraction",
+            "in [0, 1) with --val-fraction + --test-fraction < 1",
+            c.test_fraction,
+        ),
+        (
+            c.test is None or c.test_fraction == 0,
+            "--test",
+            "not combined with --test-fraction",
+            c.test,
+        ),
+        (c.monitor in MONITORS, "--monitor", f"one of {tuple(MONITORS)}", c.monitor),
+        (
             c.task in (None, "classification", "regression"),
             "--task",
             "classification or regression",
             c.task,
-        ),
-        (
-            len(c.hidden_sizes) >= 1 and min(c.hidden_sizes) >= 1,
-            "--hidden",
-            "one or more sizes >= 1",
-            list(c.hidden_sizes),
-        ),
-        (c.activation in ACTIVATIONS, "--activation", f"one of {ACTIVATIONS}", c.activation),
-        (c.bn_placement in BN_PLACEMENTS, "--bn", f"one of {BN_PLACEMENTS}", c.bn_placement),
-        (0 <= c.dropout < 1, "--dropout", "in [0, 1)", c.dropout),
-        (c.bn_eps > 0, "--bn-eps", "> 0", c.bn_eps),
-        (
-            c.bn_momentum is None or 0 < c.bn_momentum <= 1,
-            "--bn-momentum",
-            "in (0, 1] or 'none'",
-            c.bn_momentum,
         ),
         (c.epochs >= 1, "--epochs", ">= 1", c.epochs),
         (c.batch_size >= 2, "--batch-size", ">= 2 (batch norm needs two rows)", c.batch_size),

@@ -190,6 +190,17 @@ def _data(ckpt: Checkpoint, given: np.ndarray | None) -> _Data:
     )
 
 
+def _target_scale_notes(fold_report: FoldReport) -> list[str]:
+    """Say where a regressor's target de-standardization went: the reference compared above
+    includes it, so matching outputs prove the graph emits target units."""
+    return [
+        f"target units: y = z * std + mean ({step.sources[0]}) folded into "
+        f"{step.target_label or step.target}; the folded graph has no node for it"
+        for step in fold_report.steps
+        if step.kind == "linear<-target_scale"
+    ]
+
+
 def _graph(
     model: nn.Module, ckpt: Checkpoint, fp16: bool, opset: int, metadata: dict[str, str]
 ) -> onnx.ModelProto:
@@ -353,7 +364,7 @@ def export_checkpoint(
             validation_rows=data.validation,
             fp16=fp16,
             batch_sizes=BATCH_SIZES,
-            notes=data.notes,
+            notes=[*data.notes, *_target_scale_notes(fold_report)],
         )
         result.report.raise_for_mismatch()
     proto = graphs[fold]

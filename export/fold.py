@@ -5,6 +5,7 @@ Every per-feature affine map is held as ``y = scale * (x - center) + offset``:
     BN (eval mode)          center = running_mean   scale = gamma / sqrt(running_var + eps)
                             offset = beta           (affine=False: gamma = 1, beta = 0)
     input standardization   center = mean           scale = 1 / std          offset = 0
+    target scale            center = 0              scale = std              offset = mean
 
 Such a map folds into the layer before it (``Linear/Conv -> BN``, the output rows scale):
 
@@ -21,6 +22,10 @@ ones: measured 4.8e-5 relative error against unfolded float32's 2.1e-7. There th
 stays as one Sub node (module Center: nearby floats subtract exactly) and only the scale folds:
 ``W' = W * scale``, ``b' = b + W @ offset``. See ``Affine.shift_cancels`` for the decision.
 
+A regressor's target de-standardization ``y = z * std + mean`` (TargetScale, after the last
+Linear) folds into that Linear by the first form, so the graph emits target units with no node
+of its own.
+
 Every formula computes in float64 and casts back to the parameter dtype: a running variance of
 1e-8 gives scale ~ 1e4, and float32 products of such factors would lose digits the model needs.
 """
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bnmodel.model import Standardize
+from bnmodel.model import Standardize, TargetScale
 
 __all__ = [
     "MAX_FOLDED_SHIFT",
@@ -50,6 +55,7 @@ __all__ = [
     "fuse_linear_bn",
     "layer_labels",
     "standardize_affine",
+    "target_scale_affine",
 ]
 
 # Folding the shift into the next Linear costs about log10(ratio) float32 digits, ratio being
@@ -133,6 +139,12 @@ def standardize_affine(mean: torch.Tensor, std: torch.Tensor) -> Affine:
     return Affine(mean, 1.0 / std, torch.zeros_like(mean), std)
 
 
+def target_scale_affine(mean: torch.Tensor, std: torch.Tensor) -> Affine:
+    """``z * std + mean`` in float64 (z is the standardized target: spread 1)."""
+    mean, std = mean.detach().double(), std.detach().double()
+    return Affine(torch.zeros_like(mean), std, mean, torch.ones_like(mean))
+
+
 def fold_into_previous(
     weight: torch.Tensor, bias: torch.Tensor | None, affine: Affine
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +185,8 @@ class Center(nn.Module):
 
 @dataclass(frozen=True)
 class FoldStep:
-    kind: str  # "linear<-bn", "conv<-bn", "bn->linear", "standardize->linear"
+    # "linear<-bn", "conv<-bn", "bn->linear", "standardize->linear", "linear<-target_scale"
+    kind: str
     sources: tuple[str, ...]  # folded-away module names, e.g. ("net.1",)
     target: str  # the Linear/Conv that absorbed them
     labels: tuple[str, ...] = ()  # the sources as a user knows them: "hidden layer 2 BN"
@@ -235,6 +248,8 @@ def layer_labels(layers: list[tuple[str, nn.Module]]) -> dict[str, str]:
             labels[name] = f"{'Linear' if isinstance(module, nn.Linear) else 'Conv'} {weighted}"
         elif isinstance(module, Standardize):
             labels[name] = "input standardization"
+        elif isinstance(module, TargetScale):
+            labels[name] = "target de-standardization"
         else:
             where = f"hidden layer {weighted}" if weighted else "input"
             labels[name] = f"{where} {'BN' if isinstance(module, _BN) else kind}"
@@ -268,7 +283,7 @@ def _check_values(label: str, module: nn.Module) -> None:
                 f"{label}: running_var + eps <= 0 at {_first_bad(module.running_var, bad)} "
                 f"(eps {module.eps:g}); a variance cannot be negative: the statistics are broken"
             )
-    if isinstance(module, Standardize) and (bad := module.std <= 0).any():
+    if isinstance(module, (Standardize, TargetScale)) and (bad := module.std <= 0).any():
         raise FoldError(f"{label}: std <= 0 at {_first_bad(module.std, bad)}")
 
 
@@ -296,6 +311,9 @@ def _affine_of(label: str, module: nn.Module) -> Affine | None:
     if isinstance(module, Standardize):
         _check_values(label, module)
         return standardize_affine(module.mean, module.std)
+    if isinstance(module, TargetScale):
+        _check_values(label, module)
+        return target_scale_affine(module.mean, module.std)
     return None
 
 
@@ -343,13 +361,15 @@ def _fuse_previous(layer: nn.Module, bn: nn.Module, name: str, target: str) -> n
 
 
 def _kind(module: nn.Module) -> str:
+    if isinstance(module, TargetScale):
+        return "target_scale"
     return "standardize" if isinstance(module, Standardize) else "bn"
 
 
 def _absorbs_after(previous: nn.Module, module: nn.Module) -> bool:
     """Can ``previous`` take ``module`` (an affine map right after it) into its weight?"""
     if isinstance(previous, nn.Linear):
-        return isinstance(module, (nn.BatchNorm1d, Standardize))
+        return isinstance(module, (nn.BatchNorm1d, Standardize, TargetScale))
     return isinstance(previous, _CONV) and isinstance(module, _BN)
 
 

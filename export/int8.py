@@ -87,7 +87,7 @@ class Int8Report:
             )
         return (
             f"int8 vs fp32 on {self.rows} validation rows: RMSE {self.fp32_metric:.6g} -> "
-            f"{self.int8_metric:.6g} (+{self.drop:.2f}%, allowed {self.allowed:g}%), max "
+            f"{self.int8_metric:.6g} ({self.drop:+.2f}%, allowed {self.allowed:g}%), max "
             f"prediction difference {self.max_prediction_difference:.3g}  {verdict}"
         )
 

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from bnmodel.files import atomic_write_bytes
-from bnmodel.model import Standardize
+from bnmodel.model import Standardize, TargetScale
 
 from .fold import Center
 
@@ -123,6 +123,9 @@ def _emit(g: _Graph, name: str, module: nn.Module, x: str, opset: int) -> str:
     if isinstance(module, Standardize):
         centered = g.op("Sub", [x, g.const(f"{name}.mean", module.mean)], f"{name}/Sub")
         return g.op("Div", [centered, g.const(f"{name}.std", module.std)], f"{name}/Div")
+    if isinstance(module, TargetScale):  # only in the unfolded reference graph
+        scaled = g.op("Mul", [x, g.const(f"{name}.std", module.std)], f"{name}/Mul")
+        return g.op("Add", [scaled, g.const(f"{name}.mean", module.mean)], f"{name}/Add")
     if isinstance(module, nn.GELU):
         return _emit_gelu(g, name, module, x, opset)
     if type(module) in _ACTIVATIONS:
@@ -132,7 +135,7 @@ def _emit(g: _Graph, name: str, module: nn.Module, x: str, opset: int) -> str:
         return x  # identity in eval mode
     raise ExportError(
         f"layer {name} ({type(module).__name__}) has no ONNX mapping; supported: "
-        "Linear, BatchNorm1d, Standardize, ReLU, GELU, Sigmoid, Tanh, Dropout"
+        "Linear, BatchNorm1d, Standardize, TargetScale, ReLU, GELU, Sigmoid, Tanh, Dropout"
     )
 
 
@@ -180,6 +183,8 @@ def _output_width(layers: Sequence[tuple[str, nn.Module]]) -> int:
     for name, module in reversed(layers):
         if isinstance(module, nn.Linear):
             return module.out_features
+        if isinstance(module, TargetScale):
+            return module.mean.numel()
         if not isinstance(module, (nn.ReLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity)):
             raise ExportError(
                 f"cannot tell the output width: last sized layer is {name} "

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bnmodel.config import ModelConfig
 from bnmodel.train_config import TrainConfig
 
 
@@ -16,7 +16,7 @@ def tiny_config(tmp_path: Path) -> TrainConfig:
     """A few-second run on synthetic data; tests replace() what they exercise."""
     return TrainConfig(
         data="synthetic:300,8,3,0",
-        hidden_sizes=(16, 16),
+        model=ModelConfig(hidden_sizes=(16, 16)),
         epochs=3,
         batch_size=32,
         device="cpu",
@@ -25,7 +25,8 @@ def tiny_config(tmp_path: Path) -> TrainConfig:
 
 
 def with_(config: TrainConfig, **changes: object) -> TrainConfig:
-    return replace(config, **changes)
+    """A copy with flag-named changes (model fields such as hidden_sizes included)."""
+    return TrainConfig.from_flags({**config.to_flags(), **changes})
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from bnmodel.model import BNMLP
 
 def test_one_full_batch_gives_exact_population_stats() -> None:
     torch.manual_seed(0)
-    model = BNMLP(ModelConfig(5, (7,), 2, bn_placement="pre", dropout=0.2)).eval()
+    model = BNMLP(
+        ModelConfig(5, (7,), 2, standardize_input=False, bn_placement="pre", dropout=0.2)
+    ).eval()
     x = torch.randn(64, 5)
     params = [p.clone() for p in model.parameters()]
     used = recompute_bn_stats(model, x, batch_size=64)
@@ -28,7 +30,7 @@ def test_one_full_batch_gives_exact_population_stats() -> None:
 
 def test_equal_batches_average_the_batch_statistics() -> None:
     torch.manual_seed(1)
-    model = BNMLP(ModelConfig(3, (4,), 2, bn_placement="post"))
+    model = BNMLP(ModelConfig(3, (4,), 2, standardize_input=False, bn_placement="post"))
     x = torch.randn(50, 3)
     assert recompute_bn_stats(model, x, batch_size=16, seed=3) == 3  # 50 // 16, tail dropped
     assert model.training
@@ -41,5 +43,5 @@ def test_equal_batches_average_the_batch_statistics() -> None:
 
 
 def test_model_without_bn_is_untouched() -> None:
-    model = BNMLP(ModelConfig(3, (4,), 2, bn_placement="none"))
+    model = BNMLP(ModelConfig(3, (4,), 2, standardize_input=False, bn_placement="none"))
     assert recompute_bn_stats(model, torch.randn(10, 3), batch_size=4) == 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bnmodel.checkpoint import CheckpointError, load_checkpoint
+from bnmodel.config import ModelConfig
 from bnmodel.train import TrainConfig, train
 
 MARKER = "bnmodel-tamper-marker"
@@ -24,7 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ckpt")
     config = TrainConfig(
         data="synthetic:120,4,2",
-        hidden_sizes=(8,),
+        model=ModelConfig(hidden_sizes=(8,)),
         epochs=1,
         batch_size=16,
         device="cpu",

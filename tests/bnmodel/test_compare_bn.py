@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bnmodel.compare_bn import compare_bn, format_table, steps_to
 
 
@@ -14,7 +16,9 @@ def test_steps_to() -> None:
 
 
 def test_tiny_comparison_writes_plot_and_table(tmp_path: Path) -> None:
-    report = compare_bn(tmp_path, seeds=(0, 1), epochs=1)
+    lines: list[str] = []
+    report = compare_bn(tmp_path, seeds=(0, 1), epochs=1, log=lines.append)
+    assert len(lines) == 4 and lines[0].startswith("[1/4] with BN, seed 0: final val accuracy")
     assert report.plot.read_bytes()[:4] == b"\x89PNG"
     assert report.table.read_text().startswith("model,seed,final_val_accuracy")
     assert [r["seed"] for r in report.rows] == [0, 1, "mean"] * 2
@@ -22,3 +26,10 @@ def test_tiny_comparison_writes_plot_and_table(tmp_path: Path) -> None:
     assert all(len(c) == 1 and c[0][0] == 24 for cs in report.curves.values() for c in cs)
     table = format_table(report.rows)
     assert "with BN" in table and "without BN" in table and "steps to 95%" in table
+
+
+def test_an_earlier_comparison_is_kept_unless_overwrite(tmp_path: Path) -> None:
+    compare_bn(tmp_path, seeds=(0,), epochs=1)
+    with pytest.raises(ValueError, match="holds an earlier comparison"):
+        compare_bn(tmp_path, seeds=(0,), epochs=1)
+    assert compare_bn(tmp_path, seeds=(0,), epochs=1, overwrite=True).table.is_file()

@@ -61,10 +61,11 @@ def test_validation_split_reproduces_the_checkpoint_split(tmp_path: Path) -> Non
 
 
 def test_csv_classification_with_string_labels(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "d.csv", "x1,x2,species\n1,2,cat\n3,4,dog\n5,6,cat\n")
+    path = write_csv(tmp_path / "d.csv", "x1,x2,species\n1,2,dog\n3,4,cat\n5,6,cat\n7,8,dog\n")
     ds = data.load_file(path, "species", None)
     assert ds.task == "classification" and ds.class_labels == ["cat", "dog"]
-    assert ds.targets.tolist() == [0, 1, 0] and ds.feature_names == ["x1", "x2"]
+    assert ds.targets.tolist() == [1, 0, 0, 1] and ds.feature_names == ["x1", "x2"]
+    assert "strings" in ds.task_reason
 
 
 def test_csv_regression_inferred_and_parquet(tmp_path: Path) -> None:
@@ -79,8 +80,8 @@ def test_npz_with_labels(tmp_path: Path) -> None:
     x = np.arange(12, dtype=np.float64).reshape(4, 3)
     np.savez(
         tmp_path / "d.npz",
-        X=x,
-        y=np.array([0, 1, 2, 1]),
+        X=np.concatenate([x, x]),
+        y=np.array([0, 1, 2, 1, 0, 2, 0, 1]),
         class_labels=np.array(["a", "b", "c"]),
         feature_names=np.array(["p", "q", "r"]),
     )
@@ -96,10 +97,12 @@ def test_npz_with_labels(tmp_path: Path) -> None:
         ("a,b,target\n1,2,0\n3,,1\n", r"column 'b', row 2 \(line 3\): value is missing"),
         ("a,b,target\n1,inf,0\n3,4,1\n", r"column 'b', row 1 \(line 2\).*not a finite number"),
         (
-            "a,b,target\n1,2,0\n3,4,-1\n",
-            r"target column 'target', row 2 \(line 3\): label -1 "
-            r"is out of range",
+            "a,b,target\n1,2,0\n3,4,-1\n5,6,0\n",
+            r"target column 'target': class '-1' has only 1 row",
         ),
+        ("a,b,target\n1,2,4\n3,4,4\n", r"target column 'target': every row holds the same"),
+        ("a,b,target\n1,2,0.5\n3,4,0.5\n", r"target column 'target' is constant \(0.5"),
+        ("a,b,target\n1,,0\n3,,1\n", r"column 'b' is entirely missing"),
         ("a,b,target\n1,2,0\n3,4,\n", r"target column 'target', row 2 \(line 3\).*missing"),
         ("a,b,target\n", r"has a header but no data rows"),
         ("a,b,c\n1,2,3\n", r"no --target given and no column named 'target'"),
@@ -144,3 +147,49 @@ def test_too_few_rows_to_split() -> None:
     ds = data.make_synthetic(2, 3, 2).subset(np.array([0]))
     with pytest.raises(DataError, match="1 row"):
         data.split(ds, 0.2, seed=0)
+
+
+def _integer_table(tmp_path: Path, labels: list[int]) -> Path:
+    rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels))
+    return write_csv(tmp_path / "ints.csv", "x,y\n" + rows)
+
+
+@pytest.mark.parametrize(
+    ("labels", "task", "classes"),
+    [
+        ([1, 2, 3] * 5, "classification", ["1", "2", "3"]),  # no phantom class 0
+        ([0, 10, 20] * 5, "classification", ["0", "10", "20"]),  # 3 classes, not 21
+        ([7, 9, 7, 9], "classification", ["7", "9"]),  # two values: always classes
+        (list(range(25, 347, 3)), "regression", None),  # many distinct values: a quantity
+    ],
+)
+def test_integer_targets_follow_the_stated_rule(
+    tmp_path: Path, labels: list[int], task: str, classes: list[str] | None
+) -> None:
+    ds = data.load_file(_integer_table(tmp_path, labels), "y", None)
+    assert ds.task == task and ds.class_labels == classes and ds.task_reason
+    if classes is not None:  # indices 0..K-1 in sorted label order
+        assert sorted(set(ds.targets.tolist())) == list(range(len(classes)))
+
+
+def test_ambiguous_integer_target_asks_for_task(tmp_path: Path) -> None:
+    path = _integer_table(tmp_path, [1, 2, 3] * 5 + [4, 4])
+    with pytest.raises(DataError, match=r"value 4 in only 2 row\(s\); pass --task"):
+        data.load_file(path, "y", None)
+    assert data.load_file(path, "y", "regression").task == "regression"
+
+
+def test_unseen_label_is_named_with_its_row_count() -> None:
+    codes = data.encode_labels(np.array(["b", "a"], dtype=object), ["a", "b"], "test.csv")
+    assert codes.tolist() == [1, 0]
+    with pytest.raises(
+        DataError, match=r"test.csv: label\(s\) never seen in training: 'z' \(2 rows\)"
+    ):
+        data.encode_labels(np.array(["a", "z", "z"], dtype=object), ["a", "b"], "test.csv")
+
+
+def test_constant_multi_target_column_is_named(tmp_path: Path) -> None:
+    y = np.stack([np.arange(6.0), np.full(6, 2.5)], axis=1)
+    np.savez(tmp_path / "two.npz", X=np.arange(12.0).reshape(6, 2), y=y)
+    with pytest.raises(DataError, match=r"array 'y', target column 1 is constant \(2.5"):
+        data.load_file(tmp_path / "two.npz", None, None)

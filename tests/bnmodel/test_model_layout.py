@@ -13,13 +13,19 @@ from bnmodel.model import BNMLP, Standardize
 @pytest.mark.parametrize("placement", ["pre", "post", "none"])
 @pytest.mark.parametrize("activation", ["relu", "gelu", "sigmoid", "tanh"])
 def test_output_shape(placement: str, activation: str) -> None:
-    model = BNMLP(ModelConfig(7, (5, 4), 3, activation=activation, bn_placement=placement))
+    model = BNMLP(
+        ModelConfig(
+            7, (5, 4), 3, standardize_input=False, activation=activation, bn_placement=placement
+        )
+    )
     assert model(torch.randn(6, 7)).shape == (6, 3)
 
 
 @pytest.mark.parametrize("placement", ["pre", "post", "none"])
 def test_linear_has_bias_exactly_when_no_bn_follows(placement: str) -> None:
-    model = BNMLP(ModelConfig(4, (8, 8, 8), 2, bn_placement=placement, dropout=0.1))
+    model = BNMLP(
+        ModelConfig(4, (8, 8, 8), 2, standardize_input=False, bn_placement=placement, dropout=0.1)
+    )
     layers = list(model.net)
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.Linear):
@@ -36,7 +42,7 @@ def test_linear_has_bias_exactly_when_no_bn_follows(placement: str) -> None:
     ],
 )
 def test_layer_order(placement: str, expected: list[type]) -> None:
-    model = BNMLP(ModelConfig(4, (8,), 2, bn_placement=placement))
+    model = BNMLP(ModelConfig(4, (8,), 2, standardize_input=False, bn_placement=placement))
     assert [type(m) for m in model.net] == expected
 
 

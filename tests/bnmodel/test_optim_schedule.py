@@ -13,7 +13,7 @@ from bnmodel.optim import build_optimizer, lr_at, param_groups
 
 
 def test_weight_decay_only_on_weight_matrices() -> None:
-    model = BNMLP(ModelConfig(4, (8, 8), 3, bn_placement="pre"))
+    model = BNMLP(ModelConfig(4, (8, 8), 3, standardize_input=False, bn_placement="pre"))
     decay, no_decay = param_groups(model, 0.1)
     bn_params = {
         id(p)
@@ -30,7 +30,7 @@ def test_weight_decay_only_on_weight_matrices() -> None:
 
 
 def test_optimizer_choices_and_error() -> None:
-    model = BNMLP(ModelConfig(4, (8,), 3))
+    model = BNMLP(ModelConfig(4, (8,), 3, standardize_input=False))
     cpu = torch.device("cpu")
     assert isinstance(
         build_optimizer("adamw", param_groups(model, 0), 1e-3, device=cpu), torch.optim.AdamW

@@ -65,5 +65,9 @@ def test_tiny_run_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "best val_accuracy" in out and str(tmp_path / "best.pt") in out
+    assert (
+        "best val_loss" in out
+        and "validation (best.pt): loss" in out
+        and str(tmp_path / "best.pt") in out
+    )
     assert (tmp_path / "metrics.png").is_file()

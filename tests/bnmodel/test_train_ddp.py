@@ -45,11 +45,13 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("best val_accuracy") == 1  # one report, from rank 0
+    assert proc.stdout.count("best val_loss") == 1  # one report, from rank 0
+    assert proc.stdout.count("task: classification") == 1  # one data summary
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [10, 20]
     assert sorted(p.name for p in out.iterdir()) == [
         "best.pt",
+        "data.json",
         "last.pt",
         "metrics.csv",
         "metrics.png",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,35 @@ def test_int8_flag_misuse_is_a_usage_error(
 ) -> None:
     assert main(["export", str(checkpoint_path), "--verify-only", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains through the CLI: a few seconds
+def test_int8_of_a_trained_regressor_keeps_target_units(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A regressor trained on a target in the hundreds: the de-standardization folded into the
+    last Linear survives quantization (int8 RMSE in target units); the CLI passes the RMSE bar."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.standard_normal((400, 5)), columns=[f"f{i}" for i in range(5)])
+    frame["price"] = 300 + 80 * frame.f0 - 40 * frame.f1 + 5 * rng.standard_normal(400)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    out = tmp_path / "run"
+    args = ["--data", str(tmp_path / "rows.csv"), "--target", "price", "--hidden", "32"]
+    assert (
+        main(["train", *args, "--epochs", "15", "--seed", "0", "--quiet", "--out", str(out)]) == 0
+    )
+    result = export_checkpoint(out / "best.pt", output=tmp_path / "reg.onnx", int8=True)
+    assert [s.kind for s in result.fold_report.steps][-1] == "linear<-target_scale"
+    assert any("target units" in note for note in result.report.notes)
+    report = result.int8
+    assert report.task == "regression" and report.ok
+    assert report.fp32_metric < 30 and report.int8_metric < 30  # target std ~ 90
+    features, targets = _validation(out / "best.pt")
+    got = _session(tmp_path / "reg.onnx").run(None, {"features": features})[0][:, 0]
+    assert np.sqrt(np.mean((got - targets.reshape(-1)) ** 2)) == pytest.approx(
+        report.int8_metric, rel=1e-4
+    )
+    capsys.readouterr()
+    flags = ["--int8", "--max-rmse-increase", "5", "-o", str(tmp_path / "cli.onnx")]
+    assert main(["export", str(out / "best.pt"), *flags]) == 0
+    assert re.search(r"RMSE [\d.]+ -> [\d.]+ \([+-][\d.]+%, allowed 5%\)", capsys.readouterr().out)
