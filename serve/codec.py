@@ -282,7 +282,12 @@ def _encoded_strings(array: np.ndarray) -> list[bytes]:
     encoded = []
     for i, value in enumerate(array.ravel().tolist()):
         if isinstance(value, str):
-            value = value.encode("utf-8")
+            try:
+                value = value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate
+                raise InvalidInputError(
+                    f"BYTES element {i} has no UTF-8 form ({exc.reason} at character {exc.start})"
+                ) from None
         elif not isinstance(value, bytes):
             raise InvalidInputError(
                 f"BYTES element {i} is {type(value).__name__} {value!r:.32}, expected str or bytes"

@@ -37,6 +37,8 @@ from bnmodel.serve.predict import predict_file
 from bnmodel.serve.proto import grpc_service_pb2 as pb
 from bnmodel.serve.statistics import VersionStats
 from conftest import run_server
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from models import RAW_NUMERIC, RAW_VOCABULARIES, raw_model, raw_reference
 
 HERE = Path(__file__).parent
@@ -121,6 +123,25 @@ def test_malformed_raw_bytes_say_what_is_wrong(raw, shape, message):
         decode_raw(raw, "BYTES", shape)
 
 
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(st.text(), max_size=8))
+def test_any_text_round_trips(words):
+    array = np.array(words, dtype=object)
+    assert decode_raw(encode_raw(array)[1], "BYTES", (len(words),)).tolist() == words
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=64), count=st.integers(0, 5))
+def test_any_bytes_decode_or_raise_a_clear_error(raw, count):
+    try:
+        values = decode_raw(raw, "BYTES", (count,))
+    except InvalidInputError as exc:
+        assert "element" in str(exc) or "raw contents" in str(exc)
+    else:
+        assert values.shape == (count,) and all(type(v) is str for v in values)
+        assert encode_raw(values)[1] == raw
+
+
 def test_typed_bytes_that_are_not_utf8_name_the_element():
     contents = pb.InferTensorContents(bytes_contents=[b"ok", b"ok", b"\xffbad"])
     with pytest.raises(InvalidInputError, match=r"element 2 is not valid UTF-8 \(byte 0xff"):
@@ -132,6 +153,8 @@ def test_typed_bytes_that_are_not_utf8_name_the_element():
 def test_encoding_refuses_elements_that_are_not_strings():
     with pytest.raises(InvalidInputError, match="BYTES element 1 is int 7, expected str or bytes"):
         encode_raw(np.array(["a", 7], dtype=object))
+    with pytest.raises(InvalidInputError, match="BYTES element 0 has no UTF-8 form"):
+        encode_raw(np.array(["\ud800"], dtype=object))
 
 
 # -- the test model ---------------------------------------------------------------------------
