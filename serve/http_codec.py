@@ -280,7 +280,10 @@ def encode_infer_response(
             blobs.append(raw)
         else:
             flat = np.ascontiguousarray(array).ravel()
-            entry["data"] = flat.astype(np.float32) if flat.dtype == np.float16 else flat
+            if flat.dtype == object:  # BYTES: a list of strings (orjson takes no object arrays)
+                entry["data"] = flat.tolist()
+            else:
+                entry["data"] = flat.astype(np.float32) if flat.dtype == np.float16 else flat
         outputs.append(entry)
     document = {
         "model_name": response.model_name,

@@ -438,3 +438,40 @@ def test_a_raw_row_onnx_file_serves_without_a_config(repository, tmp_path):
     assert json.loads(config.parameters["categorical_columns"].string_value) == ["color", "size"]
     _same(got, _reference(repository, rows))
     np.testing.assert_allclose(predictions.values, got["probabilities"], rtol=1e-6)
+
+
+def test_a_string_output_comes_back_over_grpc_and_http(tmp_path):
+    """BYTES outputs are not part of the raw-row contract, but a graph with one is served."""
+    from models import write_model
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "echo",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    config = (
+        'name: "echo"\nmax_batch_size: 8\n'
+        'input [{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }]\n'
+        'output [{ name: "echo" data_type: TYPE_STRING dims: [ 1 ] }]\n'
+    )
+    write_model(tmp_path, "echo", model, config)
+    words = np.array([["bl\u00fc"], [""], ["x"]], dtype=object)
+    body = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [3, 1], "data": ["a", "b", ""]}]
+    }
+    with run_server("--model-repository", str(tmp_path)) as server:
+        with InferenceClient(server.url) as client:
+            grpc_echo = client.infer("echo", {"text": words})["echo"]
+        with HttpInferenceClient(server.http_url) as client:
+            http_echo = client.infer("echo", {"text": words})["echo"]
+        request = urllib.request.Request(
+            f"{server.http_url}/v2/models/echo/infer", json.dumps(body).encode()
+        )
+        with urllib.request.urlopen(request) as answer:
+            (output,) = json.loads(answer.read())["outputs"]
+    assert grpc_echo.tolist() == http_echo.tolist() == words.tolist()
+    assert output == {"name": "echo", "datatype": "BYTES", "shape": [3, 1], "data": ["a", "b", ""]}
