@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,6 +32,32 @@ def run_server(
         args = (*args, "--workers", "1")
     with spawn_server(args, timeout=timeout, log_path=log_path) as server:
         yield server
+
+
+def run_triton_check(script: str, url: str, *args: str) -> dict:
+    """tests/serve/SCRIPT (tritonclient) in a process of its own, where its generated protobuf
+    modules cannot clash with ours; what it printed, as JSON."""
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name(script)), url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def onnx_outputs(
+    repository: Path, model: str, inputs: np.ndarray | dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Every output of REPOSITORY/MODEL/1/model.onnx run by ONNX Runtime directly (the reference
+    served answers are compared with); an array is the ``features`` input."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(repository / model / "1" / "model.onnx"))
+    feeds = inputs if isinstance(inputs, dict) else {"features": inputs}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 @pytest.fixture(scope="session")

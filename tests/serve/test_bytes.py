@@ -36,7 +36,7 @@ from bnmodel.serve.http_client import HttpInferenceClient
 from bnmodel.serve.predict import predict_file
 from bnmodel.serve.proto import grpc_service_pb2 as pb
 from bnmodel.serve.statistics import VersionStats
-from conftest import run_server
+from conftest import onnx_outputs, run_server, run_triton_check
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import RAW_NUMERIC, RAW_VOCABULARIES, raw_model, raw_reference
@@ -56,12 +56,6 @@ def _rows(n: int, seed: int) -> dict[str, np.ndarray]:
         "color": np.array([[WORDS[i]] for i in rng.integers(0, len(WORDS), n)], dtype=object),
         "size": np.array([[sizes[i]] for i in rng.integers(0, len(sizes), n)], dtype=object),
     }
-
-
-def _reference(repository: Path, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(repository / "raw" / "1" / "model.onnx"))
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, rows), strict=True))
 
 
 def _same(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
@@ -261,13 +255,13 @@ def test_metadata_and_config_list_every_input(server):
 def test_grpc_client_sends_several_inputs_with_bytes(server, repository, raw):
     rows = _rows(9, 1)
     with InferenceClient(server.url) as client:
-        _same(client.infer("raw", rows, raw=raw), _reference(repository, rows))
+        _same(client.infer("raw", rows, raw=raw), onnx_outputs(repository, "raw", rows))
 
 
 def test_http_client_sends_bytes_as_binary_data(server, repository):
     rows = _rows(64, 2)
     with HttpInferenceClient(server.http_url) as client:
-        _same(client.infer("raw", rows), _reference(repository, rows))
+        _same(client.infer("raw", rows), onnx_outputs(repository, "raw", rows))
 
 
 def test_plain_json_strings_and_null_for_a_missing_number(server, repository):
@@ -291,17 +285,9 @@ def test_plain_json_strings_and_null_for_a_missing_number(server, repository):
     )
     with urllib.request.urlopen(request) as answer:
         outputs = {o["name"]: o for o in json.loads(answer.read())["outputs"]}
-    expected = _reference(repository, rows)
+    expected = onnx_outputs(repository, "raw", rows)
     got = np.array(outputs["probabilities"]["data"], np.float32).reshape(4, 3)
     np.testing.assert_allclose(got, expected["probabilities"], rtol=1e-6, atol=1e-6)
-
-
-def _triton(script: str, url: str, *args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, str(HERE / script), url, *args], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def _save_requests(path: Path, requests: dict[str, dict[str, np.ndarray]]) -> None:
@@ -330,11 +316,11 @@ def test_tritonclient_sends_bytes_unchanged(server, repository, tmp_path, script
     _save_requests(tmp_path / "in.npz", requests)
     url = server.url if mode is None else server.http_url
     args = [str(tmp_path / "in.npz"), str(tmp_path / "out.npz"), *([mode] if mode else [])]
-    _triton(script, url, "infer-inputs", "raw", *args)
+    run_triton_check(script, url, "infer-inputs", "raw", *args)
     with np.load(tmp_path / "out.npz") as outputs:
         for key, rows in requests.items():
             got = {name: outputs[f"{key}/{name}"] for name in ("logits", "probabilities")}
-            _same(got, _reference(repository, rows))
+            _same(got, onnx_outputs(repository, "raw", rows))
 
 
 def test_a_numeric_model_beside_it_is_unchanged(server):
@@ -373,7 +359,7 @@ def test_infer_reads_raw_rows_by_column_name(server, repository, tmp_path, http)
     assert np.isnan(rows["features"]).any() and (rows["size"] == "").any()
     url = server.http_url if http else server.url
     predictions = predict_file(url, "raw", _csv(tmp_path / "rows.csv", rows))
-    expected = _reference(repository, rows)["probabilities"]
+    expected = onnx_outputs(repository, "raw", rows)["probabilities"]
     np.testing.assert_allclose(predictions.values, expected, rtol=1e-6, atol=1e-6)
     assert predictions.classes[3] in ("setosa", "versicolor", "virginica")
 
@@ -436,7 +422,7 @@ def test_a_raw_row_onnx_file_serves_without_a_config(repository, tmp_path):
         ("size", 13),
     ]
     assert json.loads(config.parameters["categorical_columns"].string_value) == ["color", "size"]
-    _same(got, _reference(repository, rows))
+    _same(got, onnx_outputs(repository, "raw", rows))
     np.testing.assert_allclose(predictions.values, got["probabilities"], rtol=1e-6)
 
 

@@ -11,33 +11,17 @@ import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from bnmodel.serve.client import InferenceClient
 from bnmodel.serve.dataplane import DataPlane
 from bnmodel.serve.http import HttpApp, HttpServer
 from bnmodel.serve.http_client import HttpInferenceClient
+from conftest import onnx_outputs, run_triton_check
 
-SCRIPT = Path(__file__).with_name("triton_http_check.py")
 X = np.random.default_rng(3).normal(size=(5, 8)).astype(np.float32)
-
-
-def _triton(url: str, *args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), url, *args], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def _reference(repository: Path, model: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(repository / model / "1" / "model.onnx"))
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"features": x}), strict=True))
 
 
 def _request(url: str, method: str, path: str, body: bytes = b"", headers=None):
@@ -77,16 +61,16 @@ def test_tritonclient_http_matches_onnxruntime(server, repository, tmp_path, mod
     batches = {str(n): rng.normal(size=(n, 8)).astype(dtype) for n in (1, 7, 64)}
     np.savez(tmp_path / "in.npz", **batches)
     inputs, outputs = str(tmp_path / "in.npz"), str(tmp_path / "out.npz")
-    _triton(server.http_url, "infer", model, inputs, outputs, mode)
+    run_triton_check("triton_http_check.py", server.http_url, "infer", model, inputs, outputs, mode)
     got = np.load(outputs)
     for n, x in batches.items():
-        for name, expected in _reference(repository, model, x).items():
+        for name, expected in onnx_outputs(repository, model, x).items():
             assert got[f"{n}/{name}"].dtype == expected.dtype
             np.testing.assert_allclose(got[f"{n}/{name}"], expected, rtol=1e-6, atol=1e-6)
 
 
 def test_tritonclient_http_control_plane(server):
-    result = _triton(server.http_url, "control", "clf")
+    result = run_triton_check("triton_http_check.py", server.http_url, "control", "clf")
     assert result["live"] and result["ready"] and result["model_ready"]
     assert result["server"]["name"] == "bnmodel"
     assert result["metadata"]["inputs"] == [
@@ -112,7 +96,7 @@ def test_plain_json_matches_grpc_beside_it(server, repository):
     values = np.asarray(output["data"], np.float32).reshape(output["shape"])
     with InferenceClient(server.url) as client:  # gRPC, same process, same answer
         np.testing.assert_array_equal(values, client.infer("reg", X)["predictions"])
-    np.testing.assert_allclose(values, _reference(repository, "reg", X)["predictions"], rtol=1e-6)
+    np.testing.assert_allclose(values, onnx_outputs(repository, "reg", X)["predictions"], rtol=1e-6)
 
 
 def test_nested_and_flat_data_and_mixed_binary_outputs(server):

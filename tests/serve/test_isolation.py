@@ -14,9 +14,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_server
+from conftest import onnx_outputs, run_server, run_triton_check
 from models import config_text, failing_model, fixed_config, fixed_model, mlp_model, write_model
-from test_server import _reference, _triton
 
 from bnmodel.launcher import ServerStartError
 
@@ -84,12 +83,19 @@ def test_broken_models_fail_alone_and_the_rest_is_served(mixed_repository, tmp_p
         }
         for model, batches in cases.items():
             np.savez(tmp_path / "in.npz", **batches)
-            _triton(server.url, "infer", model, str(tmp_path / "in.npz"), str(tmp_path / "out.npz"))
+            run_triton_check(
+                "triton_check.py",
+                server.url,
+                "infer",
+                model,
+                str(tmp_path / "in.npz"),
+                str(tmp_path / "out.npz"),
+            )
             outputs = np.load(tmp_path / "out.npz")
             for key, x in batches.items():
-                for name, expected in _reference(mixed_repository, model, x).items():
+                for name, expected in onnx_outputs(mixed_repository, model, x).items():
                     np.testing.assert_allclose(outputs[f"{key}/{name}"], expected, rtol=1e-5)
-        states = _triton(server.url, "states", "good", "fixed", *BROKEN)
+        states = run_triton_check("triton_check.py", server.url, "states", "good", "fixed", *BROKEN)
         process = server.process
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

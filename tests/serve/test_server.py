@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 from bnmodel.serve.client import InferenceClient, InferenceServerError
 from bnmodel.serve.proto import grpc_service_pb2 as pb
+from conftest import onnx_outputs, run_triton_check
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-SCRIPT = Path(__file__).with_name("triton_check.py")
 METHOD = "/inference.GRPCInferenceService/"
-
-
-def _triton(url: str, *args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), url, *args], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def _reference(repository: Path, model: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(repository / model / "1" / "model.onnx"))
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"features": x}), strict=True))
 
 
 @pytest.mark.parametrize(("model", "dtype"), [("clf", np.float32), ("half", np.float16)])
@@ -39,10 +19,17 @@ def test_tritonclient_matches_onnxruntime(server, repository, tmp_path, model, d
     rng = np.random.default_rng(0)
     batches = {str(n): rng.normal(size=(n, 8)).astype(dtype) for n in (1, 7, 64)}
     np.savez(tmp_path / "in.npz", **batches)
-    _triton(server.url, "infer", model, str(tmp_path / "in.npz"), str(tmp_path / "out.npz"))
+    run_triton_check(
+        "triton_check.py",
+        server.url,
+        "infer",
+        model,
+        str(tmp_path / "in.npz"),
+        str(tmp_path / "out.npz"),
+    )
     outputs = np.load(tmp_path / "out.npz")
     for n, x in batches.items():
-        for name, expected in _reference(repository, model, x).items():
+        for name, expected in onnx_outputs(repository, model, x).items():
             got = outputs[f"{n}/{name}"]
             assert got.dtype == expected.dtype and got.shape == expected.shape
             np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
@@ -54,11 +41,11 @@ def test_typed_and_raw_inputs_give_the_same_answer(server, repository):
         raw = client.infer("reg", x, raw=True)["predictions"]
         typed = client.infer("reg", x, raw=False)["predictions"]
     np.testing.assert_array_equal(raw, typed)
-    np.testing.assert_allclose(raw, _reference(repository, "reg", x)["predictions"], rtol=1e-6)
+    np.testing.assert_allclose(raw, onnx_outputs(repository, "reg", x)["predictions"], rtol=1e-6)
 
 
 def test_tritonclient_control_plane(server):
-    result = _triton(server.url, "control", "clf")
+    result = run_triton_check("triton_check.py", server.url, "control", "clf")
     assert result["live"] and result["ready"] and result["model_ready"]
     assert result["server"]["name"] == "bnmodel"
     assert "model_repository" in result["server"]["extensions"]

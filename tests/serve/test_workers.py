@@ -21,7 +21,7 @@ from bnmodel.serve import session
 from bnmodel.serve.client import InferenceClient
 from bnmodel.serve.settings import ServerSettings, SettingsError
 from bnmodel.serve.workers import default_workers, hold_port
-from conftest import run_server
+from conftest import onnx_outputs, run_server
 from models import FEATURES, config_text, mlp_model, write_model
 
 CONNECTIONS = 24  # all on one of 2 workers by chance: 2 * 2**-24
@@ -67,7 +67,7 @@ def test_two_workers_share_the_port_and_sigterm_drains_both_with_exit_0(repo, tm
     metrics = _free_pair()  # worker i serves metrics on metrics + i
     args = ("--model-repository", str(repo), "--workers", "2", "--metrics-port", str(metrics))
     x = np.random.default_rng(0).normal(size=(64, FEATURES)).astype(np.float32)
-    expected = _reference(repo, "slow", x)
+    expected = onnx_outputs(repo, "slow", x)["probabilities"]
     with run_server(*args, log_path=tmp_path / "log") as server:
         assert "2 workers" in server.ready_line
         workers = _children(server.process.pid)
@@ -111,13 +111,6 @@ def test_two_workers_share_the_port_and_sigterm_drains_both_with_exit_0(repo, tm
     for pid in workers:  # reaped by the parent: gone
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-
-
-def _reference(repo, model: str, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(repo / model / "1" / "model.onnx"))
-    return session.run(["probabilities"], {"features": x})[0]
 
 
 def test_a_worker_that_dies_stops_the_others_and_the_server_exits_1(repo, tmp_path):
