@@ -83,7 +83,9 @@ class Preprocessing:
         d = asdict(self)
         for key in ("numeric", "impute_values", "indicators", "categorical"):
             d[key] = list(d[key])
-        d["vocabularies"] = {c: list(v) for c, v in zip(self.categorical, self.vocabularies)}
+        d["vocabularies"] = {
+            c: list(v) for c, v in zip(self.categorical, self.vocabularies, strict=True)
+        }
         return d
 
     @classmethod
@@ -145,7 +147,9 @@ def _vocabulary(column: np.ndarray, name: str, min_count: int, max_size: int) ->
             f"categorical column {name!r}: no value occurs in at least {min_count} training "
             f"rows (--min-category-count){top}; lower the flag or drop the column"
         )
-    order = sorted(zip(kept.index, kept.to_numpy()), key=lambda kv: (-kv[1], str(kv[0])))
+    order = sorted(
+        zip(kept.index, kept.to_numpy(), strict=True), key=lambda kv: (-kv[1], str(kv[0]))
+    )
     if max_size > 0:
         order = order[:max_size]
     return tuple(str(value) for value, _ in order)
