@@ -20,6 +20,7 @@ from torch import nn
 
 from bnmodel import __version__
 from bnmodel.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
+from bnmodel.encoding import Preprocessing
 from bnmodel.files import atomic_write_bytes
 from bnmodel.model import Standardize
 
@@ -44,7 +45,7 @@ from .repository import (
     validate_layout,
     write_repository,
 )
-from .verify import BATCH_SIZES, EquivalenceReport, verify_equivalence
+from .verify import BATCH_SIZES, EquivalenceReport, Rows, verify_equivalence
 
 __all__ = ["ExportResult", "export_checkpoint"]
 
@@ -134,7 +135,14 @@ def _metadata(
     import torch
 
     folded = {"folded": [], "note": "unfolded reference graph (--no-fold)"}
+    raw = {}
+    if ckpt.preprocessing is not None:  # raw-row model: its string inputs and encoders
+        raw = {
+            "bnmodel.categorical_columns": json.dumps(ckpt.categorical_columns),
+            "bnmodel.preprocessing": json.dumps(ckpt.preprocessing),
+        }
     return {
+        **raw,
         "bnmodel.task": ckpt.task,
         "bnmodel.feature_names": json.dumps(list(ckpt.feature_names)),
         "bnmodel.class_labels": json.dumps(_class_labels(ckpt) or []),
@@ -160,7 +168,7 @@ class _Data:
     """The checkpoint's training data, re-read through its data_spec, and what was found."""
 
     train: np.ndarray | None = None  # (N, F) training rows: INT8 calibration
-    validation: np.ndarray | None = None  # (M, F)
+    validation: np.ndarray | Rows | None = None  # (M, F), or raw rows of a raw-row model
     targets: np.ndarray | None = None  # validation targets
     notes: list[str] = field(default_factory=list)
 
@@ -182,9 +190,12 @@ def _data(ckpt: Checkpoint, given: np.ndarray | None) -> _Data:
         return _Data(notes=[f"validation rows unavailable ({why}): verified on random rows only"])
     source = ckpt.data_spec.get("source", "data_spec")
     features = getattr(train, "features", None)
+    validation = np.asarray(val.features, np.float32)
+    if ckpt.preprocessing is not None:
+        validation = Rows(validation, getattr(val, "categories", None))
     return _Data(
         None if features is None else np.asarray(features, np.float32),
-        np.asarray(val.features, np.float32),
+        validation,
         getattr(val, "targets", None),
         [f"validation rows: {len(val.features)} rows from {source}", random_note],
     )
@@ -201,9 +212,22 @@ def _target_scale_notes(fold_report: FoldReport) -> list[str]:
     ]
 
 
+def _preprocessing(ckpt: Checkpoint) -> Preprocessing | None:
+    if ckpt.preprocessing is None:
+        return None
+    try:
+        return Preprocessing.from_dict(ckpt.preprocessing)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint preprocessing is malformed: {exc}") from exc
+
+
 def _graph(
     model: nn.Module, ckpt: Checkpoint, fp16: bool, opset: int, metadata: dict[str, str]
 ) -> onnx.ModelProto:
+    prep = _preprocessing(ckpt)
+    categorical = (
+        [] if prep is None else list(zip(prep.categorical, prep.vocabularies, strict=True))
+    )
     proto = build_onnx(
         list(model.net.named_children()),
         task=ckpt.task,
@@ -211,6 +235,7 @@ def _graph(
         fp16=fp16,
         opset=opset,
         metadata=metadata,
+        categorical=categorical,
     )
     check_onnx(proto)
     return proto
@@ -235,6 +260,15 @@ def _check_destinations(
         )
     if int8 and (fp16 or not fold):
         raise ExportError("--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold")
+
+
+def _check_int8_inputs(ckpt: Checkpoint) -> None:
+    if ckpt.preprocessing is not None:
+        raise Int8Error(
+            "--int8 is not available for models trained on raw tables (categorical columns or "
+            "missing values): their calibration and comparison need string inputs, which the "
+            "INT8 path does not feed yet; export fp32 (or --fp16) instead"
+        )
 
 
 def _int8(
@@ -333,6 +367,8 @@ def export_checkpoint(
     """
     _check_destinations(output, fold, fp16, int8)
     ckpt, sha, default_name = _load(checkpoint)
+    if int8:
+        _check_int8_inputs(ckpt)
     name = name or default_name
     if repository is not None:
         validate_layout(name, version, max_batch_size)
@@ -365,6 +401,7 @@ def export_checkpoint(
             fp16=fp16,
             batch_sizes=BATCH_SIZES,
             notes=[*data.notes, *_target_scale_notes(fold_report)],
+            preprocessing=_preprocessing(ckpt),
         )
         result.report.raise_for_mismatch()
     proto = graphs[fold]
@@ -403,6 +440,7 @@ def _write(
             max_batch_size=max_batch_size,
             feature_names=ckpt.feature_names,
             class_labels=_class_labels(ckpt),
+            categorical_columns=ckpt.categorical_columns,
         )
         result.repository = write_repository(
             repository, name, version, proto.SerializeToString(), config, report_text
