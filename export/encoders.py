@@ -12,8 +12,9 @@ Linear sees ``[numerics (F), indicators (K), one block per categorical column]``
 since a one-hot vector times W_c is a column of W_c, and an embedding row times W_c is that
 row of E_c W_c^T: each categorical column becomes one Gather of a precomputed table, exactly
 (float64 products, cast back). ``center`` is the centering ``fold.py`` keeps as a Sub where
-folding its shift would cancel; it is zero outside the numerics (the standardization passes
-indicators, one-hot and embeddings unscaled).
+folding its shift would cancel: it stays a Sub on the numerics; beyond them (zero after
+training, which passes indicators, one-hot and embeddings unscaled) it folds into the bias,
+``b' = b - W[:, F:] center[F:]``, over inputs bounded by 0/1 or an embedding's scale.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def split_first_layer(
     """W (H, D) and b (H,) of the first Linear -> dense columns and one table per category.
 
     ``embeddings``: each column's (S_c, E) weight, or None for one-hot blocks of S_c columns.
-    ``center`` (D,): a kept centering; it must be 0 beyond the ``num_numeric`` columns.
+    ``center`` (D,): a kept centering; a Sub on the ``num_numeric`` columns, the bias beyond.
     """
     w = weight.detach().double()
+    b = bias.detach().double()
     widths = [
         size if embeddings is None else embeddings[i].shape[1]
         for i, size in enumerate(category_sizes)
@@ -74,10 +76,9 @@ def split_first_layer(
     kept = None
     if center is not None:
         numeric = num_dense if num_numeric is None else num_numeric
-        if bool((center[numeric:] != 0).any()):
-            raise FoldError("a kept centering is nonzero outside the numeric columns")
+        b = b - w[:, numeric:] @ center[numeric:].detach().double()
         kept = center[:numeric].detach().clone()
-    return FirstLayer(w[:, :num_dense].to(weight.dtype), bias.detach().clone(), tables, kept)
+    return FirstLayer(w[:, :num_dense].to(weight.dtype), b.to(bias.dtype), tables, kept)
 
 
 def first_layer(
