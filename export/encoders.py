@@ -29,7 +29,7 @@ from bnmodel.model import Encode
 
 from .fold import Center, FoldError
 
-__all__ = ["FirstLayer", "first_layer", "split_first_layer"]
+__all__ = ["FirstLayer", "first_layer", "gemm_weight", "split_first_layer"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,12 @@ def split_first_layer(
         b = b - w[:, numeric:] @ center[numeric:].detach().double()
         kept = center[:numeric].detach().clone()
     return FirstLayer(w[:, :num_dense].to(weight.dtype), b.to(bias.dtype), tables, kept)
+
+
+def gemm_weight(split: FirstLayer, columns: Sequence[int]) -> torch.Tensor:
+    """(H, F + K + sum S_c) the dense columns, then the tables of ``columns`` transposed: the
+    Gemm weight when those categorical columns come in one-hot (one-hot x T_c^T = T_c[slot])."""
+    return torch.cat([split.dense, *(split.tables[i].T for i in columns)], dim=1)
 
 
 def first_layer(

@@ -20,21 +20,21 @@ from export_testlib import make_model
 from bnmodel.checkpoint import Checkpoint, save_checkpoint
 from bnmodel.encoding import fit_preprocessing
 
-VOCABS = (("red", "green", "blue"), ("s", "m"))
+# Two small vocabularies (one-hot into the first Gemm) and one of 40 (a Gather of its table).
+VOCABS = (("red", "green", "blue"), ("s", "m"), tuple(f"city{i}" for i in range(40)))
+COLUMNS = ["color", "size", "city"]
 
 
 def _prep(num_numeric: int = 3):
     """Preprocessing with the test vocabularies: numerics x0.. (x1 had blanks), colors, sizes."""
     rng = np.random.default_rng(0)
-    numeric = rng.normal(size=(40, num_numeric)) * 5 + 2
+    numeric = rng.normal(size=(400, num_numeric)) * 5 + 2
     if num_numeric > 1:
         numeric[::7, 1] = np.nan
     cats = np.stack(
-        [np.asarray(v, dtype=object)[rng.integers(0, len(v), 40)] for v in VOCABS], axis=1
+        [np.asarray(v, dtype=object)[rng.integers(0, len(v), 400)] for v in VOCABS], axis=1
     )
-    return fit_preprocessing(
-        numeric, [f"x{i}" for i in range(num_numeric)], cats, ["color", "size"]
-    )
+    return fit_preprocessing(numeric, [f"x{i}" for i in range(num_numeric)], cats, COLUMNS)
 
 
 def _checkpoint(tmp_path: Path, embedding_dim: int = 0, num_numeric: int = 3, seed: int = 0):
@@ -105,26 +105,28 @@ def test_folded_graph_takes_raw_columns(tmp_path: Path, embedding_dim: int) -> N
     proto = onnx.load(tmp_path / "m.onnx")
     ops = [n.op_type for n in proto.graph.node]
     assert "BatchNormalization" not in ops
-    assert {"IsNaN", "Where", "LabelEncoder", "Gather", "Cast"} <= set(ops)
-    assert [i.name for i in proto.graph.input] == ["features", "color", "size"]
+    assert {"IsNaN", "Where", "LabelEncoder", "Cast"} <= set(ops)
+    assert ops.count("OneHot") == 2  # color and size into the first Gemm
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather" and "city" in n.name]
+    assert len(gathers) == 1  # city: 41 slots, a lookup of its folded table
+    assert [i.name for i in proto.graph.input] == ["features", *COLUMNS]
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["bnmodel.categorical_columns"]) == ["color", "size"]
+    assert json.loads(meta["bnmodel.categorical_columns"]) == COLUMNS
     assert json.loads(meta["bnmodel.preprocessing"])["vocabularies"]["color"] == list(
         prep.vocabularies[0]
     )
     # By hand: blanks, an unseen value and a blank categorical against torch on the codes.
     x = np.array([[1.0, np.nan, 3.0], [np.nan, 2.0, np.nan]], np.float32)
-    cats = np.array([["blue", "m"], [UNSEEN, ""]], dtype=object)
-    out = _session(tmp_path / "m.onnx").run(
-        ["logits"], {"features": x, "color": cats[:, :1], "size": cats[:, 1:]}
-    )[0]
+    cats = np.array([["blue", "m", "city7"], [UNSEEN, "", "city99"]], dtype=object)
+    feed = {"features": x, **{c: cats[:, i : i + 1] for i, c in enumerate(COLUMNS)}}
+    out = _session(tmp_path / "m.onnx").run(["logits"], feed)[0]
     codes = prep.model_input(x, cats)
-    assert codes[1, 3:].tolist() == [3.0, 2.0]  # both "other" slots
+    assert codes[1, 3:].tolist() == [3.0, 2.0, 40.0]  # all three "other" slots
     with torch.no_grad():
         expected = model(torch.from_numpy(codes)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     config = (tmp_path / "repo" / "raw" / "config.pbtxt").read_text()
-    assert config.count("TYPE_STRING") == 2 and '"[\\"color\\", \\"size\\"]"' in config
+    assert config.count("TYPE_STRING") == 3 and '"[\\"color\\", \\"size\\", \\"city\\"]"' in config
 
 
 def test_only_categorical_columns_no_features_input(tmp_path: Path) -> None:
@@ -132,7 +134,7 @@ def test_only_categorical_columns_no_features_input(tmp_path: Path) -> None:
     result = export_checkpoint(path, output=tmp_path / "m.onnx", repository=tmp_path / "repo")
     assert result.report.ok
     session = _session(tmp_path / "m.onnx")
-    assert [i.name for i in session.get_inputs()] == ["color", "size"]
+    assert [i.name for i in session.get_inputs()] == COLUMNS
     assert 'name: "features"' not in (tmp_path / "repo" / "raw" / "config.pbtxt").read_text()
 
 
