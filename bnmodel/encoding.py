@@ -115,8 +115,13 @@ def category_text(values: Any) -> np.ndarray:
     array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else None
     if array is None:
         array = pa.array(np.asarray(values, dtype=object), from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        parts = [category_text(chunk) for chunk in array.chunks]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=object)
     if pa.types.is_dictionary(array.type):
-        array = array.cast(array.type.value_type)
+        # Text of the few distinct values, then a take by index: no string per row is built.
+        text = np.append(category_text(array.dictionary), "")
+        return text[array.indices.fill_null(len(text) - 1).to_numpy(zero_copy_only=False)]
     if not pa.types.is_string(array.type):
         array = array.cast(pa.string())
     return np.asarray(array.fill_null("").to_numpy(zero_copy_only=False), dtype=object)

@@ -245,7 +245,7 @@ def _table_blocks(
     csv_file = path.suffix == ".csv"
     batches = _csv_batches(path, names, categorical, targets, allow_missing) if csv_file else None
     if batches is None:
-        batches = _parquet_batches(path, columns)
+        batches = _parquet_batches(path, columns, categorical)
     row = 0
     try:
         for batch in batches:
@@ -296,11 +296,15 @@ def _csv_header(path: Path) -> list[str]:
     return [h.strip() for h in header]
 
 
-def _parquet_batches(path: Path, columns: list[str]) -> Iterator[Any]:
+def _parquet_batches(
+    path: Path, columns: list[str], categorical: Sequence[str] = ()
+) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     try:
-        file = pq.ParquetFile(path)
+        # Categorical columns as dictionaries where the file stores them so: their text is
+        # then built per distinct value, not per row (encoding.category_text).
+        file = pq.ParquetFile(path, read_dictionary=list(categorical))
     except Exception as exc:  # pyarrow raises ArrowInvalid or OSError for a bad file
         raise PredictError(f"input {path} is not a readable Parquet file: {exc}") from None
     _check_columns(path, file.schema_arrow.names, columns)
