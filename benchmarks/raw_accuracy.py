@@ -83,7 +83,7 @@ def sklearn_accuracies(train_csv: Path, heldout_csv: Path) -> dict[str, float]:
     train = pd.read_csv(train_csv)
     heldout = pd.read_csv(heldout_csv)
     x, y = train.drop(columns="target"), train["target"]
-    categorical = [c for c in x.columns if x[c].dtype == object]
+    categorical = [c for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
     numeric = [c for c in x.columns if c not in categorical]
     prep = ColumnTransformer(
         [
