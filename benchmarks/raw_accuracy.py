@@ -40,7 +40,7 @@ def raw_frame(name: str, seed: int) -> pd.DataFrame:
         frame[column] = pd.cut(frame[column], len(words), labels=words).astype(object)
     for column in (numeric[1], numeric[3], numeric[5], numeric[-1]):
         frame.loc[rng.random(len(frame)) < 0.1, column] = None
-    frame["target"] = np.asarray([f"class_{n}" for n in bunch.target_names])[bunch.target]
+    frame["target"] = np.asarray([str(n) for n in bunch.target_names])[bunch.target]
     return frame
 
 
@@ -117,7 +117,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=["wine", "breast_cancer"])
+    parser.add_argument(
+        "--write", type=Path, help="only write DIR/NAME_train.csv and NAME_heldout.csv (seed 0)"
+    )
     args = parser.parse_args()
+    if args.write is not None:
+        for name in args.datasets:
+            train, heldout = split(raw_frame(name, 0), 0)
+            train.to_csv(args.write / f"{name}_train.csv", index=False)
+            heldout.to_csv(args.write / f"{name}_heldout.csv", index=False)
+            print(f"wrote {args.write / f'{name}_train.csv'} and {name}_heldout.csv")
+        return
     table: dict[tuple[str, str], list[float]] = {}
     for name in args.datasets:
         for seed in args.seeds:
