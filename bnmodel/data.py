@@ -249,8 +249,9 @@ def _load_table(
 # A column of text is categorical, unless at least this share of its filled cells are numbers:
 # then it is a numeric column with a typo, and the first non-number is reported.
 NUMERIC_SHARE = 0.5
-# The contract's name for the numeric input tensor: no categorical input may take it.
-NUMERIC_INPUT = "features"
+# The exported graph's numeric input and outputs: no categorical input (named as its column)
+# may take one of these names.
+RESERVED_NAMES = ("features", "logits", "probabilities", "predictions")
 
 
 def _column_kinds(
@@ -275,10 +276,11 @@ def _column_kinds(
             (cats if _is_text(series, path, name) else numeric).append(name)
         else:
             numeric.append(name)
-    if NUMERIC_INPUT in cats:
+    taken = [c for c in cats if c in RESERVED_NAMES]
+    if taken:
         raise DataError(
-            f"data file {path}: a categorical column may not be named {NUMERIC_INPUT!r} (the "
-            "exported model's numeric input has that name); rename the column"
+            f"data file {path}: a categorical column may not be named {taken[0]!r} (the "
+            f"exported model's inputs and outputs include {list(RESERVED_NAMES)}); rename it"
         )
     return numeric, cats
 
