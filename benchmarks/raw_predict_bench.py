@@ -2,6 +2,7 @@
 all-numeric models, side by side in one run (issue 12's goal: >= 0.8x).
 
     python benchmarks/raw_predict_bench.py [--rows 200000] [--repeats 5] [--formats csv parquet]
+        [--models DIR]   # reuse DIR/{raw,numeric-9,numeric-D}.onnx (no torch), else write them
 
 Models, each a 256-256 MLP trained one epoch on 4000 rows of its own table and exported folded:
 - raw: 6 numeric columns (two with ~10% blank cells: two indicators) and 3 string columns of
@@ -24,11 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
-from bnmodel.export.api import export_checkpoint
 
-from bnmodel.config import ModelConfig
 from bnmodel.predict import iter_chunks, load_model, predict_file
-from bnmodel.train import TrainConfig, train
 
 VALUES = np.array([f"v{i}" for i in range(10)], dtype=object)
 
@@ -49,7 +47,14 @@ def make_table(rows: int, kind: str, width: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-def make_model(workdir: Path, name: str, kind: str, width: int) -> Path:
+def make_model(workdir: Path, name: str, kind: str, width: int, models: Path | None) -> Path:
+    if models is not None and (models / f"{name}.onnx").is_file():
+        return models / f"{name}.onnx"
+    from bnmodel.export.api import export_checkpoint
+
+    from bnmodel.config import ModelConfig
+    from bnmodel.train import TrainConfig, train
+
     make_table(4000, kind, width, 0).to_csv(workdir / f"{name}-train.csv", index=False)
     config = TrainConfig(
         data=str(workdir / f"{name}-train.csv"),
@@ -59,7 +64,7 @@ def make_model(workdir: Path, name: str, kind: str, width: int) -> Path:
         out_dir=workdir / f"run-{name}",
     )
     result = train(config, progress=False)
-    onnx_path = workdir / f"{name}.onnx"
+    onnx_path = (models or workdir) / f"{name}.onnx"
     export_checkpoint(result.best_checkpoint, output=onnx_path, verify=False)
     return onnx_path
 
@@ -103,11 +108,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk-rows", type=int, default=65536)
     parser.add_argument("--formats", nargs="+", default=["csv", "parquet"])
+    parser.add_argument("--models", type=Path, help="folder of the three models (reused)")
     args = parser.parse_args()
     models = {"raw": ("raw", 0), "numeric-9": ("numeric", 9), "numeric-D": ("numeric", 41)}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        onnx = {name: make_model(workdir, name, kind, w) for name, (kind, w) in models.items()}
+        if args.models is not None:
+            args.models.mkdir(parents=True, exist_ok=True)
+        onnx = {
+            name: make_model(workdir, name, kind, w, args.models)
+            for name, (kind, w) in models.items()
+        }
         results: dict[tuple[str, str], dict[str, list[float]]] = {}
         for fmt in args.formats:
             files = {

@@ -167,7 +167,7 @@ def _metadata(
 class _Data:
     """The checkpoint's training data, re-read through its data_spec, and what was found."""
 
-    train: np.ndarray | None = None  # (N, F) training rows: INT8 calibration
+    train: np.ndarray | Rows | None = None  # (N, F) training rows: INT8 calibration
     validation: np.ndarray | Rows | None = None  # (M, F), or raw rows of a raw-row model
     targets: np.ndarray | None = None  # validation targets
     notes: list[str] = field(default_factory=list)
@@ -190,11 +190,13 @@ def _data(ckpt: Checkpoint, given: np.ndarray | None) -> _Data:
         return _Data(notes=[f"validation rows unavailable ({why}): verified on random rows only"])
     source = ckpt.data_spec.get("source", "data_spec")
     features = getattr(train, "features", None)
+    train_rows = None if features is None else np.asarray(features, np.float32)
     validation = np.asarray(val.features, np.float32)
     if ckpt.preprocessing is not None:
         validation = Rows(validation, getattr(val, "categories", None))
+        train_rows = Rows(train_rows, getattr(train, "categories", None))
     return _Data(
-        None if features is None else np.asarray(features, np.float32),
+        train_rows,
         validation,
         getattr(val, "targets", None),
         [f"validation rows: {len(val.features)} rows from {source}", random_note],
@@ -262,13 +264,26 @@ def _check_destinations(
         raise ExportError("--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold")
 
 
-def _check_int8_inputs(ckpt: Checkpoint) -> None:
-    if ckpt.preprocessing is not None:
-        raise Int8Error(
-            "--int8 is not available for models trained on raw tables (categorical columns or "
-            "missing values): their calibration and comparison need string inputs, which the "
-            "INT8 path does not feed yet; export fp32 (or --fp16) instead"
+def _raw_rows(path: str | os.PathLike[str], prep: Preprocessing) -> Rows:
+    """A raw-row model's calibration rows from a CSV/Parquet file, read as predict reads."""
+    from bnmodel.predict import PredictError, iter_chunks
+
+    try:
+        chunks = list(
+            iter_chunks(path, list(prep.numeric), categorical=prep.categorical, allow_missing=True)
         )
+    except PredictError as exc:
+        raise Int8Error(f"calibration data: {exc}") from None
+    if not chunks:
+        raise Int8Error(f"calibration data {path} has no data rows")
+    numeric, cats = [], []
+    for feed, _ in chunks:  # a feed dict with categorical columns, else the (n, F) numerics
+        if isinstance(feed, dict):
+            numeric.append(feed["features"])
+            cats.append(np.concatenate([feed[c] for c in prep.categorical], axis=1))
+        else:
+            numeric.append(feed)
+    return Rows(np.concatenate(numeric), np.concatenate(cats) if cats else None)
 
 
 def _int8(
@@ -280,8 +295,12 @@ def _int8(
     allowed: float,
 ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize the folded graph (input standardization kept), then check it against fp32."""
+    prep = _preprocessing(ckpt)
     if calibration_data is not None:
-        calibration = read_feature_rows(calibration_data, ckpt.feature_names)
+        if prep is None:
+            calibration = read_feature_rows(calibration_data, ckpt.feature_names)
+        else:
+            calibration = _raw_rows(calibration_data, prep)
         source = f"calibration: {len(calibration)} rows of {calibration_data}"
     elif data.train is not None:
         calibration, source = data.train, "calibration: training rows of the checkpoint's data"
@@ -292,12 +311,18 @@ def _int8(
         )
     if len(calibration) > CALIBRATION_ROWS:  # a seeded sample: the same file, the same graph
         pick = np.random.default_rng(0).choice(len(calibration), CALIBRATION_ROWS, replace=False)
-        calibration = calibration[np.sort(pick)]
+        pick = np.sort(pick)
+        calibration = calibration.take(pick) if isinstance(calibration, Rows) else calibration[pick]
     folded, _ = fold_model(model, keep_standardize=True)
     metadata = {p.key: p.value for p in fp32.metadata_props}
     source_graph = _graph(folded, ckpt, False, fp32.opset_import[0].version, metadata)
     rows, targets = data.validation, data.targets
     notes = [f"{source} ({len(calibration)} used)"]
+    if prep is not None:  # the graphs' inputs: "features" and one string tensor per column
+        notes.append("int8 graph: imputation and categorical lookups stay in float")
+        numeric = bool(ckpt.feature_names)
+        calibration = calibration.feed(prep.categorical, numeric)
+        rows = None if rows is None else rows.feed(prep.categorical, numeric)
     if any(isinstance(m, Standardize) for m in folded.net):
         notes.append(
             "int8 graph: the input standardization stays a float Sub/Div ahead of the first "
@@ -367,8 +392,6 @@ def export_checkpoint(
     """
     _check_destinations(output, fold, fp16, int8)
     ckpt, sha, default_name = _load(checkpoint)
-    if int8:
-        _check_int8_inputs(ckpt)
     name = name or default_name
     if repository is not None:
         validate_layout(name, version, max_batch_size)

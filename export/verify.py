@@ -61,11 +61,22 @@ class Rows:
         cats = None if self.categories is None else self.categories[:n]
         return Rows(self.numeric[:n], cats)
 
-    def resized(self, n: int) -> Rows:
-        """n rows, the given ones repeated as needed."""
-        index = np.resize(np.arange(len(self)), n)
+    def take(self, index: np.ndarray) -> Rows:
         cats = None if self.categories is None else self.categories[index]
         return Rows(self.numeric[index], cats)
+
+    def resized(self, n: int) -> Rows:
+        """n rows, the given ones repeated as needed."""
+        return self.take(np.resize(np.arange(len(self)), n))
+
+    def feed(self, categorical: Sequence[str], numeric: bool = True) -> dict[str, np.ndarray]:
+        """The graph's inputs: "features" (when ``numeric``) and one (N, 1) text per column."""
+        from .onnx_export import INPUT_NAME
+
+        feed = {INPUT_NAME: self.numeric} if numeric else {}
+        for i, column in enumerate(categorical):
+            feed[column] = self.categories[:, i : i + 1].astype(object)
+        return feed
 
 
 @dataclass(frozen=True)
@@ -244,10 +255,10 @@ def _ort_runner(
     dtype = np.float16 if fp16 else np.float32
 
     def run(rows: Rows) -> Outputs:
-        feed = {INPUT_NAME: rows.numeric.astype(dtype)} if takes_numeric else {}
-        for i, column in enumerate(categorical):
-            feed[column] = rows.categories[:, i : i + 1].astype(object)
-        return dict(zip(names, session.run(None, feed), strict=True))
+        typed = Rows(rows.numeric.astype(dtype), rows.categories)
+        return dict(
+            zip(names, session.run(None, typed.feed(categorical, takes_numeric)), strict=True)
+        )
 
     return run
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import torch
 from bnmodel.export.api import export_checkpoint
@@ -147,9 +148,25 @@ def test_fp16_unfolded_and_int8(tmp_path: Path) -> None:
     unfolded = export_checkpoint(path, output=tmp_path / "u.onnx", fold=False)
     ops = [n.op_type for n in onnx.load(tmp_path / "u.onnx").graph.node]
     assert "BatchNormalization" in ops and "LabelEncoder" in ops and unfolded.report.ok
-    with pytest.raises(Int8Error, match="--int8 is not available for models trained on raw"):
+    with pytest.raises(Int8Error, match="--int8 needs calibration rows"):
         export_checkpoint(path, output=tmp_path / "q.onnx", int8=True)
-    assert not (tmp_path / "q.onnx").exists()
+    # Calibration rows as raw columns: blanks and text, read as predict reads them.
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)) * 5 + 2, columns=["x0", "x1", "x2"])
+    frame.loc[::5, "x1"] = np.nan
+    for column, vocab in zip(COLUMNS, VOCABS, strict=True):
+        frame[column] = np.asarray(vocab, dtype=object)[rng.integers(0, len(vocab), 300)]
+    frame.to_csv(tmp_path / "calibration.csv", index=False)
+    int8 = export_checkpoint(
+        path,
+        output=tmp_path / "q.onnx",
+        int8=True,
+        calibration_data=tmp_path / "calibration.csv",
+        max_accuracy_drop=100.0,  # random weights: the check runs, its bound is not the point
+    )
+    ops = {n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node}
+    assert {"QuantizeLinear", "LabelEncoder", "IsNaN"} <= ops and int8.int8.rows == 300
+    assert any("categorical lookups stay in float" in n for n in int8.int8.notes)
 
 
 def test_fold_keeps_the_encoder_first(tmp_path: Path) -> None:

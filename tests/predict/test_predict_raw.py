@@ -116,3 +116,12 @@ def test_bad_raw_input_is_named(wine, tmp_path: Path, capsys) -> None:
     assert code != 0 and "column 'ash', row 4 (line 5): 'two' is not a number" in err
     assert "Traceback" not in err and not (tmp_path / "o.csv").exists()
     assert load_model(wine["onnx"]).categorical_columns == ["alcohol", "hue"]
+
+
+def test_int8_of_a_raw_table_model(wine, tmp_path: Path) -> None:
+    """Calibrated on the training rows (strings and blanks), checked on the validation rows."""
+    result = export_checkpoint(wine["ckpt"], output=tmp_path / "int8.onnx", int8=True)
+    assert result.int8.ok and result.int8.labeled
+    predict_file(tmp_path / "int8.onnx", wine["heldout"], tmp_path / "out.csv")
+    heldout = pd.read_csv(wine["heldout"])
+    assert (pd.read_csv(tmp_path / "out.csv")["target"] == heldout["target"]).mean() >= 0.85
