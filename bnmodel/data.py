@@ -249,6 +249,7 @@ def _load_table(
 # A column of text is categorical, unless at least this share of its filled cells are numbers:
 # then it is a numeric column with a typo, and the first non-number is reported.
 NUMERIC_SHARE = 0.5
+TEXT_SAMPLE = 1000
 # The exported graph's numeric input and outputs: no categorical input (named as its column)
 # may take one of these names.
 RESERVED_NAMES = ("features", "logits", "probabilities", "predictions")
@@ -286,14 +287,23 @@ def _column_kinds(
 
 
 def _is_text(series: Any, path: Path, name: str) -> bool:
-    """A text column is categorical; mostly numbers with a stray word is an error naming it."""
+    """A text column is categorical; mostly numbers with a stray word is an error naming it.
+
+    The first TEXT_SAMPLE filled cells decide the common case (a text column) without
+    parsing every cell as a number."""
     import pandas as pd
 
     filled = series.dropna()
-    if len(filled) and filled.map(lambda v: isinstance(v, (bool, np.bool_))).all():
+    if len(filled) == 0:
+        return True
+    is_bool = series.dtype == object and isinstance(filled.iloc[0], (bool, np.bool_))
+    if is_bool and filled.map(lambda v: isinstance(v, (bool, np.bool_))).all():
         return True  # bools with blanks: pandas keeps them as objects
+    sample = pd.to_numeric(filled.iloc[:TEXT_SAMPLE], errors="coerce")
+    if sample.notna().mean() < NUMERIC_SHARE:
+        return True
     parsed = pd.to_numeric(filled, errors="coerce")
-    share = float(parsed.notna().mean()) if len(filled) else 0.0
+    share = float(parsed.notna().mean())
     if share < NUMERIC_SHARE:
         return True
     if share < 1.0:
@@ -314,19 +324,20 @@ def _parses(series: Any) -> np.ndarray:
 
 
 def _categorical_text(frame: Any, names: list[str], path: Path) -> np.ndarray:
-    """(N, C) exact text of categorical columns: a CSV's cells as written (re-read as strings,
-    so "true" stays "true" and "007" stays "007"); typed Parquet columns through Arrow's cast.
-    A blank cell is ""."""
-    import pandas as pd
+    """(N, C) exact text of categorical columns, as ``bnmodel predict`` reads them: a CSV's
+    cells as written (re-read as strings by pyarrow, so "true" stays "true" and "007" stays
+    "007", leading spaces dropped); typed Parquet columns through Arrow's cast. Blank is ""."""
+    from bnmodel.encoding import CSV_TEXT_TYPE, category_text, csv_category_text
 
-    from bnmodel.encoding import category_text
+    if path.suffix.lower() != ".csv":
+        return np.stack([category_text(frame[n]) for n in names], axis=1)
+    from pyarrow import csv as pa_csv
 
-    if path.suffix.lower() == ".csv":
-        raw = pd.read_csv(
-            path, usecols=names, dtype=str, keep_default_na=False, skipinitialspace=True
-        )
-        return np.stack([raw[n].to_numpy(dtype=object) for n in names], axis=1)
-    return np.stack([category_text(frame[n]) for n in names], axis=1)
+    convert = pa_csv.ConvertOptions(
+        include_columns=names, column_types={n: CSV_TEXT_TYPE() for n in names}
+    )
+    table = pa_csv.read_csv(path, convert_options=convert)
+    return np.stack([csv_category_text(table.column(n)) for n in names], axis=1)
 
 
 def _target_columns(target: str, columns: list[str], path: Path) -> list[str]:

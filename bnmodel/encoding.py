@@ -26,7 +26,9 @@ __all__ = [
     "IMPUTE_STRATEGIES",
     "EncodingError",
     "Preprocessing",
+    "CSV_TEXT_TYPE",
     "category_text",
+    "csv_category_text",
     "fit_preprocessing",
 ]
 
@@ -125,6 +127,32 @@ def category_text(values: Any) -> np.ndarray:
     if not pa.types.is_string(array.type):
         array = array.cast(pa.string())
     return np.asarray(array.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _csv_text_type() -> Any:
+    import pyarrow as pa
+
+    return pa.dictionary(pa.int32(), pa.string())
+
+
+# How a CSV's categorical columns are read (training and predict alike): dictionary-encoded
+# text, so a column's text is built once per distinct value, not once per row.
+CSV_TEXT_TYPE = _csv_text_type
+
+
+def csv_category_text(column: Any) -> np.ndarray:
+    """A CSV column read as ``CSV_TEXT_TYPE()`` -> exact text, leading spaces dropped (as
+    pandas' skipinitialspace does), "" for a blank cell (N,) object."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        parts = [csv_category_text(chunk) for chunk in column.chunks]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=object)
+    if pa.types.is_dictionary(column.type):
+        trimmed = pc.utf8_ltrim_whitespace(column.dictionary)
+        return category_text(pa.DictionaryArray.from_arrays(column.indices, trimmed))
+    return category_text(pc.utf8_ltrim_whitespace(column))
 
 
 def _impute_values(numeric: np.ndarray, names: Sequence[str], how: str) -> np.ndarray:

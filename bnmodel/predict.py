@@ -269,9 +269,12 @@ def _csv_batches(
 
     header = _csv_header(path)
     _check_columns(path, header, [*names, *categorical, *targets])
+    from bnmodel.encoding import CSV_TEXT_TYPE
+
     types = {name: pa.float32() for name in names}
     # Text as written: a blank categorical cell is "" (strings are never null by default).
-    types.update({c: pa.string() for c in [*categorical, *targets]})
+    types.update({t: pa.string() for t in targets})
+    types.update({c: CSV_TEXT_TYPE() for c in categorical})
     convert = pa_csv.ConvertOptions(
         column_types=types, include_columns=[*names, *categorical, *targets]
     )
@@ -367,13 +370,9 @@ def _block(
 def _text(column: Any, path: Path) -> np.ndarray:
     """A categorical column as the text training saw (encoding.category_text): a CSV cell as
     written, leading spaces dropped as training's reader does; a typed Parquet column cast."""
-    import pyarrow.compute as pc
+    from bnmodel.encoding import category_text, csv_category_text
 
-    from bnmodel.encoding import category_text
-
-    if path.suffix == ".csv":
-        column = pc.utf8_ltrim_whitespace(column)
-    return category_text(column)
+    return csv_category_text(column) if path.suffix == ".csv" else category_text(column)
 
 
 def _row(path: Path, row: int) -> str:
