@@ -13,7 +13,8 @@ Raw-row models (an ``Encode`` layer first, bnmodel/encoding.py) take "features" 
 missing cell (present when there are numeric columns) and one string input [batch, 1] per
 categorical column, named as the column: the graph imputes (IsNaN -> Where), adds missing
 indicators (Cast of IsNaN), maps each string to its slot (ai.onnx.ml LabelEncoder, default the
-"other" slot) and, folded, looks the slot's first-layer column up (Gather, ``encoders.py``).
+"other" slot) and, folded, takes the slot's first-layer column (``encoders.py``): one-hot into
+the first Gemm for a small vocabulary, a Gather of the folded table for a large one.
 Why these inputs: one float tensor keeps the numeric path as fast as today's models, NaN is
 the natural "missing" of a float, and a string per categorical column is what a client has
 (no vocabulary in the client, no training/serving skew).
