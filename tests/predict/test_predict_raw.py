@@ -125,3 +125,27 @@ def test_int8_of_a_raw_table_model(wine, tmp_path: Path) -> None:
     predict_file(tmp_path / "int8.onnx", wine["heldout"], tmp_path / "out.csv")
     heldout = pd.read_csv(wine["heldout"])
     assert (pd.read_csv(tmp_path / "out.csv")["target"] == heldout["target"]).mean() >= 0.85
+
+
+def test_raw_regressor_end_to_end(tmp_path: Path) -> None:
+    """diabetes with 'sex' as words and blanks: target units out, folded == unfolded."""
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True, scaled=False).frame
+    rng = np.random.default_rng(0)
+    frame["sex"] = np.where(frame["sex"] == 1, "female", "male").astype(object)
+    frame.loc[rng.random(len(frame)) < 0.1, "bmi"] = np.nan
+    frame.loc[rng.random(len(frame)) < 0.05, "sex"] = None
+    frame.iloc[:350].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[350:].to_csv(tmp_path / "heldout.csv", index=False)
+    config = TrainConfig(
+        data=str(tmp_path / "train.csv"), epochs=10, device="cpu", out_dir=tmp_path / "run"
+    )
+    result = train(config, progress=False)
+    exported = export_checkpoint(result.best_checkpoint, output=tmp_path / "d.onnx")
+    assert exported.report.ok and result.task == "regression"
+    predict_file(tmp_path / "d.onnx", tmp_path / "heldout.csv", tmp_path / "out.csv")
+    out = pd.read_csv(tmp_path / "out.csv")["target"].to_numpy()
+    y = frame["target"].to_numpy()[350:]
+    rmse = float(np.sqrt(np.mean((out - y) ** 2)))
+    assert rmse < 0.8 * float(np.std(y))  # learned something, in target units
