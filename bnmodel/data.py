@@ -818,7 +818,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
     if summary.get("categorical"):
-        lines.append(f"  categorical: {', '.join(summary['categorical'])}")
+        sizes = summary.get("vocabulary_sizes", {})
+        shown = [
+            f"{c} ({sizes[c]} values + other)" if c in sizes else c for c in summary["categorical"]
+        ]
+        lines.append(f"  categorical: {', '.join(shown)}")
     if summary.get("missing_cells"):
         cells = ", ".join(f"{k} {v}" for k, v in summary["missing_cells"].items())
         lines.append(f"  missing numeric cells (imputed): {cells}")

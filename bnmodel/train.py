@@ -210,6 +210,9 @@ def _load_data(
     if dataset.needs_encoding:
         prep = _fit_encoders(config, train_set)
         summary["preprocessing"] = prep
+        summary["vocabulary_sizes"] = {
+            c: len(v) for c, v in zip(prep.categorical, prep.vocabularies, strict=True)
+        }
         train_set, val_set = _encoded(train_set, prep), _encoded(val_set, prep)
         test_set = None if test_set is None else _encoded(test_set, prep)
     elif test_set is not None and test_set.has_missing:

@@ -223,6 +223,27 @@ def _preprocessing(ckpt: Checkpoint) -> Preprocessing | None:
         raise CheckpointError(f"checkpoint preprocessing is malformed: {exc}") from exc
 
 
+def _encoder_notes(ckpt: Checkpoint) -> list[str]:
+    """Where a raw-row model's encoders went, one line."""
+    prep = _preprocessing(ckpt)
+    if prep is None:
+        return []
+    from .onnx_export import ONE_HOT_MAX_SLOTS
+
+    columns = [
+        f"{c} ({len(v) + 1} slots, "
+        + ("one-hot into Linear 1" if len(v) + 1 <= ONE_HOT_MAX_SLOTS else "Gather of its table")
+        + ")"
+        for c, v in zip(prep.categorical, prep.vocabularies, strict=True)
+    ]
+    parts = [f"{len(prep.numeric)} numeric column(s) imputed with the training {prep.impute}"]
+    if prep.indicators:
+        parts.append(f"missing indicators for {', '.join(prep.indicators)}")
+    if columns:
+        parts.append("categorical " + ", ".join(columns))
+    return ["encoders (in the graph): " + "; ".join(parts)]
+
+
 def _graph(
     model: nn.Module, ckpt: Checkpoint, fp16: bool, opset: int, metadata: dict[str, str]
 ) -> onnx.ModelProto:
@@ -423,7 +444,7 @@ def export_checkpoint(
             validation_rows=data.validation,
             fp16=fp16,
             batch_sizes=BATCH_SIZES,
-            notes=[*data.notes, *_target_scale_notes(fold_report)],
+            notes=[*data.notes, *_target_scale_notes(fold_report), *_encoder_notes(ckpt)],
             preprocessing=_preprocessing(ckpt),
         )
         result.report.raise_for_mismatch()
