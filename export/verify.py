@@ -147,6 +147,7 @@ class EquivalenceReport:
     def format(self, verbose: bool = False) -> str:
         """One line per candidate: worst relative error vs tolerance, argmax agreement, verdict."""
         rows = sorted({c.rows for c in self.comparisons}, key=ROW_SOURCES.index)
+        rows = [", ".join(rows[:-1]), rows[-1]] if len(rows) > 2 else rows
         lines = [
             f"equivalence against the unfolded model in float64 ({' and '.join(rows)} rows, "
             f"batch sizes {', '.join(map(str, self.batch_sizes))}):"
