@@ -64,7 +64,8 @@ def bnmodel_accuracy(train_csv: Path, heldout_csv: Path, workdir: Path) -> float
         capture_output=True,
     )
     out = subprocess.run(
-        [*run, "evaluate", str(onnx), "--data", str(heldout_csv), "--json"],
+        [*run, "evaluate", str(onnx), "--data", str(heldout_csv), "--json"]
+        + ["--plot", str(workdir / "evaluation.png")],
         check=True,
         capture_output=True,
         text=True,
