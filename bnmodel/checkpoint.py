@@ -53,6 +53,13 @@ class Checkpoint:
     data_spec: dict[str, Any] | None = None
     # Optimizer, scheduler, RNG and early-stopping state for --resume; None in export-only files.
     training_state: dict[str, Any] | None = None
+    # Raw tables: encoding.Preprocessing.to_dict() (vocabularies, imputation values, indicator
+    # and categorical columns); None when the model takes numeric features only.
+    preprocessing: dict[str, Any] | None = None
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        return list((self.preprocessing or {}).get("categorical", []))
 
     def build_model(self) -> BNMLP:
         """The trained model in eval mode, on the CPU."""
@@ -77,6 +84,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
         "metrics": {k: float(v) for k, v in ckpt.metrics.items()},
         "data_spec": ckpt.data_spec,
         "training_state": ckpt.training_state,
+        "preprocessing": ckpt.preprocessing,
     }
     with atomic_open(path) as f:
         torch.save(payload, f)
@@ -124,6 +132,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             metrics=payload.get("metrics", {}),
             data_spec=payload.get("data_spec"),
             training_state=payload.get("training_state"),
+            preprocessing=payload.get("preprocessing"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is incomplete or malformed: {exc}") from exc

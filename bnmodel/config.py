@@ -33,9 +33,40 @@ class ModelConfig:
     # target units (y = z * std + mean, training rows' statistics); export folds it away.
     # Training sets it for regression (TrainConfig.standardize_target); never for classifiers.
     standardize_target: bool = False
+    # Categorical columns: 0 feeds each one one-hot into the first Linear (export folds it into
+    # a column lookup of W); N > 0 learns an N-wide embedding per column instead.
+    embedding_dim: int = 0
+    # Raw table rows (set by training from the data, bnmodel/encoding.py): the model imputes
+    # missing numerics (an Encode layer first), adds indicators for these numeric columns, and
+    # takes one slot index per categorical column with this many slots (vocabulary + other).
+    impute_missing: bool = False
+    indicator_columns: tuple[int, ...] = ()
+    category_sizes: tuple[int, ...] = ()
+
+    @property
+    def encodes_inputs(self) -> bool:
+        """Raw rows in (an Encode layer first): imputation and/or categorical columns."""
+        return self.impute_missing or bool(self.category_sizes)
+
+    @property
+    def first_width(self) -> int:
+        """Inputs of the first Linear: numerics, indicators, one-hot blocks or embeddings."""
+        per_column = [self.embedding_dim or size for size in self.category_sizes]
+        return self.in_features + len(self.indicator_columns) + sum(per_column)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        for name in ("indicator_columns", "category_sizes"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if self.embedding_dim < 0:
+            raise ValueError(f"--embedding-dim must be >= 0 (0: one-hot), got {self.embedding_dim}")
+        if any(s < 1 for s in self.category_sizes) or any(
+            not 0 <= i < self.in_features for i in self.indicator_columns
+        ):
+            raise ValueError(
+                f"category_sizes must be >= 1 and indicator_columns in [0, in_features), got "
+                f"{list(self.category_sizes)} and {list(self.indicator_columns)}"
+            )
         if self.in_features < 0 or self.out_features < 0:
             raise ValueError(
                 f"in_features and out_features must be >= 1 (0: from the data), got "
@@ -59,7 +90,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists, not tuples) for checkpoints and ONNX metadata."""
         d = asdict(self)
-        d["hidden_sizes"] = list(self.hidden_sizes)
+        for name in ("hidden_sizes", "indicator_columns", "category_sizes"):
+            d[name] = list(d[name])
         return d
 
     @classmethod

@@ -8,7 +8,7 @@ A source is named by one string, so a checkpoint's ``data_spec`` can rebuild the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,10 @@ class Dataset:
     source: str
     task_reason: str = ""  # why this task: inferred from the target (the rule) or given
     target: str | None = None  # the target column (or NPZ array) the labels came from
+    # Raw tables: categorical columns as exact text, "" for a blank cell (N, C) object; the
+    # numeric ``features`` then hold NaN for missing cells (bnmodel/encoding.py encodes both).
+    categories: np.ndarray | None = None
+    categorical_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -57,8 +61,20 @@ class Dataset:
             return len(self.class_labels or [])
         return int(self.targets.shape[1])
 
+    @property
+    def has_missing(self) -> bool:
+        return bool(np.isnan(self.features).any())
+
+    @property
+    def needs_encoding(self) -> bool:
+        """Categorical columns or missing numerics: the model gets an Encode layer."""
+        return bool(self.categorical_names) or self.has_missing
+
     def subset(self, index: np.ndarray) -> Dataset:
-        return replace(self, features=self.features[index], targets=self.targets[index])
+        categories = None if self.categories is None else self.categories[index]
+        return replace(
+            self, features=self.features[index], targets=self.targets[index], categories=categories
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,13 +132,18 @@ def _parse_synthetic(source: str) -> Dataset:
     return make_synthetic(*numbers)
 
 
-def load_source(source: str, target: str | None = None, task: str | None = None) -> Dataset:
+def load_source(
+    source: str,
+    target: str | None = None,
+    task: str | None = None,
+    categorical: tuple[str, ...] = (),
+) -> Dataset:
     """The dataset a source string names: "digits", "synthetic:...", or a file path."""
     if source == "digits":
         return load_digits()
     if source.startswith("synthetic:"):
         return _parse_synthetic(source)
-    return load_file(source, target, task)
+    return load_file(source, target, task, categorical=categorical)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,8 +155,15 @@ def load_file(
     target: str | None = None,
     task: str | None = None,
     classes: list[str] | None = None,
+    *,
+    categorical: tuple[str, ...] = (),
 ) -> Dataset:
-    """Load CSV/Parquet (one named target column, all other columns numeric features) or NPZ.
+    """Load CSV/Parquet (one named target column, all others features) or NPZ.
+
+    Table features: string, bool and pandas-category columns (and the integer columns named in
+    ``categorical``) are categorical, kept as exact text; the others numeric, where a blank,
+    "NA" or NaN cell is missing (NaN). A column of numbers holding a stray word is an error
+    naming the cell.
 
     NPZ holds arrays ``X`` (or ``features``) [N, F] and ``y`` (or ``targets``) [N] or [N, T], and
     optionally ``feature_names`` and ``class_labels`` (string arrays). ``task`` is inferred when
@@ -153,7 +181,9 @@ def load_file(
     if suffix == ".npz":
         return _load_npz(path, target, task, classes)
     if suffix in TABULAR_SUFFIXES:
-        return _load_table(path, target, task, classes)
+        return _load_table(path, target, task, classes, tuple(categorical))
+    if categorical:
+        raise DataError(f"data file {path}: --categorical needs a CSV or Parquet file")
     raise DataError(f"data file {path}: unknown format {suffix!r}; expected .csv, .parquet or .npz")
 
 
@@ -171,7 +201,11 @@ def _read_frame(path: Path) -> Any:
 
 
 def _load_table(
-    path: Path, target: str | None, task: str | None, classes: list[str] | None
+    path: Path,
+    target: str | None,
+    task: str | None,
+    classes: list[str] | None,
+    categorical: tuple[str, ...] = (),
 ) -> Dataset:
     frame = _read_frame(path)
     columns = [str(c) for c in frame.columns]
@@ -186,10 +220,12 @@ def _load_table(
     names = _target_columns(target, columns, path)
     if len(frame) == 0:
         raise DataError(f"data file {path} has a header but no data rows")
-    feature_names = [c for c in columns if c not in names]
-    if not feature_names:
+    if not [c for c in columns if c not in names]:
         raise DataError(f"data file {path}: no feature columns besides target {target!r}")
-    features = np.stack([_numeric_column(frame[c], path, c) for c in feature_names], axis=1)
+    feature_names, cat_names = _column_kinds(frame, columns, names, categorical, path)
+    numeric = [_numeric_column(frame[c], path, c) for c in feature_names]
+    features = np.stack(numeric, axis=1) if numeric else np.empty((len(frame), 0))
+    categories = _categorical_text(frame, cat_names, path) if cat_names else None
     if len(names) > 1:
         targets, labels, task, why = _several_targets(frame, names, path, task, classes)
     else:
@@ -197,8 +233,111 @@ def _load_table(
             frame[target].to_numpy(), path, target, task, classes
         )
     return Dataset(
-        features.astype(np.float32), targets, feature_names, labels, task, str(path), why, target
+        features.astype(np.float32),
+        targets,
+        feature_names,
+        labels,
+        task,
+        str(path),
+        why,
+        target,
+        categories,
+        cat_names,
     )
+
+
+# A column of text is categorical, unless at least this share of its filled cells are numbers:
+# then it is a numeric column with a typo, and the first non-number is reported.
+NUMERIC_SHARE = 0.5
+TEXT_SAMPLE = 1000
+# The exported graph's numeric input and outputs: no categorical input (named as its column)
+# may take one of these names.
+RESERVED_NAMES = ("features", "logits", "probabilities", "predictions")
+
+
+def _column_kinds(
+    frame: Any, columns: list[str], targets: list[str], categorical: tuple[str, ...], path: Path
+) -> tuple[list[str], list[str]]:
+    """(numeric columns, categorical columns), each in file order."""
+    import pandas as pd
+
+    unknown = [c for c in categorical if c not in columns or c in targets]
+    if unknown:
+        what = "is the target" if unknown[0] in targets else "does not exist"
+        raise DataError(
+            f"data file {path}: --categorical column {unknown[0]!r} {what}; columns are {columns}"
+        )
+    numeric, cats = [], []
+    for name in (c for c in columns if c not in targets):
+        series = frame[name]
+        kind = series.dtype.kind
+        if name in categorical or kind == "b" or isinstance(series.dtype, pd.CategoricalDtype):
+            cats.append(name)
+        elif kind in "OSU" or pd.api.types.is_string_dtype(series.dtype):
+            (cats if _is_text(series, path, name) else numeric).append(name)
+        else:
+            numeric.append(name)
+    taken = [c for c in cats if c in RESERVED_NAMES]
+    if taken:
+        raise DataError(
+            f"data file {path}: a categorical column may not be named {taken[0]!r} (the "
+            f"exported model's inputs and outputs include {list(RESERVED_NAMES)}); rename it"
+        )
+    return numeric, cats
+
+
+def _is_text(series: Any, path: Path, name: str) -> bool:
+    """A text column is categorical; mostly numbers with a stray word is an error naming it.
+
+    The first TEXT_SAMPLE filled cells decide the common case (a text column) without
+    parsing every cell as a number."""
+    import pandas as pd
+
+    filled = series.dropna()
+    if len(filled) == 0:
+        return True
+    is_bool = series.dtype == object and isinstance(filled.iloc[0], (bool, np.bool_))
+    if is_bool and filled.map(lambda v: isinstance(v, (bool, np.bool_))).all():
+        return True  # bools with blanks: pandas keeps them as objects
+    sample = pd.to_numeric(filled.iloc[:TEXT_SAMPLE], errors="coerce")
+    if sample.notna().mean() < NUMERIC_SHARE:
+        return True
+    parsed = pd.to_numeric(filled, errors="coerce")
+    share = float(parsed.notna().mean())
+    if share < NUMERIC_SHARE:
+        return True
+    if share < 1.0:
+        row = int(np.flatnonzero(series.notna().to_numpy() & ~_parses(series))[0])
+        raise DataError(
+            f"data file {path}: column {name!r}, {_row_hint(path, row)}: {series.iloc[row]!r} "
+            f"is not a number, but {100 * share:.0f}% of the column's cells are; fix the cell "
+            f"(blank means missing), or pass --categorical {name} to treat the column as "
+            "categories"
+        )
+    return False
+
+
+def _parses(series: Any) -> np.ndarray:
+    import pandas as pd
+
+    return pd.to_numeric(series, errors="coerce").notna().to_numpy()
+
+
+def _categorical_text(frame: Any, names: list[str], path: Path) -> np.ndarray:
+    """(N, C) exact text of categorical columns, as ``bnmodel predict`` reads them: a CSV's
+    cells as written (re-read as strings by pyarrow, so "true" stays "true" and "007" stays
+    "007", leading spaces dropped); typed Parquet columns through Arrow's cast. Blank is ""."""
+    from bnmodel.encoding import CSV_TEXT_TYPE, category_text, csv_category_text
+
+    if path.suffix.lower() != ".csv":
+        return np.stack([category_text(frame[n]) for n in names], axis=1)
+    from pyarrow import csv as pa_csv
+
+    convert = pa_csv.ConvertOptions(
+        include_columns=names, column_types={n: CSV_TEXT_TYPE() for n in names}
+    )
+    table = pa_csv.read_csv(path, convert_options=convert)
+    return np.stack([csv_category_text(table.column(n)) for n in names], axis=1)
 
 
 def _target_columns(target: str, columns: list[str], path: Path) -> list[str]:
@@ -242,19 +381,14 @@ def _numeric_column(series: Any, path: Path, column: str) -> np.ndarray:
             f"data file {path}: column {column!r} is entirely missing ({len(series)} empty "
             "values); drop the column"
         )
-    bad = ~np.isfinite(values)
+    # Missing cells (blank, NA, NaN) stay NaN: the model imputes them. Infinities are errors.
+    bad = np.isinf(values)
     if bad.any():
         row = int(np.argmax(bad))
-        raw = series.iloc[row]
-        if pd.isna(raw):
-            what = "value is missing (NaN)"
-        elif pd.isna(pd.to_numeric(raw, errors="coerce")):
-            what = f"{raw!r} is not a number"
-        else:
-            what = f"{raw!r} is not a finite number"
         raise DataError(
-            f"data file {path}: column {column!r}, {_row_hint(path, row)}: {what}; "
-            "features must be finite numbers"
+            f"data file {path}: column {column!r}, {_row_hint(path, row)}: "
+            f"{series.iloc[row]!r} is not a finite number; features must be finite numbers "
+            "(a blank cell means missing)"
         )
     return values
 
@@ -560,6 +694,7 @@ def data_spec(
     val_fraction: float,
     seed: int,
     test_fraction: float = 0.0,
+    categorical: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """What a checkpoint records so ``validation_split`` can rebuild the same rows later."""
     spec: dict[str, Any] = {
@@ -569,6 +704,8 @@ def data_spec(
         "seed": int(seed),
         "val_fraction": float(val_fraction),
     }
+    if categorical:  # what --categorical named: the same columns again at export
+        spec["categorical"] = list(categorical)
     if test_fraction > 0:
         spec["test_fraction"] = float(test_fraction)
     path = Path(dataset.source)
@@ -590,7 +727,8 @@ def validation_split(spec: dict[str, Any]) -> tuple[Dataset, Dataset]:
             f"data file {source} changed since training (sha256 differs from the "
             "checkpoint's data_spec); the validation rows cannot be reproduced"
         )
-    dataset = load_source(source, spec.get("target"), spec.get("task"))
+    categorical = tuple(spec.get("categorical", ()))
+    dataset = load_source(source, spec.get("target"), spec.get("task"), categorical)
     train, val, _ = split_three(dataset, fraction, float(spec.get("test_fraction", 0.0)), seed)
     return train, val
 
@@ -636,10 +774,18 @@ def summarize(
             "min": y.min(axis=0).tolist(),
             "max": y.max(axis=0).tolist(),
         }
-    spans = np.ptp(full.features, axis=0)
-    constant = [n for n, s in zip(full.feature_names, spans, strict=True) if s == 0]
-    if constant:
-        summary["constant_features"] = constant
+    if full.categorical_names:
+        summary["categorical"] = list(full.categorical_names)
+    missing = np.isnan(full.features).sum(axis=0)
+    if missing.any():
+        summary["missing_cells"] = {
+            n: int(m) for n, m in zip(full.feature_names, missing, strict=True) if m
+        }
+    if full.features.shape[1]:
+        spans = np.nanmax(full.features, axis=0) - np.nanmin(full.features, axis=0)
+        constant = [n for n, s in zip(full.feature_names, spans, strict=True) if s == 0]
+        if constant:
+            summary["constant_features"] = constant
     return summary
 
 
@@ -671,6 +817,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             )
         )
     lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    if summary.get("categorical"):
+        sizes = summary.get("vocabulary_sizes", {})
+        shown = [
+            f"{c} ({sizes[c]} values + other)" if c in sizes else c for c in summary["categorical"]
+        ]
+        lines.append(f"  categorical: {', '.join(shown)}")
+    if summary.get("missing_cells"):
+        cells = ", ".join(f"{k} {v}" for k, v in summary["missing_cells"].items())
+        lines.append(f"  missing numeric cells (imputed): {cells}")
     if summary.get("constant_features"):
         lines.append(f"  constant features (kept, carry no signal): {summary['constant_features']}")
     return "\n".join(lines)

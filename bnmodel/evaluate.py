@@ -76,7 +76,15 @@ def _collect(
     model: LocalModel, path: Path, target: str, chunk_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
     outs, ys = [], []
-    for x, y in iter_chunks(path, model.feature_names, chunk_rows, target=target):
+    chunks = iter_chunks(
+        path,
+        model.feature_names,
+        chunk_rows,
+        target=target,
+        categorical=model.categorical_columns,
+        allow_missing=model.imputes,
+    )
+    for x, y in chunks:
         outs.append(model.run(x))
         ys.append(y)
     if not outs:

@@ -1,6 +1,7 @@
 """BNMLP: a multilayer perceptron with BatchNorm1d in a chosen placement.
 
-Layout (one flat ``nn.Sequential`` so folding can walk it):
+Layout (one flat ``nn.Sequential`` so folding can walk it), with an ``Encode`` layer first
+for raw table rows (imputation, missing indicators, one-hot or embedded categoricals):
 
     [Standardize] -> { Linear -> BN -> act -> [Dropout] }*  -> Linear      placement "pre"
     [Standardize] -> { Linear -> act -> BN -> [Dropout] }*  -> Linear      placement "post"
@@ -19,7 +20,54 @@ from torch import nn
 
 from bnmodel.config import ModelConfig
 
-__all__ = ["BNMLP", "Standardize", "TargetScale", "make_activation"]
+__all__ = ["BNMLP", "Encode", "Standardize", "TargetScale", "make_activation"]
+
+
+class Encode(nn.Module):
+    """Raw rows -> first-layer inputs (bnmodel/encoding.py states the rules).
+
+    (B, F + C) -> (B, F + K + sum(slots)) one-hot, or (B, F + K + C * E) with embeddings:
+    F numerics (NaN = missing, replaced by ``impute``), K 0/1 missing indicators, and C
+    categorical slot indices (floats holding integers).
+    """
+
+    def __init__(
+        self,
+        num_numeric: int,
+        indicator_columns: tuple[int, ...],
+        category_sizes: tuple[int, ...],
+        embedding_dim: int,
+    ) -> None:
+        super().__init__()
+        self.num_numeric = num_numeric
+        self.category_sizes = tuple(category_sizes)
+        self.register_buffer("impute", torch.zeros(num_numeric))
+        self.register_buffer("indicators", torch.tensor(indicator_columns, dtype=torch.long))
+        self.embeddings = (
+            nn.ModuleList(nn.Embedding(size, embedding_dim) for size in category_sizes)
+            if embedding_dim > 0
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        numeric = x[:, : self.num_numeric]
+        missing = torch.isnan(numeric)
+        parts = [torch.where(missing, self.impute.to(x.dtype), numeric)]
+        if self.indicators.numel():
+            parts.append(missing[:, self.indicators].to(x.dtype))
+        codes = x[:, self.num_numeric :].long()  # (B, C)
+        for i, size in enumerate(self.category_sizes):
+            if self.embeddings is not None:
+                parts.append(self.embeddings[i](codes[:, i]).to(x.dtype))
+            else:
+                parts.append(nn.functional.one_hot(codes[:, i], size).to(x.dtype))
+        return torch.cat(parts, dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_numeric={self.num_numeric}, indicators={self.indicators.numel()}, "
+            f"category_sizes={list(self.category_sizes)}"
+        )
 
 
 class Standardize(nn.Module):
@@ -78,16 +126,25 @@ def make_activation(name: str) -> nn.Module:
 class BNMLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if config.in_features < 1 or config.out_features < 1:
+        if config.first_width < 1 or config.out_features < 1:
             raise ValueError(
                 f"in_features and out_features must be >= 1 to build a model, got "
-                f"{config.in_features} and {config.out_features}"
+                f"{config.first_width} and {config.out_features}"
             )
         self.config = config
         layers: list[nn.Module] = []
+        if config.encodes_inputs:
+            layers.append(
+                Encode(
+                    config.in_features,
+                    config.indicator_columns,
+                    config.category_sizes,
+                    config.embedding_dim,
+                )
+            )
         if config.standardize_input:
-            layers.append(Standardize(config.in_features))
-        width = config.in_features
+            layers.append(Standardize(config.first_width))
+        width = config.first_width
         for hidden in config.hidden_sizes:
             layers.append(nn.Linear(width, hidden, bias=config.bn_placement != "pre"))
             bn = nn.BatchNorm1d(hidden, eps=config.bn_eps, momentum=config.bn_momentum)
@@ -105,12 +162,17 @@ class BNMLP(nn.Module):
             layers.append(TargetScale(config.out_features))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in_features) -> (B, out_features)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in_features + C) -> (B, out)
         return self.net(x)
 
     @property
-    def standardize(self) -> Standardize | None:
+    def encode(self) -> Encode | None:
         first = self.net[0]
+        return first if isinstance(first, Encode) else None
+
+    @property
+    def standardize(self) -> Standardize | None:
+        first = self.net[1 if self.encode is not None else 0]
         return first if isinstance(first, Standardize) else None
 
     @property

@@ -1,9 +1,13 @@
 """``bnmodel predict``: a file of rows through an exported model on ONNX Runtime, in chunks.
 
 Needs no torch for an ONNX model (the base install): the model's metadata names its feature
-columns, task and class labels. Input is streamed: a CSV through pyarrow's streaming reader,
-Parquet by record batches, NPY memory-mapped, NPZ by slices, so memory stays flat in the row
-count; each chunk of ``chunk_rows`` rows is one ``session.run`` and one write.
+columns, task and class labels. A raw-row model (issue 12) also names its categorical columns:
+each is read as text (a blank cell is "") and fed as its own string input, and its numeric
+columns may hold blanks, "NA" or NaN (missing: the graph imputes them).
+
+Input is streamed: a CSV through pyarrow's streaming reader, Parquet by record batches, NPY
+memory-mapped, NPZ by slices, so memory stays flat in the row count; each chunk of
+``chunk_rows`` rows is one ``session.run`` and one write.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +61,26 @@ class LocalModel:
     feature_names: list[str]
     class_labels: list[str] | None
     target_name: str | None
+    # Raw-row models: one string input per categorical column; numeric NaN means missing.
+    categorical_columns: list[str] = field(default_factory=list)
+    imputes: bool = False
 
     @property
     def input_dtype(self) -> type:
         return np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """(N, F) rows -> (N, C) probabilities or (N, T) predictions, float32."""
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """(N, F) rows, or a raw-row model's feed (``iter_chunks``) -> (N, C) probabilities or
+        (N, T) predictions, float32."""
         name = "probabilities" if self.task == "classification" else "predictions"
-        feed = {self.session.get_inputs()[0].name: x.astype(self.input_dtype, copy=False)}
+        if isinstance(x, dict):
+            feed = dict(x)
+            if "features" in feed:
+                feed["features"] = feed["features"].astype(self.input_dtype, copy=False)
+                if not self.feature_names:
+                    del feed["features"]
+        else:
+            feed = {self.session.get_inputs()[0].name: x.astype(self.input_dtype, copy=False)}
         return np.asarray(self.session.run([name], feed)[0], dtype=np.float32)
 
     def output_columns(self, width: int) -> list[str]:
@@ -146,6 +161,8 @@ def _session(model_bytes: bytes, source: str) -> LocalModel:
         feature_names=json.loads(meta["bnmodel.feature_names"]),
         class_labels=labels,
         target_name=meta.get("bnmodel.target_name") or None,
+        categorical_columns=json.loads(meta.get("bnmodel.categorical_columns", "[]")),
+        imputes="bnmodel.preprocessing" in meta,
     )
 
 
@@ -153,17 +170,25 @@ def _session(model_bytes: bytes, source: str) -> LocalModel:
 # Reading rows in chunks
 
 
+Block = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]  # features, categories, target
+
+
 def iter_chunks(
     path: str | os.PathLike[str],
     feature_names: list[str],
     chunk_rows: int = CHUNK_ROWS,
     target: str | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    *,
+    categorical: Sequence[str] = (),
+    allow_missing: bool = False,
+) -> Iterator[tuple[np.ndarray | dict[str, np.ndarray], np.ndarray | None]]:
     """(features (n, F) float32, target values (n,) or None) for consecutive rows of a file.
 
     Feature columns are picked by name (others, the target among them, are ignored); with
     ``target``, its raw values come along (text for CSV). A missing or non-numeric cell is an
-    error naming the column and row.
+    error naming the column and row. A raw-row model: ``categorical`` columns come as text
+    (blank = ""), and the first element is the model's feed {"features": (n, F), column:
+    (n, 1) object, ...}; ``allow_missing``: a blank, "NA" or NaN numeric cell is NaN.
     """
     path = Path(path)
     if not path.is_file():
@@ -171,51 +196,64 @@ def iter_chunks(
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
         raise PredictError(f"input {path}: unknown format {suffix!r}; expected {INPUT_SUFFIXES}")
+    categorical = list(categorical)
     if suffix in (".npz", ".npy"):
-        blocks = _array_blocks(path, len(feature_names), chunk_rows, target)
+        if categorical:
+            raise PredictError(
+                f"input {path}: the model has categorical columns {categorical[:5]}; give a "
+                "CSV or Parquet file with a header naming the columns"
+            )
+        blocks = _array_blocks(path, len(feature_names), chunk_rows, target, allow_missing)
     else:
-        blocks = _table_blocks(path, feature_names, target)
-    yield from _rechunk(blocks, chunk_rows)
+        blocks = _table_blocks(path, feature_names, categorical, target, allow_missing)
+    for x, cats, y in _rechunk(blocks, chunk_rows):
+        if not categorical:
+            yield x, y
+            continue
+        feed = {"features": x}
+        feed.update({name: cats[:, i : i + 1] for i, name in enumerate(categorical)})
+        yield feed, y
 
 
-def _rechunk(
-    blocks: Iterator[tuple[np.ndarray, np.ndarray | None]], chunk_rows: int
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+def _concat(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    return None if parts[0] is None else np.concatenate(parts)
+
+
+def _rechunk(blocks: Iterator[Block], chunk_rows: int) -> Iterator[Block]:
     """Blocks of any size -> chunks of exactly chunk_rows rows (the last may be shorter)."""
-    pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+    pending: list[Block] = []
     count = 0
-    for x, y in blocks:
-        pending.append((x, y))
-        count += len(x)
+    for block in blocks:
+        pending.append(block)
+        count += len(block[0])
         while count >= chunk_rows:
-            xs = np.concatenate([p[0] for p in pending])
-            ys = None if pending[0][1] is None else np.concatenate([p[1] for p in pending])
-            yield xs[:chunk_rows], None if ys is None else ys[:chunk_rows]
-            pending = [(xs[chunk_rows:], None if ys is None else ys[chunk_rows:])]
+            joined = [_concat([p[k] for p in pending]) for k in range(3)]
+            yield tuple(None if a is None else a[:chunk_rows] for a in joined)  # type: ignore[misc]
+            pending = [tuple(None if a is None else a[chunk_rows:] for a in joined)]  # type: ignore[list-item]
             count -= chunk_rows
     if count:
-        xs = np.concatenate([p[0] for p in pending])
-        ys = None if pending[0][1] is None else np.concatenate([p[1] for p in pending])
-        yield xs, ys
+        yield tuple(_concat([p[k] for p in pending]) for k in range(3))  # type: ignore[misc]
 
 
 def _table_blocks(
-    path: Path, names: list[str], target: str | None
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    path: Path, names: list[str], categorical: list[str], target: str | None, allow_missing: bool
+) -> Iterator[Block]:
     import pyarrow as pa
 
     targets = _target_names(target)
-    columns = [*names, *targets]
-    batches = _csv_batches(path, names, targets) if path.suffix == ".csv" else None
+    columns = [*names, *categorical, *targets]
+    csv_file = path.suffix == ".csv"
+    batches = _csv_batches(path, names, categorical, targets, allow_missing) if csv_file else None
     if batches is None:
-        batches = _parquet_batches(path, columns)
+        batches = _parquet_batches(path, columns, categorical)
     row = 0
     try:
         for batch in batches:
-            yield _block(batch, names, targets, path, row)
+            yield _block(batch, names, categorical, targets, path, row, allow_missing)
             row += batch.num_rows
     except pa.ArrowInvalid as exc:  # a cell that is not a number, a short row
-        raise PredictError(_locate_bad_cell(path, names) or f"input {path}: {exc}") from None
+        found = _locate_bad_cell(path, names, allow_missing)
+        raise PredictError(found or f"input {path}: {exc}") from None
 
 
 def _target_names(target: str | None) -> list[str]:
@@ -223,15 +261,23 @@ def _target_names(target: str | None) -> list[str]:
     return [] if not target else [t.strip() for t in target.split(",")]
 
 
-def _csv_batches(path: Path, names: list[str], targets: list[str]) -> Iterator[Any]:
+def _csv_batches(
+    path: Path, names: list[str], categorical: list[str], targets: list[str], allow_missing: bool
+) -> Iterator[Any]:
     import pyarrow as pa
     from pyarrow import csv as pa_csv
 
     header = _csv_header(path)
-    _check_columns(path, header, [*names, *targets])
+    _check_columns(path, header, [*names, *categorical, *targets])
+    from bnmodel.encoding import CSV_TEXT_TYPE
+
     types = {name: pa.float32() for name in names}
+    # Text as written: a blank categorical cell is "" (strings are never null by default).
     types.update({t: pa.string() for t in targets})
-    convert = pa_csv.ConvertOptions(column_types=types, include_columns=[*names, *targets])
+    types.update({c: CSV_TEXT_TYPE() for c in categorical})
+    convert = pa_csv.ConvertOptions(
+        column_types=types, include_columns=[*names, *categorical, *targets]
+    )
     read = pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES)
     parse = pa_csv.ParseOptions()
     try:
@@ -239,7 +285,9 @@ def _csv_batches(path: Path, names: list[str], targets: list[str]) -> Iterator[A
             path, read_options=read, parse_options=parse, convert_options=convert
         )
     except pa.ArrowInvalid as exc:
-        raise PredictError(_locate_bad_cell(path, names) or f"input {path}: {exc}") from None
+        raise PredictError(
+            _locate_bad_cell(path, names, allow_missing) or f"input {path}: {exc}"
+        ) from None
     yield from reader
 
 
@@ -251,11 +299,15 @@ def _csv_header(path: Path) -> list[str]:
     return [h.strip() for h in header]
 
 
-def _parquet_batches(path: Path, columns: list[str]) -> Iterator[Any]:
+def _parquet_batches(
+    path: Path, columns: list[str], categorical: Sequence[str] = ()
+) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     try:
-        file = pq.ParquetFile(path)
+        # Categorical columns as dictionaries where the file stores them so: their text is
+        # then built per distinct value, not per row (encoding.category_text).
+        file = pq.ParquetFile(path, read_dictionary=list(categorical))
     except Exception as exc:  # pyarrow raises ArrowInvalid or OSError for a bad file
         raise PredictError(f"input {path} is not a readable Parquet file: {exc}") from None
     _check_columns(path, file.schema_arrow.names, columns)
@@ -273,35 +325,54 @@ def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
 
 
 def _block(
-    batch: Any, names: list[str], targets: list[str], path: Path, first_row: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """A record batch as (n, F) float32 features and raw target values; nulls are errors."""
+    batch: Any,
+    names: list[str],
+    categorical: list[str],
+    targets: list[str],
+    path: Path,
+    first_row: int,
+    allow_missing: bool,
+) -> Block:
+    """A record batch as (n, F) float32 features (NaN for missing when allowed, else an
+    error), (n, C) categorical text or None, and raw target values."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     columns = []
     for name in names:
         col = batch.column(name)
-        if col.null_count:
+        if col.null_count and not allow_missing:
             row = first_row + int(pc.index(pc.is_null(col), True).as_py())
             raise PredictError(
-                f"input {path}: column {name!r}, {_row(path, row)}: value is missing"
+                f"input {path}: column {name!r}, {_row(path, row)}: value is missing (the "
+                "model was trained without missing values, so it does not impute)"
             )
         col = col.cast(pa.float32()) if col.type != pa.float32() else col
         columns.append(col.to_numpy(zero_copy_only=False))
     x = np.column_stack(columns) if columns else np.empty((batch.num_rows, 0), np.float32)
-    bad = ~np.isfinite(x)
+    bad = np.isinf(x) if allow_missing else ~np.isfinite(x)
     if bad.any():
         r, c = (int(i) for i in np.argwhere(bad)[0])
         raise PredictError(
             f"input {path}: column {names[c]!r}, {_row(path, first_row + r)}: "
             f"{x[r, c]} is not a finite number"
         )
+    cats = None
+    if categorical:
+        cats = np.stack([_text(batch.column(c), path) for c in categorical], axis=1)
     y = None
     if targets:  # (n,) for one target, (n, T) for several
         cols = [np.asarray(batch.column(t).to_pylist(), dtype=object) for t in targets]
         y = cols[0] if len(cols) == 1 else np.stack(cols, axis=1)
-    return x, y
+    return x, cats, y
+
+
+def _text(column: Any, path: Path) -> np.ndarray:
+    """A categorical column as the text training saw (encoding.category_text): a CSV cell as
+    written, leading spaces dropped as training's reader does; a typed Parquet column cast."""
+    from bnmodel.encoding import category_text, csv_category_text
+
+    return csv_category_text(column) if path.suffix == ".csv" else category_text(column)
 
 
 def _row(path: Path, row: int) -> str:
@@ -309,7 +380,31 @@ def _row(path: Path, row: int) -> str:
     return f"row {row + 1} (line {row + 2})" if path.suffix == ".csv" else f"row {row + 1}"
 
 
-def _locate_bad_cell(path: Path, names: list[str]) -> str | None:
+# What pyarrow's CSV reader (and pandas) read as a missing number.
+MISSING_TOKENS = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
+
+
+def _locate_bad_cell(path: Path, names: list[str], allow_missing: bool = False) -> str | None:
     """The first non-numeric feature cell or short row of a CSV (the error path only)."""
     if path.suffix != ".csv":
         return None
@@ -324,21 +419,20 @@ def _locate_bad_cell(path: Path, names: list[str]) -> str | None:
                     f"{len(header)}"
                 )
             for name, i in index.items():
+                cell = cells[i].strip()
+                if allow_missing and cell in MISSING_TOKENS:
+                    continue
                 try:
-                    float(cells[i])
+                    float(cell)
                 except ValueError:
-                    what = (
-                        "value is missing"
-                        if not cells[i].strip()
-                        else f"{cells[i]!r} is not a number"
-                    )
+                    what = "value is missing" if not cell else f"{cells[i]!r} is not a number"
                     return f"input {path}: column {name!r}, {_row(path, row)}: {what}"
     return None
 
 
 def _array_blocks(
-    path: Path, width: int, chunk_rows: int, target: str | None
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    path: Path, width: int, chunk_rows: int, target: str | None, allow_missing: bool = False
+) -> Iterator[Block]:
     """NPY (memory-mapped) or NPZ (X or features, and the target array) in slices."""
     y = None
     if path.suffix == ".npy":
@@ -361,11 +455,11 @@ def _array_blocks(
         raise PredictError(f"input {path}: array is {x.shape}, the model needs (N, {width})")
     for lo in range(0, len(x), chunk_rows):
         block = np.asarray(x[lo : lo + chunk_rows], dtype=np.float32)
-        bad = ~np.isfinite(block)
+        bad = np.isinf(block) if allow_missing else ~np.isfinite(block)
         if bad.any():
             r, c = (int(i) for i in np.argwhere(bad)[0])
             raise PredictError(f"input {path}: column {c}, row {lo + r + 1}: not a finite number")
-        yield block, None if y is None else y[lo : lo + chunk_rows]
+        yield block, None, None if y is None else y[lo : lo + chunk_rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,10 +587,17 @@ def predict_file(
     writer, rows, columns = _Writer(tmp, output_path), 0, []
     start = time.perf_counter()
     try:
-        for x, _ in _prefetched(iter_chunks(input_path, model.feature_names, chunk_rows)):
+        chunks = iter_chunks(
+            input_path,
+            model.feature_names,
+            chunk_rows,
+            categorical=model.categorical_columns,
+            allow_missing=model.imputes,
+        )
+        for x, _ in _prefetched(chunks):
             table = _table(model, model.run(x))
             writer.write(table)
-            rows, columns = rows + len(x), table.column_names
+            rows, columns = rows + table.num_rows, table.column_names
         writer.close()
         if rows == 0:
             raise PredictError(f"input {input_path} has no data rows")

@@ -166,8 +166,13 @@ class _StopFlag:
 def _load_data(
     config: TrainConfig,
 ) -> tuple[data_mod.Dataset, data_mod.Dataset, data_mod.Dataset | None, dict[str, Any]]:
-    """(train, validation, test or None, data summary); the summary also goes in data.json."""
-    dataset = data_mod.load_source(config.data, config.target, config.task)
+    """(train, validation, test or None, data summary); the summary also goes in data.json.
+
+    Raw tables (categorical columns or missing cells): the encoders are fitted on the training
+    rows, each part's ``features`` become the model's raw input (``Preprocessing.model_input``)
+    and the summary carries the fitted ``preprocessing``.
+    """
+    dataset = data_mod.load_source(config.data, config.target, config.task, config.categorical)
     if config.task is not None and dataset.task != config.task:
         raise data_mod.DataError(
             f"data {dataset.source} is {dataset.task}, but --task {config.task} was given"
@@ -177,35 +182,96 @@ def _load_data(
     )
     if config.test is not None:
         test_set = data_mod.load_file(
-            config.test, config.target, dataset.task, dataset.class_labels
+            config.test,
+            config.target,
+            dataset.task,
+            dataset.class_labels,
+            categorical=tuple(dataset.categorical_names),
         )
-        if test_set.feature_names != dataset.feature_names:
+        if (test_set.feature_names, test_set.categorical_names) != (
+            dataset.feature_names,
+            dataset.categorical_names,
+        ):
             raise data_mod.DataError(
-                f"--test {config.test}: feature columns {test_set.feature_names[:8]} differ "
-                f"from the training data's {dataset.feature_names[:8]}"
+                f"--test {config.test}: feature columns {test_set.feature_names[:8]} "
+                f"(categorical {test_set.categorical_names[:8]}) differ from the training "
+                f"data's {dataset.feature_names[:8]} (categorical {dataset.categorical_names[:8]})"
             )
     parts = {"train": train_set, "validation": val_set, "test": test_set}
     summary = data_mod.summarize(dataset, parts, config.target, config.test)
     summary["data_spec"] = data_mod.data_spec(
-        dataset, config.target, config.val_fraction, config.seed, config.test_fraction
+        dataset,
+        config.target,
+        config.val_fraction,
+        config.seed,
+        config.test_fraction,
+        config.categorical,
     )
+    if dataset.needs_encoding:
+        prep = _fit_encoders(config, train_set)
+        summary["preprocessing"] = prep
+        summary["vocabulary_sizes"] = {
+            c: len(v) for c, v in zip(prep.categorical, prep.vocabularies, strict=True)
+        }
+        train_set, val_set = _encoded(train_set, prep), _encoded(val_set, prep)
+        test_set = None if test_set is None else _encoded(test_set, prep)
+    elif test_set is not None and test_set.has_missing:
+        row, col = (int(i) for i in np.argwhere(np.isnan(test_set.features))[0])
+        raise data_mod.DataError(
+            f"--test {config.test}: column {test_set.feature_names[col]!r}, row {row + 1}: "
+            "value is missing, but the training data has no missing cells, so the model "
+            "does not impute"
+        )
     return train_set, val_set, test_set, summary
 
 
-def _build_model(config: TrainConfig, train_set: data_mod.Dataset, ctx: DistContext) -> BNMLP:
+def _fit_encoders(config: TrainConfig, train_set: data_mod.Dataset) -> Any:
+    from bnmodel.encoding import EncodingError, fit_preprocessing
+
+    try:
+        return fit_preprocessing(
+            train_set.features,
+            train_set.feature_names,
+            train_set.categories,
+            train_set.categorical_names,
+            impute=config.impute,
+            indicators=config.missing_indicators,
+            min_count=config.min_category_count,
+            max_size=config.max_categories,
+        )
+    except EncodingError as exc:
+        raise data_mod.DataError(f"data {train_set.source} (training rows): {exc}") from None
+
+
+def _encoded(ds: data_mod.Dataset, prep: Any) -> data_mod.Dataset:
+    """The part with ``features`` = the model's raw input (N, F + C) float32."""
+    from dataclasses import replace
+
+    return replace(ds, features=prep.model_input(ds.features, ds.categories), categories=None)
+
+
+def _build_model(
+    config: TrainConfig, train_set: data_mod.Dataset, ctx: DistContext, prep: Any = None
+) -> BNMLP:
     model_config = config.model_config(
-        train_set.features.shape[1], train_set.num_outputs, train_set.task
+        len(train_set.feature_names), train_set.num_outputs, train_set.task, prep
     )
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = BNMLP(model_config)
+    inputs = train_set.features
+    if model.encode is not None:
+        model.encode.impute.copy_(torch.tensor(prep.impute_values, dtype=torch.float32))
+        with torch.no_grad():
+            inputs = model.encode(torch.from_numpy(inputs)).numpy()
     # The training rows' statistics, in float64, for the input and (regression) the target.
-    for layer, values in ((model.standardize, train_set.features), (model.target_scale, None)):
+    for layer, values in ((model.standardize, inputs), (model.target_scale, None)):
         if layer is None:
             continue
         v = (train_set.targets if values is None else values).astype(np.float64)
-        layer.set_statistics(
-            torch.from_numpy(v.mean(axis=0)).float(), torch.from_numpy(v.std(axis=0)).float()
-        )
+        mean, std = v.mean(axis=0), v.std(axis=0)
+        if values is not None:  # indicators, one-hot and embeddings pass unscaled
+            mean[model_config.in_features :], std[model_config.in_features :] = 0.0, 1.0
+        layer.set_statistics(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
     if config.sync_bn and ctx.device.type == "cuda" and ctx.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(ctx.device)
@@ -260,6 +326,9 @@ def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _R
     train_set, val_set, test_set, loaded = _load_data(config)
     summary.update(loaded)
     spec = summary.pop("data_spec")
+    prep = summary.pop("preprocessing", None)
+    if prep is not None:  # data.json shows the vocabularies and imputation values
+        summary["preprocessing"] = prep.to_dict()
     _check_monitor(config, train_set.task)
     rows_per_rank = len(train_set) // ctx.world_size
     steps = len(_batch_bounds(rows_per_rank, config.batch_size, config.drop_last))
@@ -268,7 +337,7 @@ def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _R
             f"data {train_set.source}: {len(train_set)} training rows give {rows_per_rank} per "
             f"process, not enough for one batch of >= 2 rows (--batch-size {config.batch_size})"
         )
-    model = _build_model(config, train_set, ctx)
+    model = _build_model(config, train_set, ctx, prep)
     torch.manual_seed(config.seed + 7919 * ctx.rank)  # dropout masks differ between ranks
     groups = param_groups(model, config.weight_decay)
     optimizer = build_optimizer(
@@ -282,6 +351,7 @@ def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _R
         "task": train_set.task,
         "target_name": train_set.target or config.target,
         "data_spec": spec,
+        "preprocessing": None if prep is None else prep.to_dict(),
     }
     return _Run(
         config,

@@ -123,6 +123,40 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
         default=_DEFAULTS["test_fraction"],
         help="share of --data's rows held out as test rows instead of --test (0: none)",
     )
+    g.add_argument(
+        "--categorical",
+        default=list(_DEFAULTS["categorical"]),
+        type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+        metavar="COL,...",
+        help="columns to treat as categories besides string, bool and category columns "
+        "(e.g. integer codes)",
+    )
+    g.add_argument(
+        "--impute",
+        choices=("mean", "median"),
+        default=_DEFAULTS["impute"],
+        help="a missing numeric cell (blank, NA, NaN) takes the training rows' mean or median",
+    )
+    g.add_argument(
+        "--no-missing-indicators",
+        dest="missing_indicators",
+        action="store_false",
+        help="no 0/1 missing-indicator feature (by default each numeric column with missing "
+        "training cells gets one)",
+    )
+    g.add_argument(
+        "--min-category-count",
+        type=int,
+        default=_DEFAULTS["min_category_count"],
+        help="training rows a categorical value needs for its own slot; rarer, unseen and "
+        "blank values share one 'other' slot",
+    )
+    g.add_argument(
+        "--max-categories",
+        type=int,
+        default=_DEFAULTS["max_categories"],
+        help="most frequent values kept per categorical column",
+    )
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -147,6 +181,13 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--dropout", type=float, default=_DEFAULTS["dropout"], help="dropout after each block"
+    )
+    g.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=_DEFAULTS["embedding_dim"],
+        help="categorical columns: 0 one-hot into the first layer; N > 0 a learned N-wide "
+        "embedding per column",
     )
     g.add_argument(
         "--bn-eps", type=float, default=_DEFAULTS["bn_eps"], help="batch norm variance epsilon"

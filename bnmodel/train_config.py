@@ -26,6 +26,15 @@ MONITORS = {
     "val_r2": ("regression", True),
 }
 SCHEDULES = ("constant", "cosine", "onecycle")
+# ModelConfig fields set from the data, never flags.
+FROM_DATA = (
+    "in_features",
+    "out_features",
+    "standardize_target",
+    "impute_missing",
+    "indicator_columns",
+    "category_sizes",
+)
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -39,6 +48,16 @@ class TrainConfig:
     # Held-out test rows, evaluated once with best.pt at the end: a file, or a fraction of --data.
     test: str | None = None
     test_fraction: float = 0.0
+    # Raw tables (bnmodel/encoding.py): string, bool and category columns are categorical, and
+    # so are the integer columns named here; missing numerics take the training mean or median,
+    # plus a 0/1 indicator feature per column that had missing training cells.
+    categorical: tuple[str, ...] = ()
+    impute: str = "mean"
+    missing_indicators: bool = True
+    # A categorical value needs this many training rows for its own slot (rarer ones share the
+    # "other" slot with blanks and unseen values); at most this many slots per column.
+    min_category_count: int = 5
+    max_categories: int = 1000
     # The model's fields and defaults live in ModelConfig; in/out features come from the data.
     model: ModelConfig = ModelConfig()
     # Regression: fit the standardized target (the model maps back to target units).
@@ -72,20 +91,37 @@ class TrainConfig:
         if isinstance(self.model, dict):  # from to_dict(), e.g. a checkpoint's train_config
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if isinstance(self.categorical, str):  # "a,b" from the command line
+            names = [c.strip() for c in self.categorical.split(",") if c.strip()]
+            object.__setattr__(self, "categorical", tuple(names))
+        object.__setattr__(self, "categorical", tuple(self.categorical))
         if self.resume is not None:
             object.__setattr__(self, "resume", Path(self.resume))
         for problem in _config_problems(self):
             raise ValueError(problem)
 
     def model_config(
-        self, in_features: int, out_features: int, task: str = "classification"
+        self,
+        in_features: int,
+        out_features: int,
+        task: str = "classification",
+        preprocessing: Any = None,
     ) -> ModelConfig:
-        """The model to build for data with these widths and this task."""
+        """The model to build for data with these widths and this task (and, for raw tables,
+        this ``encoding.Preprocessing``)."""
+        encoded: dict[str, Any] = {}
+        if preprocessing is not None:
+            encoded = {
+                "impute_missing": True,
+                "indicator_columns": preprocessing.indicator_index,
+                "category_sizes": preprocessing.category_sizes,
+            }
         return replace(
             self.model,
             in_features=in_features,
             out_features=out_features,
             standardize_target=self.standardize_target and task == "regression",
+            **encoded,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +136,7 @@ class TrainConfig:
     @classmethod
     def from_flags(cls, flags: dict[str, Any]) -> TrainConfig:
         """From one flat mapping of flag names (the CLI's): model fields go to ModelConfig."""
-        model_fields = {f.name for f in fields(ModelConfig)} - {"standardize_target"}
+        model_fields = {f.name for f in fields(ModelConfig)} - set(FROM_DATA)
         model = {k: v for k, v in flags.items() if k in model_fields}
         rest = {k: v for k, v in flags.items() if k not in model_fields}
         base = rest.pop("model", ModelConfig())
@@ -111,7 +147,7 @@ class TrainConfig:
         """The inverse of from_flags: one flat mapping, model fields included."""
         flat = self.to_dict()
         model = flat.pop("model")
-        for name in ("in_features", "out_features", "standardize_target"):
+        for name in FROM_DATA:
             model.pop(name)
         return {**flat, **model}
 
@@ -139,6 +175,9 @@ def _config_problems(c: TrainConfig) -> Iterator[str]:
             "classification or regression",
             c.task,
         ),
+        (c.impute in ("mean", "median"), "--impute", "mean or median", c.impute),
+        (c.min_category_count >= 1, "--min-category-count", ">= 1", c.min_category_count),
+        (c.max_categories >= 1, "--max-categories", ">= 1", c.max_categories),
         (c.epochs >= 1, "--epochs", ">= 1", c.epochs),
         (c.batch_size >= 2, "--batch-size", ">= 2 (batch norm needs two rows)", c.batch_size),
         (c.optimizer in OPTIMIZERS, "--optimizer", f"one of {OPTIMIZERS}", c.optimizer),

@@ -20,6 +20,7 @@ from torch import nn
 
 from bnmodel import __version__
 from bnmodel.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
+from bnmodel.encoding import Preprocessing
 from bnmodel.files import atomic_write_bytes
 from bnmodel.model import Standardize
 
@@ -44,7 +45,7 @@ from .repository import (
     validate_layout,
     write_repository,
 )
-from .verify import BATCH_SIZES, EquivalenceReport, verify_equivalence
+from .verify import BATCH_SIZES, EquivalenceReport, Rows, verify_equivalence
 
 __all__ = ["ExportResult", "export_checkpoint"]
 
@@ -134,7 +135,14 @@ def _metadata(
     import torch
 
     folded = {"folded": [], "note": "unfolded reference graph (--no-fold)"}
+    raw = {}
+    if ckpt.preprocessing is not None:  # raw-row model: its string inputs and encoders
+        raw = {
+            "bnmodel.categorical_columns": json.dumps(ckpt.categorical_columns),
+            "bnmodel.preprocessing": json.dumps(ckpt.preprocessing),
+        }
     return {
+        **raw,
         "bnmodel.task": ckpt.task,
         "bnmodel.feature_names": json.dumps(list(ckpt.feature_names)),
         "bnmodel.class_labels": json.dumps(_class_labels(ckpt) or []),
@@ -159,8 +167,8 @@ def _metadata(
 class _Data:
     """The checkpoint's training data, re-read through its data_spec, and what was found."""
 
-    train: np.ndarray | None = None  # (N, F) training rows: INT8 calibration
-    validation: np.ndarray | None = None  # (M, F)
+    train: np.ndarray | Rows | None = None  # (N, F) training rows: INT8 calibration
+    validation: np.ndarray | Rows | None = None  # (M, F), or raw rows of a raw-row model
     targets: np.ndarray | None = None  # validation targets
     notes: list[str] = field(default_factory=list)
 
@@ -182,9 +190,14 @@ def _data(ckpt: Checkpoint, given: np.ndarray | None) -> _Data:
         return _Data(notes=[f"validation rows unavailable ({why}): verified on random rows only"])
     source = ckpt.data_spec.get("source", "data_spec")
     features = getattr(train, "features", None)
+    train_rows = None if features is None else np.asarray(features, np.float32)
+    validation = np.asarray(val.features, np.float32)
+    if ckpt.preprocessing is not None:
+        validation = Rows(validation, getattr(val, "categories", None))
+        train_rows = Rows(train_rows, getattr(train, "categories", None))
     return _Data(
-        None if features is None else np.asarray(features, np.float32),
-        np.asarray(val.features, np.float32),
+        train_rows,
+        validation,
         getattr(val, "targets", None),
         [f"validation rows: {len(val.features)} rows from {source}", random_note],
     )
@@ -201,9 +214,43 @@ def _target_scale_notes(fold_report: FoldReport) -> list[str]:
     ]
 
 
+def _preprocessing(ckpt: Checkpoint) -> Preprocessing | None:
+    if ckpt.preprocessing is None:
+        return None
+    try:
+        return Preprocessing.from_dict(ckpt.preprocessing)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint preprocessing is malformed: {exc}") from exc
+
+
+def _encoder_notes(ckpt: Checkpoint) -> list[str]:
+    """Where a raw-row model's encoders went, one line."""
+    prep = _preprocessing(ckpt)
+    if prep is None:
+        return []
+    from .onnx_export import ONE_HOT_MAX_SLOTS
+
+    columns = [
+        f"{c} ({len(v) + 1} slots, "
+        + ("one-hot into Linear 1" if len(v) + 1 <= ONE_HOT_MAX_SLOTS else "Gather of its table")
+        + ")"
+        for c, v in zip(prep.categorical, prep.vocabularies, strict=True)
+    ]
+    parts = [f"{len(prep.numeric)} numeric column(s) imputed with the training {prep.impute}"]
+    if prep.indicators:
+        parts.append(f"missing indicators for {', '.join(prep.indicators)}")
+    if columns:
+        parts.append("categorical " + ", ".join(columns))
+    return ["encoders (in the graph): " + "; ".join(parts)]
+
+
 def _graph(
     model: nn.Module, ckpt: Checkpoint, fp16: bool, opset: int, metadata: dict[str, str]
 ) -> onnx.ModelProto:
+    prep = _preprocessing(ckpt)
+    categorical = (
+        [] if prep is None else list(zip(prep.categorical, prep.vocabularies, strict=True))
+    )
     proto = build_onnx(
         list(model.net.named_children()),
         task=ckpt.task,
@@ -211,6 +258,7 @@ def _graph(
         fp16=fp16,
         opset=opset,
         metadata=metadata,
+        categorical=categorical,
     )
     check_onnx(proto)
     return proto
@@ -237,6 +285,28 @@ def _check_destinations(
         raise ExportError("--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold")
 
 
+def _raw_rows(path: str | os.PathLike[str], prep: Preprocessing) -> Rows:
+    """A raw-row model's calibration rows from a CSV/Parquet file, read as predict reads."""
+    from bnmodel.predict import PredictError, iter_chunks
+
+    try:
+        chunks = list(
+            iter_chunks(path, list(prep.numeric), categorical=prep.categorical, allow_missing=True)
+        )
+    except PredictError as exc:
+        raise Int8Error(f"calibration data: {exc}") from None
+    if not chunks:
+        raise Int8Error(f"calibration data {path} has no data rows")
+    numeric, cats = [], []
+    for feed, _ in chunks:  # a feed dict with categorical columns, else the (n, F) numerics
+        if isinstance(feed, dict):
+            numeric.append(feed["features"])
+            cats.append(np.concatenate([feed[c] for c in prep.categorical], axis=1))
+        else:
+            numeric.append(feed)
+    return Rows(np.concatenate(numeric), np.concatenate(cats) if cats else None)
+
+
 def _int8(
     model: nn.Module,
     ckpt: Checkpoint,
@@ -246,8 +316,12 @@ def _int8(
     allowed: float,
 ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize the folded graph (input standardization kept), then check it against fp32."""
+    prep = _preprocessing(ckpt)
     if calibration_data is not None:
-        calibration = read_feature_rows(calibration_data, ckpt.feature_names)
+        if prep is None:
+            calibration = read_feature_rows(calibration_data, ckpt.feature_names)
+        else:
+            calibration = _raw_rows(calibration_data, prep)
         source = f"calibration: {len(calibration)} rows of {calibration_data}"
     elif data.train is not None:
         calibration, source = data.train, "calibration: training rows of the checkpoint's data"
@@ -258,12 +332,18 @@ def _int8(
         )
     if len(calibration) > CALIBRATION_ROWS:  # a seeded sample: the same file, the same graph
         pick = np.random.default_rng(0).choice(len(calibration), CALIBRATION_ROWS, replace=False)
-        calibration = calibration[np.sort(pick)]
+        pick = np.sort(pick)
+        calibration = calibration.take(pick) if isinstance(calibration, Rows) else calibration[pick]
     folded, _ = fold_model(model, keep_standardize=True)
     metadata = {p.key: p.value for p in fp32.metadata_props}
     source_graph = _graph(folded, ckpt, False, fp32.opset_import[0].version, metadata)
     rows, targets = data.validation, data.targets
     notes = [f"{source} ({len(calibration)} used)"]
+    if prep is not None:  # the graphs' inputs: "features" and one string tensor per column
+        notes.append("int8 graph: imputation and categorical lookups stay in float")
+        numeric = bool(ckpt.feature_names)
+        calibration = calibration.feed(prep.categorical, numeric)
+        rows = None if rows is None else rows.feed(prep.categorical, numeric)
     if any(isinstance(m, Standardize) for m in folded.net):
         notes.append(
             "int8 graph: the input standardization stays a float Sub/Div ahead of the first "
@@ -364,7 +444,8 @@ def export_checkpoint(
             validation_rows=data.validation,
             fp16=fp16,
             batch_sizes=BATCH_SIZES,
-            notes=[*data.notes, *_target_scale_notes(fold_report)],
+            notes=[*data.notes, *_target_scale_notes(fold_report), *_encoder_notes(ckpt)],
+            preprocessing=_preprocessing(ckpt),
         )
         result.report.raise_for_mismatch()
     proto = graphs[fold]
@@ -403,6 +484,7 @@ def _write(
             max_batch_size=max_batch_size,
             feature_names=ckpt.feature_names,
             class_labels=_class_labels(ckpt),
+            categorical_columns=ckpt.categorical_columns,
         )
         result.repository = write_repository(
             repository, name, version, proto.SerializeToString(), config, report_text

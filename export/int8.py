@@ -158,11 +158,19 @@ def _table_rows(path: Path, feature_names: Sequence[str]) -> np.ndarray:
     return frame[list(feature_names)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
 
 
-class _Rows:
-    """onnxruntime.quantization CalibrationDataReader over (N, F) rows, 64 at a time."""
+Feed = dict[str, np.ndarray]  # graph input name -> (N, ...) values
 
-    def __init__(self, input_name: str, rows: np.ndarray) -> None:
-        self._batches = iter([{input_name: rows[i : i + 64]} for i in range(0, len(rows), 64)])
+
+def _batches(feed: Feed, size: int = 64) -> list[Feed]:
+    rows = len(next(iter(feed.values())))
+    return [{k: v[i : i + size] for k, v in feed.items()} for i in range(0, rows, size)]
+
+
+class _Rows:
+    """onnxruntime.quantization CalibrationDataReader over a feed's rows, 64 at a time."""
+
+    def __init__(self, feed: Feed) -> None:
+        self._batches = iter(_batches(feed))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -191,9 +199,13 @@ def first_gemm(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_int8(
-    model: onnx.ModelProto, calibration: np.ndarray, keep_float: Sequence[str] = ()
+    model: onnx.ModelProto, calibration: np.ndarray | Feed, keep_float: Sequence[str] = ()
 ) -> onnx.ModelProto:
-    """Static QDQ, per-channel int8 weights, uint8 activations (MinMax over ``calibration``).
+    """Static QDQ, per-channel int8 weights, uint8 activations (MinMax over ``calibration``:
+    (N, F) feature rows, or a raw-row model's feed of every input).
+
+    A raw-row model's encoders (imputation, string lookup, one-hot or embedding rows: every
+    node named "encode/...") stay in float; quantization starts at its first Gemm.
 
     ``keep_float``: more node names to leave in float. The first Gemm is the usual candidate:
     its input is the standardized features, quantized with one scale for all of them, and a
@@ -203,7 +215,11 @@ def quantize_int8(
 
     from .onnx_export import INPUT_NAME
 
-    keep_float = [n.name for n in model.graph.node if n.op_type in _FLOAT_OPS] + list(keep_float)
+    keep_float = [
+        n.name for n in model.graph.node if n.op_type in _FLOAT_OPS or n.name.startswith("encode/")
+    ] + list(keep_float)
+    if not isinstance(calibration, dict):
+        calibration = {INPUT_NAME: np.asarray(calibration, np.float32)}
     # quantize_static logs advice to the root logger ("consider pre-processing"): not ours.
     logging.disable(logging.WARNING)
     try:
@@ -213,7 +229,7 @@ def quantize_int8(
             quantize_static(
                 str(source),
                 str(target),
-                _Rows(INPUT_NAME, np.asarray(calibration, np.float32)),
+                _Rows(calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
@@ -243,7 +259,7 @@ def compare_int8(
     fp32: bytes,
     int8: bytes,
     *,
-    rows: np.ndarray,
+    rows: np.ndarray | Feed,
     targets: np.ndarray | None,
     task: str,
     allowed: float,
@@ -256,7 +272,8 @@ def compare_int8(
     """
     from .onnx_export import INPUT_NAME
 
-    feed = {INPUT_NAME: np.asarray(rows, np.float32)}
+    feed = rows if isinstance(rows, dict) else {INPUT_NAME: np.asarray(rows, np.float32)}
+    rows = next(iter(feed.values()))  # (N, ...): len() is the row count below
     a, b = _session(fp32).run(None, feed), _session(int8).run(None, feed)
     if task == "classification":
         pred_a, pred_b = a[0].argmax(axis=1), b[0].argmax(axis=1)

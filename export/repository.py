@@ -54,13 +54,21 @@ def model_config(
     feature_names: Sequence[str],
     class_labels: Sequence[str] | None,
     input_name: str = "features",
+    categorical_columns: Sequence[str] = (),
 ) -> model_config_pb2.ModelConfig:
-    """The config message; dims omit the batch axis, which Triton adds from max_batch_size."""
+    """The config message; dims omit the batch axis, which Triton adds from max_batch_size.
+
+    A raw-row model lists "features" only when it has numeric columns (``in_features`` >= 1),
+    then one TYPE_STRING input of dims [1] per categorical column, in the graph's order.
+    """
     data_type = model_config_pb2.TYPE_FP16 if fp16 else model_config_pb2.TYPE_FP32
     config = model_config_pb2.ModelConfig(
         name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size
     )
-    config.input.add(name=input_name, data_type=data_type, dims=[in_features])
+    if in_features >= 1 or not categorical_columns:
+        config.input.add(name=input_name, data_type=data_type, dims=[in_features])
+    for column in categorical_columns:
+        config.input.add(name=column, data_type=model_config_pb2.TYPE_STRING, dims=[1])
     for output, width in outputs:
         config.output.add(name=output, data_type=data_type, dims=[width])
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
@@ -70,6 +78,8 @@ def model_config(
         "class_labels": json.dumps(list(class_labels or [])),
         "feature_names": json.dumps(list(feature_names)),
     }
+    if categorical_columns:
+        parameters["categorical_columns"] = json.dumps(list(categorical_columns))
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "Comparison",
     "EquivalenceReport",
     "ExportMismatchError",
+    "Rows",
     "random_rows",
     "verify_equivalence",
 ]
@@ -41,6 +43,40 @@ FP32_TOLERANCE = 1e-5
 FP16_TOLERANCE = 1e-2
 BATCH_SIZES = (1, 2, 7, 1024)
 Outputs = dict[str, np.ndarray]  # output name -> (batch, width)
+ROW_SOURCES = ["validation", "random", "blanks and unseen"]
+UNSEEN = "\x00never seen in training"  # a categorical value no vocabulary holds
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Raw rows: numerics (N, F) float32 with NaN for missing, categorical text (N, C) or None."""
+
+    numeric: np.ndarray
+    categories: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.numeric)
+
+    def head(self, n: int) -> Rows:
+        cats = None if self.categories is None else self.categories[:n]
+        return Rows(self.numeric[:n], cats)
+
+    def take(self, index: np.ndarray) -> Rows:
+        cats = None if self.categories is None else self.categories[index]
+        return Rows(self.numeric[index], cats)
+
+    def resized(self, n: int) -> Rows:
+        """n rows, the given ones repeated as needed."""
+        return self.take(np.resize(np.arange(len(self)), n))
+
+    def feed(self, categorical: Sequence[str], numeric: bool = True) -> dict[str, np.ndarray]:
+        """The graph's inputs: "features" (when ``numeric``) and one (N, 1) text per column."""
+        from .onnx_export import INPUT_NAME
+
+        feed = {INPUT_NAME: self.numeric} if numeric else {}
+        for i, column in enumerate(categorical):
+            feed[column] = self.categories[:, i : i + 1].astype(object)
+        return feed
 
 
 @dataclass(frozen=True)
@@ -110,7 +146,8 @@ class EquivalenceReport:
 
     def format(self, verbose: bool = False) -> str:
         """One line per candidate: worst relative error vs tolerance, argmax agreement, verdict."""
-        rows = sorted({c.rows for c in self.comparisons}, key=["validation", "random"].index)
+        rows = sorted({c.rows for c in self.comparisons}, key=ROW_SOURCES.index)
+        rows = [", ".join(rows[:-1]), rows[-1]] if len(rows) > 2 else rows
         lines = [
             f"equivalence against the unfolded model in float64 ({' and '.join(rows)} rows, "
             f"batch sizes {', '.join(map(str, self.batch_sizes))}):"
@@ -185,11 +222,15 @@ def _named(out: np.ndarray, task: str) -> Outputs:
 
 
 def _torch_runner(
-    model: nn.Module, task: str, dtype: torch.dtype
-) -> Callable[[np.ndarray], Outputs]:
+    model: nn.Module, task: str, dtype: torch.dtype, preprocessing: Any = None
+) -> Callable[[Rows], Outputs]:
+    """Torch takes the model's raw input: numerics, then slot indices from the vocabularies."""
     model = copy.deepcopy(model).to(dtype).eval()
 
-    def run(x: np.ndarray) -> Outputs:
+    def run(rows: Rows) -> Outputs:
+        x = rows.numeric
+        if preprocessing is not None:
+            x = preprocessing.model_input(rows.numeric, rows.categories)
         with torch.no_grad():
             out = model(torch.from_numpy(np.asarray(x, np.float64)).to(dtype))
         return _named(out.numpy(), task)
@@ -197,7 +238,10 @@ def _torch_runner(
     return run
 
 
-def _ort_runner(model_bytes: bytes, optimize: bool, fp16: bool) -> Callable[[np.ndarray], Outputs]:
+def _ort_runner(
+    model_bytes: bytes, optimize: bool, fp16: bool, categorical: Sequence[str] = ()
+) -> Callable[[Rows], Outputs]:
+    """ONNX Runtime takes the contract's inputs: "features" and one string tensor per column."""
     import onnxruntime as ort
 
     from .onnx_export import INPUT_NAME
@@ -208,21 +252,29 @@ def _ort_runner(model_bytes: bytes, optimize: bool, fp16: bool) -> Callable[[np.
     options.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    takes_numeric = INPUT_NAME in {i.name for i in session.get_inputs()}
     dtype = np.float16 if fp16 else np.float32
-    return lambda x: dict(zip(names, session.run(None, {INPUT_NAME: x.astype(dtype)}), strict=True))
+
+    def run(rows: Rows) -> Outputs:
+        typed = Rows(rows.numeric.astype(dtype), rows.categories)
+        return dict(
+            zip(names, session.run(None, typed.feed(categorical, takes_numeric)), strict=True)
+        )
+
+    return run
 
 
 def _compare(
-    candidate: tuple[str, str, Callable[[np.ndarray], Outputs]],
+    candidate: tuple[str, str, Callable[[Rows], Outputs]],
     rows_name: str,
-    rows: np.ndarray,
+    rows: Rows,
     reference: Outputs,
     batch_sizes: Sequence[int],
 ) -> list[Comparison]:
     """One Comparison per output; batch b runs rows[:b], so row indices match the reference."""
     name, precision, run = candidate
     tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
-    results = {b: run(rows[:b]) for b in batch_sizes}
+    results = {b: run(rows.head(b)) for b in batch_sizes}
     comparisons = []
     for output, ref in reference.items():
         scale = max(float(np.abs(ref).max()), np.finfo(np.float64).tiny)
@@ -280,25 +332,64 @@ def random_rows(model: nn.Module, n: int, in_features: int, seed: int = 0) -> np
     was trained in, instead of far outside it when features have large means.
     """
     z = np.random.default_rng(seed).standard_normal((n, in_features))
-    first = next(iter(getattr(model, "net", [None])), None)
+    layers = list(getattr(model, "net", []))
+    first = layers[1] if len(layers) > 1 and type(layers[0]).__name__ == "Encode" else None
+    first = first if first is not None else next(iter(layers), None)
     mean, std = getattr(first, "mean", None), getattr(first, "std", None)
-    if torch.is_tensor(mean) and torch.is_tensor(std):
-        z = mean.double().numpy() + std.double().numpy() * z
+    if torch.is_tensor(mean) and torch.is_tensor(std):  # raw-row models: the numeric columns
+        z = mean[:in_features].double().numpy() + std[:in_features].double().numpy() * z
     return z.astype(np.float32)
 
 
+def _random_categories(preprocessing: Any, n: int, seed: int) -> np.ndarray | None:
+    """(n, C) values drawn from each vocabulary."""
+    if preprocessing is None or not preprocessing.categorical:
+        return None
+    rng = np.random.default_rng(seed + 1)
+    columns = [
+        np.asarray(v, dtype=object)[rng.integers(0, len(v), n)] for v in preprocessing.vocabularies
+    ]
+    return np.stack(columns, axis=1)
+
+
+def blanks_and_unseen(rows: Rows, seed: int = 0) -> Rows:
+    """The rows with about a quarter of the numeric cells missing (NaN) and of the categorical
+    cells blank ("") or a value no vocabulary holds: what the encoders must get right."""
+    rng = np.random.default_rng(seed + 2)
+    numeric = rows.numeric.copy()
+    numeric[rng.random(numeric.shape) < 0.25] = np.nan
+    cats = None
+    if rows.categories is not None:
+        cats = rows.categories.copy()
+        draw = rng.random(cats.shape)
+        cats[draw < 0.125] = ""
+        cats[(draw >= 0.125) & (draw < 0.25)] = UNSEEN
+    return Rows(numeric, cats)
+
+
 def _row_sources(
-    model: nn.Module, validation_rows: np.ndarray | None, in_features: int, n: int, seed: int
-) -> dict[str, np.ndarray]:
+    model: nn.Module,
+    validation_rows: np.ndarray | Rows | None,
+    in_features: int,
+    n: int,
+    seed: int,
+    preprocessing: Any = None,
+) -> dict[str, Rows]:
     sources = {}
     if validation_rows is not None:
-        rows = np.asarray(validation_rows, np.float32)
-        if rows.ndim != 2 or rows.shape[1] != in_features or len(rows) == 0:
+        rows = validation_rows if isinstance(validation_rows, Rows) else Rows(validation_rows)
+        numeric = np.asarray(rows.numeric, np.float32)
+        if numeric.ndim != 2 or numeric.shape[1] != in_features or len(numeric) == 0:
             raise ValueError(
-                f"validation rows: expected shape (N >= 1, {in_features}), got {rows.shape}"
+                f"validation rows: expected shape (N >= 1, {in_features}), got {numeric.shape}"
             )
-        sources["validation"] = np.resize(rows, (n, in_features))  # repeats rows if N < n
-    sources["random"] = random_rows(model, n, in_features, seed)
+        sources["validation"] = Rows(numeric, rows.categories).resized(n)  # repeats if N < n
+    random = Rows(
+        random_rows(model, n, in_features, seed), _random_categories(preprocessing, n, seed)
+    )
+    sources["random"] = random
+    if preprocessing is not None:
+        sources["blanks and unseen"] = blanks_and_unseen(sources.get("validation", random), seed)
     return sources
 
 
@@ -310,31 +401,45 @@ def verify_equivalence(
     *,
     task: str,
     in_features: int,
-    validation_rows: np.ndarray | None = None,
+    validation_rows: np.ndarray | Rows | None = None,
     fp16: bool = False,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     seed: int = 0,
     notes: Sequence[str] = (),
+    preprocessing: Any = None,
 ) -> EquivalenceReport:
-    """Run every candidate on the same rows and compare each output with the float64 reference."""
+    """Run every candidate on the same rows and compare each output with the float64 reference.
+
+    Raw-row models (``preprocessing``, an ``encoding.Preprocessing``): torch gets the slot
+    indices the vocabularies give, ONNX Runtime the strings themselves; a third row source
+    has blanks and never-seen categories.
+    """
     precision = "fp16" if fp16 else "fp32"
+    prep = preprocessing
     candidates = [
-        ("PyTorch unfolded", "fp32", _torch_runner(unfolded, task, torch.float32)),
-        ("PyTorch folded", "fp32", _torch_runner(folded, task, torch.float32)),
+        ("PyTorch unfolded", "fp32", _torch_runner(unfolded, task, torch.float32, prep)),
+        ("PyTorch folded", "fp32", _torch_runner(folded, task, torch.float32, prep)),
     ]
+    categorical = () if prep is None else prep.categorical
     for label, model_bytes in (("folded", onnx_folded), ("unfolded", onnx_unfolded)):
         for optimize in (False, True):
-            run = _ort_runner(model_bytes, optimize, fp16)
+            run = _ort_runner(model_bytes, optimize, fp16, categorical)
             switch = "on" if optimize else "off"
             candidates.append((f"ONNX Runtime {label}, graph opt {switch}", precision, run))
-    reference_run = _torch_runner(unfolded, task, torch.float64)
+    reference_run = _torch_runner(unfolded, task, torch.float64, prep)
     comparisons = []
     for rows_name, rows in _row_sources(
-        unfolded, validation_rows, in_features, max(batch_sizes), seed
+        unfolded, validation_rows, in_features, max(batch_sizes), seed, prep
     ).items():
         if fp16:  # every candidate sees the rows the fp16 graph sees
-            rows = rows.astype(np.float16).astype(np.float32)
+            rows = Rows(rows.numeric.astype(np.float16).astype(np.float32), rows.categories)
         reference = reference_run(rows)
         for candidate in candidates:
             comparisons += _compare(candidate, rows_name, rows, reference, batch_sizes)
+    if prep is not None:
+        notes = [
+            *notes,
+            "blanks and unseen rows: the validation (else random) rows with ~25% of numeric "
+            "cells missing (NaN) and ~25% of categorical cells blank or never seen in training",
+        ]
     return EquivalenceReport(comparisons, tuple(batch_sizes), list(notes))
