@@ -485,6 +485,7 @@ def _write(
             feature_names=ckpt.feature_names,
             class_labels=_class_labels(ckpt),
             categorical_columns=ckpt.categorical_columns,
+            target_name=ckpt.target_name,
         )
         result.repository = write_repository(
             repository, name, version, proto.SerializeToString(), config, report_text

@@ -55,6 +55,7 @@ def model_config(
     class_labels: Sequence[str] | None,
     input_name: str = "features",
     categorical_columns: Sequence[str] = (),
+    target_name: str | None = None,
 ) -> model_config_pb2.ModelConfig:
     """The config message; dims omit the batch axis, which Triton adds from max_batch_size.
 
@@ -80,6 +81,8 @@ def model_config(
     }
     if categorical_columns:
         parameters["categorical_columns"] = json.dumps(list(categorical_columns))
+    if target_name:  # clients head their output columns with it, as local predict does
+        parameters["target_name"] = target_name
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config

@@ -42,6 +42,7 @@ class Predictions:
     columns: tuple[str, ...]  # one name per column of ``values``
     values: np.ndarray
     classes: tuple[str, ...] | None = None  # predicted label per row (classifier); "" for NaN
+    label_column: str = "class"  # the classifier's label column: the training target's name
 
     @property
     def non_finite_rows(self) -> list[int]:
@@ -50,7 +51,7 @@ class Predictions:
 
     def to_csv(self, stream: TextIO) -> None:
         writer = csv.writer(stream, lineterminator="\n")
-        header = (["class"] if self.classes is not None else []) + list(self.columns)
+        header = ([self.label_column] if self.classes is not None else []) + list(self.columns)
         writer.writerow(header)
         for i, row in enumerate(self.values):
             cells = [f"{v:.6g}" for v in row]
@@ -202,6 +203,11 @@ def read_rows(path: Path, feature_names: list[str] | None = None, width: int = 0
 
 
 def _predictions(config, outputs: dict[str, np.ndarray]) -> Predictions:
+    """Column names as `bnmodel predict` writes them: the training target's name (config
+    parameter target_name, when the export recorded one) heads the label or value columns."""
+    target = (
+        config.parameters["target_name"].string_value if "target_name" in config.parameters else ""
+    )
     if "probabilities" in outputs:
         probabilities = outputs["probabilities"].astype(np.float32)
         labels = json_parameter(config, "class_labels") or [
@@ -211,12 +217,17 @@ def _predictions(config, outputs: dict[str, np.ndarray]) -> Predictions:
         best = np.where(finite, np.nan_to_num(probabilities).argmax(axis=1), -1)
         classes = tuple(labels[i] if i >= 0 else "" for i in best)
         columns = tuple(f"p_{label}" for label in labels)
-        return Predictions("classification", columns, probabilities, classes)
+        return Predictions("classification", columns, probabilities, classes, target or "class")
     name = "predictions" if "predictions" in outputs else next(iter(outputs))
     values = outputs[name].astype(np.float32).reshape(len(outputs[name]), -1)
-    columns = (
-        tuple(f"{name}_{i}" for i in range(values.shape[1])) if values.shape[1] > 1 else (name,)
-    )
+    targets = target.split(",")  # several regression targets: "a,b"
+    if target and len(targets) == values.shape[1]:
+        columns = tuple(targets)
+    else:
+        base = target or name
+        columns = (
+            tuple(f"{base}_{i}" for i in range(values.shape[1])) if values.shape[1] > 1 else (base,)
+        )
     return Predictions("regression", columns, values)
 
 

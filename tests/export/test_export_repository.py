@@ -76,6 +76,7 @@ def test_config_parses_as_triton_config_and_matches_the_graph(
     assert json.loads(params["feature_names"]) == [f"x{i}" for i in range(6)]
     labels = json.loads(params["class_labels"])
     assert labels == ([f"class{i}" for i in range(3)] if task == "classification" else [])
+    assert params["target_name"] == "y"  # clients head their output columns with it
 
 
 @pytest.mark.parametrize(
