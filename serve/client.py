@@ -9,7 +9,7 @@ Works with this server and with any other server of the protocol (Triton, KServe
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -89,6 +89,25 @@ def _decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     return outputs
 
 
+def only_input_name(
+    cache: dict[tuple[str, str], str],
+    model: str,
+    version: str,
+    input_names: Callable[[], list[str]],
+) -> str:
+    """The input of a one-input model, for ``infer(model, array)``; looked up (``input_names``:
+    a ModelMetadata call) once per model and version, not once per request."""
+    key = (model, version)
+    if key not in cache:
+        names = input_names()
+        if len(names) != 1:
+            raise InvalidInputError(
+                f"model {model!r} has inputs {', '.join(names)}: pass a dict of arrays"
+            )
+        cache[key] = names[0]
+    return cache[key]
+
+
 class InferenceClient:
     """Blocking client; every call takes ``timeout`` seconds at most (default: the client's)."""
 
@@ -109,6 +128,7 @@ class InferenceClient:
             )
         self.url = url
         self.timeout = timeout
+        self._input_names: dict[tuple[str, str], str] = {}  # see only_input_name
         options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -214,11 +234,13 @@ class InferenceClient:
     def _named(self, model: str, version: str, inputs) -> Mapping[str, np.ndarray]:
         if isinstance(inputs, Mapping):
             return inputs
-        info = self.model_metadata(model, version)
-        if len(info.inputs) != 1:
-            names = ", ".join(t.name for t in info.inputs)
-            raise InvalidInputError(f"model {model!r} has inputs {names}: pass a dict of arrays")
-        return {info.inputs[0].name: np.asarray(inputs)}
+        name = only_input_name(
+            self._input_names,
+            model,
+            version,
+            lambda: [t.name for t in self.model_metadata(model, version).inputs],
+        )
+        return {name: np.asarray(inputs)}
 
     def build_request(
         self,

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 from google.protobuf import json_format
 
-from .client import InferenceServerError
+from .client import InferenceServerError, only_input_name
 from .codec import decode_raw, encode_raw, lookup_datatype
 from .errors import InvalidInputError
 from .http_codec import HEADER_LENGTH
@@ -56,6 +56,7 @@ class HttpInferenceClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInputError(f"--url {url}: expected http://HOST:PORT or https://HOST:PORT")
         self.url = url
+        self._input_names: dict[tuple[str, str], str] = {}  # see client.only_input_name
         self._headers = {"authorization": f"Bearer {auth_token}"} if auth_token else {}
         if parts.scheme == "https" or (tls is not None and tls.enabled):
             self._connection = http.client.HTTPSConnection(
@@ -126,7 +127,10 @@ class HttpInferenceClient:
         """Run ``model`` on ``inputs`` ({name: array}, or one array for the input "features"
         unless the model says otherwise); returns {output name: array}."""
         if not isinstance(inputs, Mapping):
-            inputs = {self._only_input(model, version): inputs}
+            name = only_input_name(
+                self._input_names, model, version, lambda: self._inputs(model, version)
+            )
+            inputs = {name: inputs}
         tensors, blobs = [], []
         for name, array in inputs.items():
             datatype, raw = encode_raw(np.asarray(array))
@@ -156,12 +160,9 @@ class HttpInferenceClient:
         )
         return _decode_outputs(data, headers.get(HEADER_LENGTH))
 
-    def _only_input(self, model: str, version: str) -> str:
+    def _inputs(self, model: str, version: str) -> list[str]:
         data, _ = self._call("ModelMetadata", "GET", self._model_path(model, version))
-        names = [t["name"] for t in json.loads(data)["inputs"]]
-        if len(names) != 1:
-            raise InvalidInputError(f"model {model!r} has inputs {', '.join(names)}: pass a dict")
-        return names[0]
+        return [t["name"] for t in json.loads(data)["inputs"]]
 
 
 def _decode_outputs(data: bytes, header_length: str | None) -> dict[str, np.ndarray]:
