@@ -18,6 +18,9 @@ CLI_DIR = Path(__file__).resolve().parent / "cli"
 # argparse wraps help at the terminal's width; a fixed width keeps the pages reproducible.
 HELP_WIDTH = "100"
 REGENERATE = "python docs/gen_cli.py"
+# argparse's layout changes between Python versions (3.13 merges "-o OUT, --output OUT"); the
+# committed pages come from the version the project is tested on.
+PYTHON = (3, 11)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, argparse.ArgumentParser]]:
