@@ -219,3 +219,23 @@ def test_stale_cli_pages_are_named(tmp_path: Path) -> None:
     (tmp_path / "serve.md").write_text("edited by hand\n")
     (tmp_path / "gone.md").write_text("a subcommand that no longer exists\n")
     assert gen_cli.stale_pages(pages, tmp_path) == ["gone.md", "serve.md"]
+
+
+def test_marker_parsing(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- runnable -->\n\n```bash\necho one\n```\n\n```bash\necho shown only\n```\n"
+        "````markdown\n<!-- runnable -->\n\n```bash\necho an example\n```\n````\n"
+        "<!-- runnable -->\n```python\nprint('two')\n```\n"
+    )
+    blocks = runnable_blocks(page)
+    assert [(b.line, b.language, b.text) for b in blocks] == [
+        (3, "bash", "echo one\n"),
+        (18, "python", "print('two')\n"),
+    ]
+    page.write_text("<!-- runnable -->\nSome prose.\n\n```bash\necho one\n```\n")
+    with pytest.raises(MarkerError, match="page.md:1"):
+        runnable_blocks(page)
+    page.write_text("<!-- runnable -->\n\n```text\nnot a program\n```\n")
+    with pytest.raises(MarkerError, match="bash or python"):
+        runnable_blocks(page)
