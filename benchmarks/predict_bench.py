@@ -8,7 +8,7 @@ rows two ways, alternating, ``--repeats`` times each:
 - predict: ``bnmodel.predict.predict_file`` from a file to a CSV: parsing, running, writing;
 - ORT: ``session.run`` on the rows already in memory as one float32 array, chunk by chunk,
   at the same chunk size (no parsing, no writing): the ceiling for the same model.
-Printed: the median rows/s of each and predict/ORT (the issue's goal: >= 0.5, i.e. within 2x).
+Printed: the median rows/s of each and predict/ORT (the goal: >= 0.5, i.e. within 2x).
 """
 
 from __future__ import annotations

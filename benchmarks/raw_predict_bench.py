@@ -1,5 +1,5 @@
 """Local predict of a raw-row model (3 categorical + 6 numeric columns, blanks) against
-all-numeric models, side by side in one run (issue 12's goal: >= 0.8x).
+all-numeric models, side by side in one run (the goal: >= 0.8x).
 
     python benchmarks/raw_predict_bench.py [--rows 200000] [--repeats 5] [--formats csv parquet]
         [--models DIR]   # reuse DIR/{raw,numeric-9,numeric-D}.onnx (no torch), else write them

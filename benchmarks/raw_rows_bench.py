@@ -3,7 +3,7 @@
 Run by hand from the repository root with the project venv active:
     python benchmarks/raw_rows_bench.py                        # 10 s points, medians of 3 runs
     python benchmarks/raw_rows_bench.py --duration 3 --runs 1  # quick look
-Issue 12's speed goal: at batch 64 and concurrency 16, a raw-row model (6 numeric columns with
+The speed goal: at batch 64 and concurrency 16, a raw-row model (6 numeric columns with
 missing values, 3 categorical columns as BYTES inputs, each LabelEncoder + Gather in the graph)
 serves at least 0.8x the rows/s of an all-numeric model of the same first-layer width (the
 64-256-256-256-10 MLP of benchmarks/bench_model.py: 6 numeric + 58 one-hot columns = 64). Both

@@ -1,4 +1,4 @@
-"""Pure bookkeeping for serve_bench: medians over runs, the tables, ratios and the issue's targets.
+"""Pure bookkeeping for serve_bench: medians over runs, the tables, ratios and the speed targets.
 
 A measurement is a dict: loadgen's Point fields plus "server" and "run". Nothing here does I/O.
 """
@@ -123,7 +123,7 @@ def _check(name: str, server: str, b: int, c: int, value: float, threshold: floa
 
 
 def check_targets(med: dict, ours: tuple[str, str] = ("ours_off", "ours_on")) -> list[Check]:
-    """The issue's targets for each variant of our server present in `med` (at every point)."""
+    """The gRPC speed targets for each variant of our server present in `med` (at every point)."""
     checks = []
     off, on = ours
     for s, b, c in sorted(k for k in med if k[0] in ours):
@@ -151,7 +151,7 @@ REST_PEERS = ("kserve_rest", "kserve_rest_bin", "mlserver_rest")
 def check_http_targets(
     med: dict, ours: tuple[str, str] = ("ours_http", "ours_http_bin"), grpc: str = "ours_on"
 ) -> list[Check]:
-    """Issue 14's targets for our HTTP server (JSON and binary) at every point present: rows/s
+    """The HTTP speed targets for our server (JSON and binary) at every point present: rows/s
     >= 1.5x the best REST peer with p50 no higher; JSON >= 0.5x the HTTP floor and binary >= 0.8x
     our own gRPC (``grpc``) at batch 64."""
     checks = []

@@ -7,7 +7,7 @@ Every server loads the same ONNX MLP (64-256-256-256-10) from a temporary Triton
 repository, listens on 127.0.0.1, uses one ONNX Runtime thread, and is stopped (its whole process
 group) after its points. Load comes from benchmarks/loadgen.py in a separate process
 (tritonclient.grpc.aio). Prints the results, rows/s ratios against KServe and the echo floor, the
-issue's targets (PASS/FAIL), and writes everything to benchmarks/results/serve_bench-<time>.json.
+speed targets (PASS/FAIL), and writes everything to benchmarks/results/serve_bench-<time>.json.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         measurements, failures = run_all(args, ctx)
     med = report.medians(measurements)
     keys = set(args.servers.split(","))
-    # Issue 5's gRPC targets need KServe and echo in the run; issue 14's HTTP ones check
+    # The gRPC targets need KServe and echo in the run; the HTTP ones check
     # whichever REST peers, floor and our gRPC server ran.
     checks = report.check_targets(med) if {"kserve", "echo"} <= keys else []
     checks += report.check_http_targets(med)

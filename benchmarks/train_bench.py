@@ -56,7 +56,7 @@ class Spec:
 MODELS = {
     "small": Spec("784-512x3-10", 784, (512, 512, 512), 10, 1024),
     "large": Spec("1024-4096x4-1000", 1024, (4096,) * 4, 1000, 8192),
-    # Not in the list: the default digits model's shape, where per-step overhead shows.
+    # Not a target shape: the default digits model's shape, where per-step overhead shows.
     "tiny": Spec("64-256x2-10", 64, (256, 256), 10, 64),
 }
 VARIANTS = {  # row name -> (TrainConfig.precision, compile)

@@ -1,7 +1,7 @@
 """``bnmodel predict``: a file of rows through an exported model on ONNX Runtime, in chunks.
 
 Needs no torch for an ONNX model (the base install): the model's metadata names its feature
-columns, task and class labels. A raw-row model (issue 12) also names its categorical columns:
+columns, task and class labels. A raw-row model also names its categorical columns:
 each is read as text (a blank cell is "") and fed as its own string input, and its numeric
 columns may hold blanks, "NA" or NaN (missing: the graph imputes them).
 

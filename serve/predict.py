@@ -7,7 +7,7 @@ feature columns by name, so the training file itself works: its target column (a
 other extra columns are ignored. A blank, "NA" or "nan" numeric cell is NaN (a missing value,
 which a model trained on raw rows imputes).
 
-A raw-row model (issue 12) also takes one BYTES input per categorical column, named after it:
+A raw-row model also takes one BYTES input per categorical column, named after it:
 its rows must come from a CSV with a header; the numeric columns named by the config's
 ``feature_names`` go into ``features`` and each categorical column into its own [N, 1] tensor
 of strings, as they are (blank: "").

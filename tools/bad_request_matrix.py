@@ -138,7 +138,7 @@ def _answer(expect_nan: bool = False, id_length: int | None = None):
     return check
 
 
-# The raw-row model "raw" (issue 12): features FP32 [-1, 3], color and size BYTES [-1, 1].
+# The raw-row model "raw": features FP32 [-1, 3], color and size BYTES [-1, 1].
 RAW_X = np.array([[1.0, np.nan, 3.0], [0.5, 0.25, np.nan]], np.float32)
 RAW_STRINGS = {"color": [b"red", b"\xe7\xb4\x85"], "size": [b"XL", b""]}
 
@@ -189,7 +189,7 @@ def _raw_rows_answer(data: bytes) -> str | None:
 
 
 def _raw_rows_cases() -> list[Case]:
-    """BYTES inputs and several inputs per request (issue 12)."""
+    """BYTES inputs and several inputs per request."""
     not_utf8 = [b"red", b"gr\xffen"]
     return [
         Case("raw rows, BYTES raw (control)", _bytes(_raw_rows()), OK, "",

@@ -4,7 +4,7 @@ The floor of Python gRPC: it parses the request (the framework does), reads the 
 input shape and returns a precomputed zero "probabilities" tensor of that size, so the bytes on the
 wire match a real server's. Uses the service stubs shipped with tritonclient.
 Usage: python echo_server.py --port N [--host 127.0.0.1] [--loop asyncio|uvloop]
-(asyncio, the default, is the issue's floor; uvloop shows the floor on the loop our server uses.)
+(asyncio, the default, is serve_bench's floor; uvloop shows the floor on the loop our server uses.)
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def test_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.slow
 def test_diabetes_with_defaults_is_within_10_percent_of_ridge(tmp_path: Path) -> None:
-    """The issue's bar: only --data/--target, held-out RMSE within 10% of RidgeCV's."""
+    """The bar: only --data/--target, held-out RMSE within 10% of RidgeCV's."""
     import torch
     from sklearn.datasets import load_diabetes
     from sklearn.linear_model import RidgeCV

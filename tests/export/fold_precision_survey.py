@@ -1,10 +1,10 @@
-"""By hand: how often folding breaks issue 13's bound over random adversarial models.
+"""By hand: how often folding breaks the precision bound over random adversarial models.
 
     python tests/export/fold_precision_survey.py [N] [SEED] [MAX_FOLDED_SHIFT]
 
 Draws N models as the property test does (export_testlib.adversarial_model), prints each
 draw that breaks the bound, then the folded/unfolded error ratio's quantiles and the count.
-MAX_FOLDED_SHIFT "inf" never keeps a centering Sub (the fold before issue 13).
+MAX_FOLDED_SHIFT "inf" never keeps a centering Sub (every shift folded).
 """
 
 from __future__ import annotations

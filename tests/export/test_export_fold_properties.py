@@ -5,7 +5,7 @@ limits and ReLU units dead (running_var ~0 after the activation), running_var dr
 1e-8, running_mean around 1e3, gamma about half negative, affine=False, eps 1e-3, statistics
 gathered with momentum None (cumulative average), with and without input standardization.
 
-The bound (issue 13): the folded model's error against the float64 unfolded reference is at
+The bound: the folded model's error against the float64 unfolded reference is at
 most 2x the unfolded float32 model's own error, and at most 1e-6 where that error is below
 2e-7 (there, a few float32 roundings differ, and ratios of such tiny numbers mean nothing).
 "The unfolded float32 error" is the worse of PyTorch's and ONNX Runtime's: two float32
@@ -130,7 +130,7 @@ _BASE = dict(
     log10_min_var=None,
     seed=3,
 )
-# Each named state of the issue, alone, on a model that otherwise trains normally.
+# Each named statistics state, alone, on a model that otherwise trains normally.
 STATES = {
     "saturated tanh": dict(states=["saturated", "normal"]),
     "saturated sigmoid": dict(activation="sigmoid", states=["saturated", "dead", "normal"]),
@@ -152,7 +152,7 @@ def test_each_adversarial_state_folds_within_the_bound(state: str) -> None:
 
 
 def test_saturated_units_keep_their_centering_and_match_unfolded_float32() -> None:
-    """The issue's case: post-placement tanh with saturated units (running_var ~0)."""
+    """The motivating case: post-placement tanh with saturated units (running_var ~0)."""
     model, rows = adversarial_model(**{**_BASE, "states": ["saturated", "normal"]})
     bn = model.net[3]  # Standardize, Linear, Tanh, BN
     assert float(bn.running_var[0]) < 1e-10 and abs(float(bn.running_mean[0])) == 1.0

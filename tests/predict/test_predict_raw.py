@@ -1,5 +1,5 @@
 """A raw table end to end: string columns, blank cells and string labels, trained with default
-flags, exported, and predicted from the raw held-out CSV (issue 12)."""
+flags, exported, and predicted from the raw held-out CSV."""
 
 from __future__ import annotations
 

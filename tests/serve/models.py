@@ -178,7 +178,7 @@ def failing_model() -> onnx.ModelProto:
     return model
 
 
-# -- raw-row models (issue 12): numeric columns with NaN for blanks, plus string columns --------
+# -- raw-row models: numeric columns with NaN for blanks, plus string columns ------------------
 
 RAW_NUMERIC = ["age", "income", "score"]
 RAW_VOCABULARIES = {"color": ["red", "green", "blue"], "size": ["S", "M", "L", "XL"]}
@@ -194,7 +194,7 @@ def raw_model(
     classes: int = CLASSES,
     seed: int = 0,
 ) -> onnx.ModelProto:
-    """A raw-row model as the issue 12 contract has it.
+    """A raw-row model as export writes one.
 
     features FP32 [batch, F] (NaN: missing) and one string [batch, 1] input per categorical
     column -> first layer = MatMul(Where(IsNaN(x), means, x), W) + MatMul(Cast(IsNaN(x)), W_ind)

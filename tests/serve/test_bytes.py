@@ -1,4 +1,4 @@
-"""BYTES inputs (issue 12): raw-row models with a numeric ``features`` tensor and string columns.
+"""BYTES inputs: raw-row models with a numeric ``features`` tensor and string columns.
 
 Codecs, the test model itself, batching of several inputs, and the served model ("raw" in the
 session repository, beside the numeric ones) through our clients, tritonclient and plain HTTP.

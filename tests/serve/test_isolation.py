@@ -1,4 +1,4 @@
-"""A repository as real ones are: one broken model never takes the server down (issue 10).
+"""A repository as real ones are: one broken model never takes the server down.
 
 One good model, one without a batch axis, and many broken ones: the server starts, serves the
 two through tritonclient, reports each broken one (one log line naming model, file and cause;
