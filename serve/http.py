@@ -20,7 +20,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -398,6 +400,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.close_after = False  # upgrade asked for, or the client half-closed
         self.timer: asyncio.TimerHandle | None = None
+        self.answered = 0  # responses sent
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -561,8 +564,13 @@ class _Connection(asyncio.Protocol):
             self._next()
 
     def _send(self, request: _Request, response: HttpResponse) -> None:
-        keep_alive = request.keep_alive and not self.server.closing
-        keep_alive = keep_alive and not (self.close_after and not self.pending)
+        # Draining: each answer closes its connection once nothing received is left to answer,
+        # so a keep-alive client reconnects (and is refused) instead of sending its next request
+        # into a connection that the end of the drain closes unanswered.
+        last = not self.pending
+        keep_alive = request.keep_alive and not (
+            last and (self.server.draining or self.close_after)
+        )
         head = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
             f"content-type: {response.content_type}\r\ncontent-length: {len(response.body)}\r\n"
@@ -573,6 +581,7 @@ class _Connection(asyncio.Protocol):
         head.append("\r\n")
         body = b"" if request.method == "HEAD" else response.body
         self.transport.writelines(("".join(head).encode("latin-1"), body))
+        self.answered += 1
         if not keep_alive:
             self._close()
 
@@ -647,13 +656,15 @@ class HttpServer:
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.connections: set[_Connection] = set()
-        self.closing = False
+        self.draining = False  # answers carry "connection: close" (see drain())
         self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
 
     async def start(
         self, host: str, port: int, *, tls: ssl.SSLContext | None = None, reuse_port: bool = False
     ) -> int:
         loop = asyncio.get_running_loop()
+        self._tls = tls
         try:
             self._server = await loop.create_server(
                 lambda: _Connection(self),
@@ -670,12 +681,49 @@ class HttpServer:
             ) from None
         return self._server.sockets[0].getsockname()[1]
 
-    async def close(self) -> None:
-        """Stop listening, close idle connections; busy ones close after their answer."""
-        self.closing = True
-        if self._server is not None:
-            self._server.close()
+    def drain(self) -> None:
+        """From now on every answer closes its connection: the clients of busy connections
+        learn to go elsewhere with their answer, and idle ones are closed by :meth:`close`."""
+        self.draining = True
+
+    async def close(self, linger: float = 0.2, fresh_wait: float = 1.0) -> None:
+        """Stop listening, answer what is already on its way, then close idle connections;
+        busy ones close after their answer.
+
+        Closing a listening socket resets the connections still in its accept queue, whose
+        clients have often sent their request already; so the queue is emptied first, through
+        a second descriptor of the same socket (the kernel queues until the last one closes).
+        Requests arriving within ``linger`` s on any open connection get a 503, and so does
+        the first request of a connection that has sent none yet, up to ``fresh_wait`` s.
+        """
+        self.draining = True
+        if self._server is None:
+            return
+        loop = asyncio.get_running_loop()
+        listeners = [socket.socket(fileno=os.dup(s.fileno())) for s in self._server.sockets]
+        self._server.close()
+        for listener in listeners:
+            with listener:
+                listener.setblocking(False)
+                while True:
+                    try:
+                        accepted, _ = listener.accept()
+                    except OSError:  # BlockingIOError: the queue is empty
+                        break
+                    with contextlib.suppress(OSError, ssl.SSLError):
+                        await loop.connect_accepted_socket(
+                            lambda: _Connection(self), accepted, ssl=self._tls
+                        )
+        await asyncio.sleep(linger)
+        for connection in list(self.connections):
+            if connection.answered:
+                connection.close_if_idle()
+        # A connection accepted just now gets its first request a moment later, its client
+        # thread busy elsewhere: wait for it (bounded), then close what is still idle.
+        deadline = loop.time() + fresh_wait
+        while loop.time() < deadline and any(not c.answered for c in self.connections):
+            await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.close_if_idle()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 1.0) if self._server else None
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)

@@ -263,6 +263,8 @@ class InferenceServer:
         requests get UNAVAILABLE instead of a refused connection. True: all were answered.
         """
         self.dataplane.set_ready(False)
+        if self.http is not None:
+            self.http.drain()
         await self.health.enter_graceful_shutdown()
         drained = await self.gate.drain(grace)
         if self.metrics is not None:  # scraped until the drain ends; shutdown() blocks: a thread
@@ -270,8 +272,13 @@ class InferenceServer:
         if self.http is not None:
             await self.http.close()
         if self._server is not None:
-            # After a full drain only streams (health Watch) remain: give them a moment.
-            await self._server.stop(1.0 if drained else 0)
+            # After a full drain only streams (health Watch) and held refusals remain: gRPC's
+            # GOAWAY goes out first, then the refusals are answered, so the clients' next calls
+            # go to a new connection (refused) rather than racing this one's end.
+            stopping = asyncio.ensure_future(self._server.stop(1.0 if drained else 0))
+            await asyncio.sleep(0.05)
+            self.gate.release_refusals()
+            await stopping
         # Off the loop, so a second signal is still handled while runs finish.
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
         return drained

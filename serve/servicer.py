@@ -193,6 +193,8 @@ def _guarded(method: str, call: Callable[[Any], Awaitable[Any]], gate: DrainGate
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if gate is not None and (refusal := gate.admit()):
             busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+            if gate.draining:
+                await gate.hold_refusal()
             await context.abort(grpc.StatusCode.UNAVAILABLE if gate.draining else busy, refusal)
         try:
             set_request_deadline(context.time_remaining())  # the batch queue drops late ones
