@@ -65,6 +65,7 @@ __all__ = [
     "rows_within",
     "with_inline_runs",
     "set_request_deadline",
+    "set_request_timeout",
     "Scheduler",
 ]
 
@@ -149,9 +150,22 @@ def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions)
 
 
 def set_request_deadline(seconds_left: float | None) -> None:
-    """Record the current RPC's deadline (gRPC ``context.time_remaining()``) for the scheduler."""
-    if seconds_left is not None:
-        _deadline_ns.set(time.perf_counter_ns() + int(seconds_left * 1e9))
+    """Record the current request's deadline for the scheduler: gRPC's
+    ``context.time_remaining()``, or a ``timeout`` parameter (HTTP and gRPC alike); the
+    earlier one wins when both are given."""
+    if seconds_left is None:
+        return
+    deadline = time.perf_counter_ns() + int(seconds_left * 1e9)
+    current = _deadline_ns.get()
+    _deadline_ns.set(deadline if current is None else min(current, deadline))
+
+
+def set_request_timeout(parameters) -> None:
+    """Triton's ``timeout`` request parameter (microseconds; 0 or absent: none) as the
+    request's deadline. ``parameters``: the request's, checked already (an int >= 0)."""
+    for param in parameters:
+        if param.name == "timeout" and param.value:
+            set_request_deadline(param.value / 1e6)
 
 
 def calibrate_run_times(
@@ -304,6 +318,9 @@ class Scheduler:
                 f"{nbytes:,} would pass the limit of {self.policy.max_queue_bytes:,} "
                 "(--max-queue-bytes); retry later"
             )
+        deadline = _deadline_ns.get()
+        if deadline is not None and deadline <= time.perf_counter_ns():
+            raise DeadlineExceededError("the request's deadline passed before it could run")
         idle = self._running == 0 and not self._queue
         if idle:
             if rows <= self.inline_rows:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -528,6 +529,8 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request, self.request = self.request, None
         request.keep_alive = self.parser.should_keep_alive()
+        if not request.url.startswith(b"/"):
+            request.url = _origin_form(request.url)
         if isinstance(request.body, bytearray):
             request.body = bytes(request.body)
         self._disarm()
@@ -624,6 +627,68 @@ class _Connection(asyncio.Protocol):
             self._close()
 
 
+def _origin_form(url: bytes) -> bytes:
+    """``http://host:port/path?query`` -> ``/path?query``: the absolute form of a request
+    target, which a server must accept (RFC 9112 3.2.2; proxies send it); other forms as sent."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return url
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    target = rest[cut:]
+    return target if target.startswith(b"/") else b"/" + target
+
+
+# File descriptors running out (EMFILE/ENFILE): the listener cannot accept, and clients see
+# refused or reset connections. asyncio logs a traceback per failed accept; uvloop (libuv)
+# drops the connection silently. Both get one line, at most once a minute, naming the limit.
+try:
+    import resource
+except ImportError:  # not on Windows: no check there
+    resource = None
+_FD_DIR = "/proc/self/fd" if resource is not None and os.path.isdir("/proc/self/fd") else ""
+_FD_WARN_FRACTION = 0.95
+_fd_log = LogLimiter(log, per_second=1 / 60, burst=1)
+
+
+def _fd_warning(open_files: int | str) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _fd_log.warning(
+        "HTTP cannot accept more connections: %s files open, the limit is %d (ulimit -n; "
+        "RLIMIT_NOFILE): new connections are refused or reset until some close. Raise the "
+        "limit, or lower the clients' connection count",
+        open_files,
+        soft,
+    )
+
+
+async def _watch_open_files(every_s: float) -> None:
+    """Every ``every_s`` s: warn when open descriptors reach 95% of the soft limit."""
+    while True:
+        await asyncio.sleep(every_s)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            count = len(os.listdir(_FD_DIR))
+        except OSError:  # EMFILE itself: listing needs a descriptor
+            count = soft
+        if count >= _FD_WARN_FRACTION * soft:
+            _fd_warning(count)
+
+
+def _accept_errors(previous):
+    """The loop's exception handler, with asyncio's accept failures as our one line."""
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+            _fd_warning("all")
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    return handler
+
+
 def ssl_context(tls: TLSFiles) -> ssl.SSLContext:
     """The server's TLS context: its certificate, and client certificates required when ``ca``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -659,10 +724,18 @@ class HttpServer:
         self.draining = False  # answers carry "connection: close" (see drain())
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
+        self._watch: asyncio.Task | None = None
 
     async def start(
-        self, host: str, port: int, *, tls: ssl.SSLContext | None = None, reuse_port: bool = False
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+        fd_check_s: float = 5.0,
     ) -> int:
+        """Listen; ``fd_check_s``: how often to check for file descriptors running out."""
         loop = asyncio.get_running_loop()
         self._tls = tls
         try:
@@ -679,6 +752,9 @@ class HttpServer:
                 f"cannot listen for HTTP on {host}:{port} ({exc.strerror}); "
                 "choose another --http-port, or --no-http"
             ) from None
+        if _FD_DIR and fd_check_s > 0:
+            loop.set_exception_handler(_accept_errors(loop.get_exception_handler()))
+            self._watch = loop.create_task(_watch_open_files(fd_check_s))
         return self._server.sockets[0].getsockname()[1]
 
     def drain(self) -> None:
@@ -697,6 +773,8 @@ class HttpServer:
         the first request of a connection that has sent none yet, up to ``fresh_wait`` s.
         """
         self.draining = True
+        if self._watch is not None:
+            self._watch.cancel()
         if self._server is None:
             return
         loop = asyncio.get_running_loop()
