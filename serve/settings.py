@@ -105,8 +105,7 @@ class ServerSettings:
     max_inline_us: int = _flag(
         50,
         "run batches that take at most US microseconds (timed at load) on the event loop, "
-        "saving a thread hand-off; larger ones run on a thread, except a lone client's (up "
-        "to 1 ms: nothing else is waiting for the loop); 0: always a thread",
+        "saving a thread hand-off; larger ones run on a thread; 0: always a thread",
         range=_COUNT,
         metavar="US",
     )
