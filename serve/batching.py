@@ -45,11 +45,10 @@ import numpy as np
 from .batch_merge import merge_inputs, split_outputs
 from .errors import DeadlineExceededError, ModelNotReadyError, ResourceExhaustedError
 from .proto import model_config_pb2
+from .settings import DEFAULT_MAX_INLINE_US, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_SIZE
 from .statistics import VersionStats
 
 __all__ = [
-    "DEFAULT_MAX_QUEUE_SIZE",
-    "DEFAULT_MAX_INLINE_US",
     "BatchingOptions",
     "BatchPolicy",
     "batch_policy",
@@ -63,9 +62,6 @@ __all__ = [
 
 log = logging.getLogger("bnmodel.serve")
 
-DEFAULT_MAX_QUEUE_SIZE = 1024  # requests waiting per model version, when nothing says otherwise
-DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024  # input bytes waiting per model version
-DEFAULT_MAX_INLINE_US = 50  # longest calibrated run allowed on the event loop
 _INLINE_OVERRUN = 4  # inline runs this many times over budget ...
 _INLINE_OVERRUNS_IN_A_ROW = 3  # ... this many times in a row halve the inline limit
 

@@ -22,6 +22,7 @@ from google.protobuf import text_format
 from .codec import datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
+from .settings import DEFAULT_MAX_BATCH_SIZE
 
 log = logging.getLogger("bnmodel.serve")
 
@@ -202,7 +203,9 @@ def _inside(folder: Path, path: Path) -> Path:
 class SingleModelRepository:
     """One ONNX file served as model ``name`` version 1, its config derived from the file."""
 
-    def __init__(self, path: Path, name: str | None = None, max_batch_size: int = 1024) -> None:
+    def __init__(
+        self, path: Path, name: str | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    ) -> None:
         self.path = Path(path).resolve()
         if not self.path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")

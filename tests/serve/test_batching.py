@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from bnmodel.serve.batching import (
-    DEFAULT_MAX_QUEUE_SIZE,
     BatchingOptions,
     BatchPolicy,
     Scheduler,
@@ -29,6 +28,7 @@ from bnmodel.serve.errors import (
     ResourceExhaustedError,
 )
 from bnmodel.serve.proto import model_config_pb2
+from bnmodel.serve.settings import DEFAULT_MAX_QUEUE_SIZE
 from bnmodel.serve.statistics import VersionStats
 from google.protobuf import text_format
 
