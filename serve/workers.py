@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import selectors
@@ -43,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from .ready import ServerInfo, ready_line
 from .settings import ServerSettings, cpu_count
 from .shutdown import SHUTDOWN_SIGNALS, early_signals
 
@@ -105,7 +105,8 @@ def run(settings: ServerSettings, on_ready: Callable[[str], None]) -> int:
     """
     count = settings.workers or default_workers(model_control=settings.allow_model_control)
     if count == 1:
-        from .server import ready_line, serve
+        from .ready import ready_line
+        from .server import serve
 
         return serve(settings, on_ready=lambda info: on_ready(ready_line(info)))
     return serve_workers(settings, count, on_ready)
@@ -143,8 +144,8 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
 
 
 def _worker(settings: ServerSettings, index: int, count: int, port: int, ready_fd: int) -> int:
-    """In the child: one ordinary server on the shared port; reports its ready line on a pipe."""
-    from .server import ready_line, serve
+    """In the child: one ordinary server on the shared port; reports its ready info on a pipe."""
+    from .server import serve
 
     metrics = settings.metrics_port + index if settings.metrics_port else 0
     mine = dataclasses.replace(
@@ -157,9 +158,8 @@ def _worker(settings: ServerSettings, index: int, count: int, port: int, ready_f
         metrics_port=metrics,
     )
 
-    def ready(info) -> None:
-        line = ready_line(info)
-        os.write(ready_fd, (json.dumps({"line": line}) + "\n").encode())
+    def ready(info: ServerInfo) -> None:
+        os.write(ready_fd, (info.to_json() + "\n").encode())
 
     return serve(mine, on_ready=ready)
 
@@ -237,7 +237,7 @@ class _Supervisor:
 
     def wait(self, on_ready: Callable[[str], None], held: socket.socket) -> int:
         """Until every worker has exited: ready line, forwarded signals; 0 if all exited 0."""
-        lines: dict[int, str] = {}
+        lines: dict[int, ServerInfo] = {}
         deadline = time.monotonic() + _READY_TIMEOUT_S
         stopping = announced = False
         while self.children or (self.due and not stopping):
@@ -250,7 +250,7 @@ class _Supervisor:
             if len(lines) == self.count and not stopping and not announced:
                 announced = True
                 held.close()  # every worker listens now: the port needs no guard
-                on_ready(_combined(lines[0], self.count))
+                on_ready(ready_line(dataclasses.replace(lines[0], workers=self.count)))
             stopping = self._handle_signals(stopping)
             exited = self._reap(block=False)
             if exited and not stopping and not announced:  # a failed start: stop them all
@@ -276,7 +276,7 @@ class _Supervisor:
         return 0 if not failed and (len(lines) == self.count or self.signalled) else 1
 
     def _read_ready(
-        self, key: selectors.SelectorKey, lines: dict[int, str], announced: bool
+        self, key: selectors.SelectorKey, lines: dict[int, ServerInfo], announced: bool
     ) -> None:
         data = key.fileobj.read(65536)
         if not data:  # the child closed its end (exited)
@@ -284,7 +284,7 @@ class _Supervisor:
             key.fileobj.close()
             return
         for raw in data.decode().splitlines():
-            lines[key.data] = json.loads(raw)["line"]
+            lines[key.data] = ServerInfo.from_json(raw)
             if announced:
                 log.info("worker %d: restarted and serving again", key.data)
 
@@ -381,8 +381,3 @@ def _exit_status(code: int) -> str:
     with contextlib.suppress(ValueError):
         return f"killed by {signal.Signals(-code).name} (exit {code})"
     return f"exit {code}"
-
-
-def _combined(line: str, count: int) -> str:
-    """Worker 0's ready line, saying how many workers serve the port."""
-    return line[:-1] + f"; {count} workers)" if line.endswith(")") else line

@@ -168,7 +168,8 @@ def test_export_into_a_full_disk_names_the_path_and_leaves_nothing(
 
 
 def test_export_into_a_real_full_filesystem(checkpoint_path: Path, tmp_path: Path, capsys) -> None:
-    # A 16 KiB tmpfs: model and config do not both fit. Needs mount rights (root); skipped without them.
+    # A 16 KiB tmpfs: model and config do not both fit. Needs mount rights (root): skipped
+    # without them.
     mount = tmp_path / "small"
     mount.mkdir()
     done = subprocess.run(
