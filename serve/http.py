@@ -122,12 +122,10 @@ _INT64_TYPES = frozenset(
 )
 
 
-def _proto_json(message, zeros: bool = False) -> dict:
+def _proto_json(message) -> dict:
     """A protobuf message as Triton's HTTP JSON: field names as in the .proto, 64-bit integers
-    as numbers (proto3 JSON writes them as strings); ``zeros``: fields left at 0 included."""
-    document = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=zeros
-    )
+    as numbers (proto3 JSON writes them as strings)."""
+    document = json_format.MessageToDict(message, preserving_proto_field_name=True)
     _int64_as_numbers(message.DESCRIPTOR, document)
     return document
 
@@ -346,9 +344,7 @@ class HttpApp:
 
     def _statistics(self, model: str, version: str) -> HttpResponse:
         entries = self.dataplane.statistics(model, version)
-        return _json(
-            {"model_stats": [_proto_json(version_statistics(*e), zeros=True) for e in entries]}
-        )
+        return _json({"model_stats": [version_statistics(*e) for e in entries]})
 
     def _index(self, request: _Request) -> HttpResponse:
         ready = False
