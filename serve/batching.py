@@ -35,7 +35,7 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -52,6 +52,8 @@ __all__ = [
     "BatchingOptions",
     "BatchPolicy",
     "batch_policy",
+    "batch_wait_ns",
+    "plan_batch",
     "calibrate_run_times",
     "rows_within",
     "with_inline_runs",
@@ -131,6 +133,49 @@ def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions)
         1,
         max_queue_bytes=options.max_queue_bytes,
     )
+
+
+# -- the scheduler's decisions, as pure functions of what it knows ---------------------------
+
+
+def batch_wait_ns(
+    policy: BatchPolicy, queued_rows: int, oldest_enqueued_ns: int, now_ns: int, idle: bool
+) -> int:
+    """How long the next batch waits before it leaves; <= 0: now.
+
+    At once when the request found the scheduler idle (a lone request never waits for a window
+    nobody else will fill), when batching is off, or when the queue fills a batch; otherwise
+    when the oldest queued request has waited the policy's delay.
+    """
+    if idle or policy.max_rows == 0 or queued_rows >= policy.max_rows:
+        return 0
+    return oldest_enqueued_ns + policy.delay_ns - now_ns
+
+
+def plan_batch(
+    queue: Iterable[tuple[int, int | None, bool]], max_rows: int, now_ns: int
+) -> tuple[int, list[int], list[int]]:
+    """The next batch from the queue's leading requests, each (rows, deadline_ns, done).
+
+    Returns (how many leave the queue, indices of those that run, indices of those whose
+    deadline has passed: they fail and never run). Requests already done (cancelled) leave
+    without running. A batch takes requests in order up to ``max_rows`` rows (0: batching off,
+    one request per batch); the first request always fits (one larger than max_rows was
+    refused by validation).
+    """
+    chosen: list[int] = []
+    expired: list[int] = []
+    rows = taken = 0
+    for index, (item_rows, deadline_ns, done) in enumerate(queue):
+        if deadline_ns is not None and deadline_ns <= now_ns:
+            expired.append(index)
+        elif not done:
+            if chosen and (max_rows == 0 or rows + item_rows > max_rows):
+                break
+            chosen.append(index)
+            rows += item_rows
+        taken = index + 1
+    return taken, chosen, expired
 
 
 def set_request_deadline(seconds_left: float | None) -> None:
@@ -366,10 +411,8 @@ class Scheduler:
         self._check_drained()
 
     def _wait_ns(self, idle: bool) -> int:
-        policy = self.policy
-        if idle or policy.max_rows == 0 or self._queued_rows >= policy.max_rows:
-            return 0
-        return self._queue[0].enqueued_ns + policy.delay_ns - time.perf_counter_ns()
+        oldest = self._queue[0].enqueued_ns
+        return batch_wait_ns(self.policy, self._queued_rows, oldest, time.perf_counter_ns(), idle)
 
     def _arm_timer(self, wait_ns: int) -> None:
         if self._timer is None:
@@ -380,28 +423,18 @@ class Scheduler:
         self._schedule()
 
     def _take(self) -> list[_Pending]:
-        """The next batch: leading queued requests up to max_rows.
-
-        Cancelled requests are dropped; so are those whose deadline has passed (they fail with
-        DEADLINE_EXCEEDED and never run).
-        """
-        batch: list[_Pending] = []
-        rows = 0
-        queue = self._queue
+        """The next batch (:func:`plan_batch`); expired requests fail with DEADLINE_EXCEEDED."""
         now = time.perf_counter_ns()
-        while queue:
-            item = queue[0]
-            if item.deadline_ns is not None and item.deadline_ns <= now:
-                _expire(item, now)
-            elif not item.future.done():
-                if batch and (self.policy.max_rows == 0 or rows + item.rows > self.policy.max_rows):
-                    break
-                batch.append(item)
-                rows += item.rows
-            queue.popleft()
+        queue = self._queue
+        leading = ((p.rows, p.deadline_ns, p.future.done()) for p in queue)
+        taken, chosen, expired = plan_batch(leading, self.policy.max_rows, now)
+        items = [queue.popleft() for _ in range(taken)]
+        for index in expired:
+            _expire(items[index], now)
+        for item in items:
             self._queued_rows -= item.rows
             self._queued_bytes -= item.nbytes
-        return batch
+        return [items[index] for index in chosen]
 
     def _dispatch(self) -> None:
         batch = self._take()

@@ -18,7 +18,9 @@ from bnmodel.serve.batching import (
     BatchPolicy,
     Scheduler,
     batch_policy,
+    batch_wait_ns,
     calibrate_run_times,
+    plan_batch,
     rows_within,
     set_request_deadline,
 )
@@ -344,3 +346,31 @@ def test_calibration_keeps_the_largest_power_of_two_batch_within_the_budget():
     assert rows_within(calibrate_run_times(model, example, max_rows=2, up_to_us=500), 500) == 2
     assert calibrate_run_times(model, example, max_rows=64, up_to_us=0) == {}
     assert rows_within({1: 10_000, 2: 900, 4: 800}, 5) == 0  # a slow first size ends the count
+
+
+def test_the_batch_leaves_at_once_when_idle_off_or_full_else_after_the_oldest_s_window():
+    policy = BatchPolicy(max_rows=8, delay_ns=1_000, max_queue=10, slots=1)
+    assert batch_wait_ns(policy, 2, oldest_enqueued_ns=100, now_ns=400, idle=False) == 700
+    assert batch_wait_ns(policy, 2, 100, 1_500, idle=False) == -400  # window over: now
+    assert batch_wait_ns(policy, 2, 100, 400, idle=True) == 0
+    assert batch_wait_ns(policy, 8, 100, 400, idle=False) == 0  # a full batch
+    off = BatchPolicy(max_rows=0, delay_ns=1_000, max_queue=10, slots=2)
+    assert batch_wait_ns(off, 1, 100, 400, idle=False) == 0
+
+
+def test_plan_batch_takes_leading_requests_up_to_max_rows_and_drops_expired_and_cancelled():
+    now = 1_000
+    queue = [
+        (3, None, False),
+        (2, 999, False),
+        (1, None, True),
+        (4, 5_000, False),
+        (2, None, False),
+    ]
+    # 3 rows, an expired one (never runs), a cancelled one, 4 more rows: 7 <= 8; then 2 > 8.
+    assert plan_batch(queue, max_rows=8, now_ns=now) == (4, [0, 3], [1])
+    # Batching off: one request per batch; the expired and cancelled ones behind it leave too.
+    assert plan_batch(queue, max_rows=0, now_ns=now) == (3, [0], [1])
+    assert plan_batch([(9, None, False)], max_rows=8, now_ns=now) == (1, [0], [])
+    assert plan_batch([(1, 5, False), (1, None, True)], 8, now) == (2, [], [0])
+    assert plan_batch(iter([]), 8, now) == (0, [], [])
