@@ -115,7 +115,8 @@ class ModelRepository:
     def _skip(self, folder: Path, why: str) -> None:
         if folder not in self._skipped:
             self._skipped.add(folder)
-            log.warning("skipped %s/: %s", folder.relative_to(self.root.parent), why)
+            where = folder.relative_to(self.root.parent)
+            log.warning("skipped %s/: %s", where, why, extra={"once": True})  # worker 0 only
 
     def _model_dir(self, name: str) -> Path:
         check_model_name(name)
