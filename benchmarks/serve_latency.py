@@ -10,7 +10,6 @@ Prints a table; medians of ``--runs`` server starts. Extra server flags after ``
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import statistics
 import subprocess
@@ -22,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
-READY = re.compile(r"ready on (\S+):(\d+)")
 
 
 def write_repository(root: Path, sizes=(64, 256, 256, 256, 10)) -> None:
@@ -64,6 +61,7 @@ def write_repository(root: Path, sizes=(64, 256, 256, 256, 10)) -> None:
 
 def one_run(command: list[str], requests: int) -> tuple[float, float, float]:
     from bnmodel.serve.client import InferenceClient
+    from bnmodel.serve.ready import parse_ready_line
 
     start = time.perf_counter()
     process = subprocess.Popen(
@@ -71,12 +69,11 @@ def one_run(command: list[str], requests: int) -> tuple[float, float, float]:
     )
     try:
         for line in process.stdout:
-            if READY.search(line):
+            if endpoints := parse_ready_line(line):
                 break
         ready_s = time.perf_counter() - start
-        host, port = READY.search(line).groups()
         x = np.random.default_rng(1).normal(size=(1, 64)).astype(np.float32)
-        with InferenceClient(f"{host}:{port}") as client:
+        with InferenceClient(endpoints.grpc) as client:
             inputs = {"features": x}
             for _ in range(200):  # warm-up
                 client.infer("mlp", inputs)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import selectors
 import signal
 import subprocess
@@ -20,17 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from bnmodel.serve.ready import parse_ready_line
+
 __all__ = [
-    "READY_PATTERN",
-    "HTTP_PATTERN",
     "ServerProcess",
     "ServerStartError",
     "spawn_server",
     "stop_server",
 ]
-
-READY_PATTERN = re.compile(r"ready on (\S+):(\d+)")
-HTTP_PATTERN = re.compile(r"(\S+):(\d+) \((HTTPS?)\)")  # in the ready line, unless --no-http
 
 
 class ServerStartError(RuntimeError):
@@ -84,7 +80,7 @@ def _wait_ready(
     while time.monotonic() < deadline:
         if selector.select(timeout=0.1):
             line = process.stdout.readline()
-            if READY_PATTERN.search(line):
+            if parse_ready_line(line) is not None:
                 return line.strip()
             if not line and process.poll() is not None:
                 break
@@ -143,10 +139,8 @@ def spawn_server(
     try:
         line = _wait_ready(process, timeout, stderr, log_path)
         _Collector(process.stdout, keep=False)
-        bound_host, port = READY_PATTERN.search(line).groups()
-        http = HTTP_PATTERN.search(line)
-        http_url = f"{http[3].lower()}://{http[1]}:{http[2]}" if http else ""
-        yield ServerProcess(process, f"{bound_host}:{port}", line, stderr, log_path, http_url)
+        endpoints = parse_ready_line(line)
+        yield ServerProcess(process, endpoints.address, line, stderr, log_path, endpoints.http_url)
     finally:
         stop_server(process)
         if log_file is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from bnmodel.serve.proto import model_config_pb2
 from google.protobuf import text_format
 
-from bnmodel.files import atomic_write_bytes
+from bnmodel.files import atomic_folder, atomic_write_bytes
 
 __all__ = [
     "MAX_QUEUE_DELAY_US",
@@ -110,13 +110,20 @@ def write_repository(
     config: model_config_pb2.ModelConfig,
     report_text: str | None = None,
 ) -> RepositoryPaths:
-    """Write the model (and its report), then the config: a config never names a missing model."""
+    """Write the version folder (model and report) and the config, all or nothing.
+
+    The version folder is filled under a temp name and renamed into place last, after the
+    config: a full disk or a Ctrl-C leaves no partial model, no empty version folder and no
+    model without its config.pbtxt; the error names the path that could not be written.
+    """
     model_dir = Path(root) / name
-    model = model_dir / str(version) / "model.onnx"
+    version_dir = model_dir / str(version)
+    model = version_dir / "model.onnx"
     report = None if report_text is None else model.with_suffix(".report.json")
-    atomic_write_bytes(model, model_bytes)
-    if report is not None:
-        atomic_write_bytes(report, report_text.encode())
-    config_text = text_format.MessageToString(config)
-    config_path = atomic_write_bytes(model_dir / "config.pbtxt", config_text.encode())
+    config_path = model_dir / "config.pbtxt"
+    with atomic_folder(version_dir) as staging:
+        atomic_write_bytes(staging / model.name, model_bytes)
+        if report is not None:
+            atomic_write_bytes(staging / report.name, report_text.encode())
+        atomic_write_bytes(config_path, text_format.MessageToString(config).encode())
     return RepositoryPaths(config_path, model, report)

@@ -24,13 +24,6 @@ never stalls request handling. Three inline runs in a row over four times the bu
 limit. A request that finds the scheduler idle and is small enough runs at once inside its own
 handler, which then never suspends: resuming a suspended grpc.aio handler costs about 100 us of
 CPU (measured: 628 -> 518 us of server CPU per batch-1 request).
-
-A lone client. When requests come one at a time (nothing arrived while the last few executor
-runs were in flight), there is no other request for the loop to serve, and the thread hand-off
-is pure latency (about 150 us of a 1 ms round trip at 64 rows). The scheduler then runs idle
-batches calibrated under ``SOLO_INLINE_US`` (1 ms) on the loop too. Every
-``_SOLO_PROBE_EVERY``-th such request still goes to the executor as a probe: if another request
-arrives while it runs, the client is no longer alone and larger batches leave the loop again.
 """
 
 from __future__ import annotations
@@ -42,7 +35,7 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -52,32 +45,27 @@ import numpy as np
 from .batch_merge import merge_inputs, split_outputs
 from .errors import DeadlineExceededError, ModelNotReadyError, ResourceExhaustedError
 from .proto import model_config_pb2
+from .settings import DEFAULT_MAX_INLINE_US, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_SIZE
 from .statistics import VersionStats
 
 __all__ = [
-    "DEFAULT_MAX_QUEUE_SIZE",
-    "DEFAULT_MAX_INLINE_US",
     "BatchingOptions",
     "BatchPolicy",
     "batch_policy",
-    "SOLO_INLINE_US",
+    "batch_wait_ns",
+    "plan_batch",
     "calibrate_run_times",
     "rows_within",
     "with_inline_runs",
     "set_request_deadline",
+    "set_request_timeout",
     "Scheduler",
 ]
 
 log = logging.getLogger("bnmodel.serve")
 
-DEFAULT_MAX_QUEUE_SIZE = 1024  # requests waiting per model version, when nothing says otherwise
-DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024  # input bytes waiting per model version
-DEFAULT_MAX_INLINE_US = 50  # longest calibrated run allowed on the event loop
-SOLO_INLINE_US = 1000  # ... and for a lone client's requests (nothing else to serve)
 _INLINE_OVERRUN = 4  # inline runs this many times over budget ...
 _INLINE_OVERRUNS_IN_A_ROW = 3  # ... this many times in a row halve the inline limit
-_QUIET_RUNS_TO_SOLO = 3  # executor runs in a row during which nothing arrived: a lone client
-_SOLO_PROBE_EVERY = 16  # a lone client's every 16th request runs on the executor, as a probe
 
 # perf_counter_ns() after which the current request's client has given up (None: no deadline).
 # Set per RPC by the servicer (each gRPC call is its own asyncio task, so its own context).
@@ -108,7 +96,6 @@ class BatchPolicy:
     slots: int  # model runs in flight at most
     inline_rows: int = 0  # batches of at most this many rows run on the event loop
     inline_budget_ns: int = 0  # what those runs were calibrated against
-    solo_rows: int = 0  # ... and, for a lone client, batches of at most this many (SOLO_INLINE_US)
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES  # input bytes queued at most
 
 
@@ -148,10 +135,66 @@ def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions)
     )
 
 
+# -- the scheduler's decisions, as pure functions of what it knows ---------------------------
+
+
+def batch_wait_ns(
+    policy: BatchPolicy, queued_rows: int, oldest_enqueued_ns: int, now_ns: int, idle: bool
+) -> int:
+    """How long the next batch waits before it leaves; <= 0: now.
+
+    At once when the request found the scheduler idle (a lone request never waits for a window
+    nobody else will fill), when batching is off, or when the queue fills a batch; otherwise
+    when the oldest queued request has waited the policy's delay.
+    """
+    if idle or policy.max_rows == 0 or queued_rows >= policy.max_rows:
+        return 0
+    return oldest_enqueued_ns + policy.delay_ns - now_ns
+
+
+def plan_batch(
+    queue: Iterable[tuple[int, int | None, bool]], max_rows: int, now_ns: int
+) -> tuple[int, list[int], list[int]]:
+    """The next batch from the queue's leading requests, each (rows, deadline_ns, done).
+
+    Returns (how many leave the queue, indices of those that run, indices of those whose
+    deadline has passed: they fail and never run). Requests already done (cancelled) leave
+    without running. A batch takes requests in order up to ``max_rows`` rows (0: batching off,
+    one request per batch); the first request always fits (one larger than max_rows was
+    refused by validation).
+    """
+    chosen: list[int] = []
+    expired: list[int] = []
+    rows = taken = 0
+    for index, (item_rows, deadline_ns, done) in enumerate(queue):
+        if deadline_ns is not None and deadline_ns <= now_ns:
+            expired.append(index)
+        elif not done:
+            if chosen and (max_rows == 0 or rows + item_rows > max_rows):
+                break
+            chosen.append(index)
+            rows += item_rows
+        taken = index + 1
+    return taken, chosen, expired
+
+
 def set_request_deadline(seconds_left: float | None) -> None:
-    """Record the current RPC's deadline (gRPC ``context.time_remaining()``) for the scheduler."""
-    if seconds_left is not None:
-        _deadline_ns.set(time.perf_counter_ns() + int(seconds_left * 1e9))
+    """Record the current request's deadline for the scheduler: gRPC's
+    ``context.time_remaining()``, or a ``timeout`` parameter (HTTP and gRPC alike); the
+    earlier one wins when both are given."""
+    if seconds_left is None:
+        return
+    deadline = time.perf_counter_ns() + int(seconds_left * 1e9)
+    current = _deadline_ns.get()
+    _deadline_ns.set(deadline if current is None else min(current, deadline))
+
+
+def set_request_timeout(parameters) -> None:
+    """Triton's ``timeout`` request parameter (microseconds; 0 or absent: none) as the
+    request's deadline. ``parameters``: the request's, checked already (an int >= 0)."""
+    for param in parameters:
+        if param.name == "timeout" and param.value:
+            set_request_deadline(param.value / 1e6)
 
 
 def calibrate_run_times(
@@ -205,12 +248,9 @@ def with_inline_runs(
     a model whose cost cannot be measured ahead, such as variable non-batch dimensions)."""
     if example is None or budget_us <= 0:
         return policy
-    times = calibrate_run_times(run, example, max_rows, max(budget_us, SOLO_INLINE_US))
+    times = calibrate_run_times(run, example, max_rows, budget_us)
     return dataclasses.replace(
-        policy,
-        inline_rows=rows_within(times, budget_us),
-        inline_budget_ns=budget_us * 1000,
-        solo_rows=rows_within(times, SOLO_INLINE_US),
+        policy, inline_rows=rows_within(times, budget_us), inline_budget_ns=budget_us * 1000
     )
 
 
@@ -263,17 +303,8 @@ class Scheduler:
         self.policy = policy
         self.stats = stats
         self.inline_rows = policy.inline_rows  # lowered if inline runs overrun their budget
-        self.solo_rows = policy.solo_rows  # likewise
         self._overruns = 0  # inline runs over budget in a row
         self._inline_limit_ns = _INLINE_OVERRUN * policy.inline_budget_ns
-        self._solo_limit_ns = _INLINE_OVERRUN * SOLO_INLINE_US * 1000
-        # Lone-client detection (module docstring): executor runs in a row during which no
-        # other request arrived, whether larger idle batches now run inline, requests since
-        # the last probe, and whether a request arrived during the current executor run.
-        self._quiet_runs = 0
-        self.solo = False
-        self._since_probe = 0
-        self._crowded = False
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._queued_bytes = 0
@@ -304,19 +335,12 @@ class Scheduler:
                 f"{nbytes:,} would pass the limit of {self.policy.max_queue_bytes:,} "
                 "(--max-queue-bytes); retry later"
             )
+        deadline = _deadline_ns.get()
+        if deadline is not None and deadline <= time.perf_counter_ns():
+            raise DeadlineExceededError("the request's deadline passed before it could run")
         idle = self._running == 0 and not self._queue
-        if idle:
-            if rows <= self.inline_rows:
-                return self._run_now(inputs, rows, solo=False)
-            if self.solo and rows <= self.solo_rows:
-                self._since_probe += 1
-                if self._since_probe < _SOLO_PROBE_EVERY:
-                    return self._run_now(inputs, rows, solo=True)
-                self._since_probe = 0  # this one runs on the executor: does anyone else come?
-        else:  # another request is queued or running: the client is not alone
-            self._crowded = True
-            self._quiet_runs = 0
-            self.solo = False
+        if idle and rows <= self.inline_rows:
+            return self._run_now(inputs, rows)
         loop = self._loop = self._loop or asyncio.get_running_loop()
         item = _Pending(inputs, rows, nbytes, loop.create_future(), time.perf_counter_ns())
         self._queue.append(item)
@@ -329,12 +353,9 @@ class Scheduler:
             self._forget(item)
             raise
 
-    def _run_now(
-        self, inputs: Mapping[str, np.ndarray], rows: int, solo: bool
-    ) -> dict[str, np.ndarray]:
-        """The fast path: idle scheduler, calibrated-short run (``solo``: short enough for a
-        lone client). No queue, no future, and the handler never suspends (a suspended gRPC
-        handler costs ~100 us of CPU to resume)."""
+    def _run_now(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """The fast path: idle scheduler, calibrated-short run. No queue, no future, and the
+        handler never suspends (a suspended gRPC handler costs ~100 us of CPU to resume)."""
         self.stats.record_queue(0)
         self._running += 1
         try:
@@ -343,38 +364,32 @@ class Scheduler:
             )
         finally:
             self._running -= 1
-        self._after_inline(result, rows, solo)
+        self._after_inline(result, rows)
         self.stats.record_execution(rows, 1, input_ns, infer_ns, output_ns)
         return parts[0]
 
-    def _after_inline(self, result, rows: int, solo: bool = False) -> None:
+    def _after_inline(self, result, rows: int) -> None:
         """Several inline runs in a row far over budget: this size leaves the loop for good.
 
         One overrun proves nothing (the loop thread waited for the GIL, or was preempted);
         a model that is really slower than calibrated overruns every time.
         """
-        limit_ns = self._solo_limit_ns if solo else self._inline_limit_ns
-        if result[3] <= limit_ns:
+        if result[3] <= self._inline_limit_ns:
             self._overruns = 0
             return
         self._overruns += 1
         if self._overruns < _INLINE_OVERRUNS_IN_A_ROW:
             return
         self._overruns = 0
-        budget_us = limit_ns // _INLINE_OVERRUN // 1000
-        if solo:
-            self.solo_rows = min(self.solo_rows, rows // 2)
-        else:
-            self.inline_rows = min(self.inline_rows, rows // 2)
+        self.inline_rows = min(self.inline_rows, rows // 2)
         log.info(
             "inline runs of %d rows took %.0f us, over %d x the %d us budget; batches "
-            "above %d rows now run on a thread%s",
+            "above %d rows now run on a thread",
             rows,
             result[3] / 1000,
             _INLINE_OVERRUN,
-            budget_us,
-            self.solo_rows if solo else self.inline_rows,
-            " (lone client)" if solo else "",
+            self.policy.inline_budget_ns // 1000,
+            self.inline_rows,
         )
 
     def _forget(self, item: _Pending) -> None:
@@ -396,10 +411,8 @@ class Scheduler:
         self._check_drained()
 
     def _wait_ns(self, idle: bool) -> int:
-        policy = self.policy
-        if idle or policy.max_rows == 0 or self._queued_rows >= policy.max_rows:
-            return 0
-        return self._queue[0].enqueued_ns + policy.delay_ns - time.perf_counter_ns()
+        oldest = self._queue[0].enqueued_ns
+        return batch_wait_ns(self.policy, self._queued_rows, oldest, time.perf_counter_ns(), idle)
 
     def _arm_timer(self, wait_ns: int) -> None:
         if self._timer is None:
@@ -410,28 +423,18 @@ class Scheduler:
         self._schedule()
 
     def _take(self) -> list[_Pending]:
-        """The next batch: leading queued requests up to max_rows.
-
-        Cancelled requests are dropped; so are those whose deadline has passed (they fail with
-        DEADLINE_EXCEEDED and never run).
-        """
-        batch: list[_Pending] = []
-        rows = 0
-        queue = self._queue
+        """The next batch (:func:`plan_batch`); expired requests fail with DEADLINE_EXCEEDED."""
         now = time.perf_counter_ns()
-        while queue:
-            item = queue[0]
-            if item.deadline_ns is not None and item.deadline_ns <= now:
-                _expire(item, now)
-            elif not item.future.done():
-                if batch and (self.policy.max_rows == 0 or rows + item.rows > self.policy.max_rows):
-                    break
-                batch.append(item)
-                rows += item.rows
-            queue.popleft()
+        queue = self._queue
+        leading = ((p.rows, p.deadline_ns, p.future.done()) for p in queue)
+        taken, chosen, expired = plan_batch(leading, self.policy.max_rows, now)
+        items = [queue.popleft() for _ in range(taken)]
+        for index in expired:
+            _expire(items[index], now)
+        for item in items:
             self._queued_rows -= item.rows
             self._queued_bytes -= item.nbytes
-        return batch
+        return [items[index] for index in chosen]
 
     def _dispatch(self) -> None:
         batch = self._take()
@@ -447,7 +450,6 @@ class Scheduler:
             self._run_inline(batch, inputs, rows)
             return
         self._running += 1
-        self._crowded = False
         future = self.executor.submit(_run_batch, self.run, inputs, self.batched)
         loop = self._loop
         future.add_done_callback(lambda f: _call_soon(loop, self._finish, batch, f))
@@ -465,9 +467,6 @@ class Scheduler:
     def _finish(self, batch: list[_Pending], done: Future) -> None:
         """Back on the loop from a worker thread: deliver, then start the next batch."""
         self._running -= 1
-        if not self._crowded and self._running == 0 and not self._queue:
-            self._quiet_runs += 1  # nobody else came while this batch ran
-            self.solo = self._quiet_runs >= _QUIET_RUNS_TO_SOLO
         if done.cancelled():  # executor shut down under us
             for item in batch:
                 item.future.cancel()

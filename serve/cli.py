@@ -91,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _register_infer(subparsers: argparse._SubParsersAction) -> None:
+    from .settings import DEFAULT_GRPC_PORT
+
     p = subparsers.add_parser(
         "infer",
         help="send rows from a CSV or .npy file to a server and print predictions",
@@ -98,7 +100,7 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--url",
-        default="127.0.0.1:8001",
+        default=f"127.0.0.1:{DEFAULT_GRPC_PORT}",
         help="HOST:PORT for gRPC, http://HOST:PORT or https://HOST:PORT for HTTP "
         "(default: %(default)s)",
     )

@@ -21,6 +21,7 @@ from .proto import grpc_service_pb2 as pb
 from .proto import grpc_service_pb2_grpc as pb_grpc
 from .proto import model_config_pb2
 from .security import TLSFiles, bearer_metadata, channel_credentials
+from .settings import DEFAULT_GRPC_PORT
 
 __all__ = ["InferenceServerError", "TensorInfo", "ModelInfo", "InferenceClient"]
 
@@ -124,7 +125,7 @@ class InferenceClient:
         if "://" in url:
             raise InvalidInputError(
                 f"{url}: expected the gRPC address as HOST:PORT (no scheme; `bnmodel serve` "
-                "listens on 127.0.0.1:8001 by default)"
+                f"listens on 127.0.0.1:{DEFAULT_GRPC_PORT} by default)"
             )
         self.url = url
         self.timeout = timeout

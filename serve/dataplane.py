@@ -18,7 +18,7 @@ import numpy as np
 
 from bnmodel import __version__
 
-from .batching import BatchingOptions
+from .batching import BatchingOptions, set_request_timeout
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError, ServeError
 from .model import Model, ModelVersion, load_model
 from .repository import MAX_NAME_LENGTH, ModelRepository, SingleModelRepository, cause
@@ -230,6 +230,7 @@ class DataPlane:
         start = time.perf_counter_ns()
         try:  # Triton counts refused, failed, expired and cancelled requests as failures
             check_parameters(model, request)
+            set_request_timeout(request.parameters)  # the batch queue drops expired requests
             inputs = check_inputs(model, request)
             if self.reject_non_finite:
                 check_finite(model, inputs)

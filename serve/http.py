@@ -19,9 +19,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
+import os
 import re
+import socket
 import ssl
+import struct
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -119,12 +124,10 @@ _INT64_TYPES = frozenset(
 )
 
 
-def _proto_json(message, zeros: bool = False) -> dict:
+def _proto_json(message) -> dict:
     """A protobuf message as Triton's HTTP JSON: field names as in the .proto, 64-bit integers
-    as numbers (proto3 JSON writes them as strings); ``zeros``: fields left at 0 included."""
-    document = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=zeros
-    )
+    as numbers (proto3 JSON writes them as strings)."""
+    document = json_format.MessageToDict(message, preserving_proto_field_name=True)
     _int64_as_numbers(message.DESCRIPTOR, document)
     return document
 
@@ -343,9 +346,7 @@ class HttpApp:
 
     def _statistics(self, model: str, version: str) -> HttpResponse:
         entries = self.dataplane.statistics(model, version)
-        return _json(
-            {"model_stats": [_proto_json(version_statistics(*e), zeros=True) for e in entries]}
-        )
+        return _json({"model_stats": [version_statistics(*e) for e in entries]})
 
     def _index(self, request: _Request) -> HttpResponse:
         ready = False
@@ -398,6 +399,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.close_after = False  # upgrade asked for, or the client half-closed
         self.timer: asyncio.TimerHandle | None = None
+        self.answered = 0  # responses sent
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -525,6 +527,8 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request, self.request = self.request, None
         request.keep_alive = self.parser.should_keep_alive()
+        if not request.url.startswith(b"/"):
+            request.url = _origin_form(request.url)
         if isinstance(request.body, bytearray):
             request.body = bytes(request.body)
         self._disarm()
@@ -561,8 +565,13 @@ class _Connection(asyncio.Protocol):
             self._next()
 
     def _send(self, request: _Request, response: HttpResponse) -> None:
-        keep_alive = request.keep_alive and not self.server.closing
-        keep_alive = keep_alive and not (self.close_after and not self.pending)
+        # Draining: each answer closes its connection once nothing received is left to answer,
+        # so a keep-alive client reconnects (and is refused) instead of sending its next request
+        # into a connection that the end of the drain closes unanswered.
+        last = not self.pending
+        keep_alive = request.keep_alive and not (
+            last and (self.server.draining or self.close_after)
+        )
         head = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
             f"content-type: {response.content_type}\r\ncontent-length: {len(response.body)}\r\n"
@@ -573,6 +582,7 @@ class _Connection(asyncio.Protocol):
         head.append("\r\n")
         body = b"" if request.method == "HEAD" else response.body
         self.transport.writelines(("".join(head).encode("latin-1"), body))
+        self.answered += 1
         if not keep_alive:
             self._close()
 
@@ -615,6 +625,83 @@ class _Connection(asyncio.Protocol):
             self._close()
 
 
+def _refuse_new_connections(listener: socket.socket) -> None:
+    """Drop new connection attempts (SYNs) to a listener about to close, so that none is queued
+    between emptying its accept queue and closing it (which would reset it): the client tries
+    again a second later and reaches another worker's listener, or is refused. Linux only: a
+    socket filter that accepts no packet; elsewhere the window stays (microseconds)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    drop_all = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF "ret #0"
+    program = struct.pack("HL", 1, ctypes.addressof(drop_all))  # struct sock_fprog
+    with contextlib.suppress(OSError):
+        listener.setsockopt(socket.SOL_SOCKET, 26, program)  # SO_ATTACH_FILTER
+
+
+def _origin_form(url: bytes) -> bytes:
+    """``http://host:port/path?query`` -> ``/path?query``: the absolute form of a request
+    target, which a server must accept (RFC 9112 3.2.2; proxies send it); other forms as sent."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return url
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    target = rest[cut:]
+    return target if target.startswith(b"/") else b"/" + target
+
+
+# File descriptors running out (EMFILE/ENFILE): the listener cannot accept, and clients see
+# refused or reset connections. asyncio logs a traceback per failed accept; uvloop (libuv)
+# drops the connection silently. Both get one line, at most once a minute, naming the limit.
+try:
+    import resource
+except ImportError:  # not on Windows: no check there
+    resource = None
+_FD_DIR = "/proc/self/fd" if resource is not None and os.path.isdir("/proc/self/fd") else ""
+_FD_WARN_FRACTION = 0.95
+_fd_log = LogLimiter(log, per_second=1 / 60, burst=1)
+
+
+def _fd_warning(open_files: int | str) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _fd_log.warning(
+        "HTTP cannot accept more connections: %s files open, the limit is %d (ulimit -n; "
+        "RLIMIT_NOFILE): new connections are refused or reset until some close. Raise the "
+        "limit, or lower the clients' connection count",
+        open_files,
+        soft,
+    )
+
+
+async def _watch_open_files(every_s: float) -> None:
+    """Every ``every_s`` s: warn when open descriptors reach 95% of the soft limit."""
+    while True:
+        await asyncio.sleep(every_s)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            count = len(os.listdir(_FD_DIR))
+        except OSError:  # EMFILE itself: listing needs a descriptor
+            count = soft
+        if count >= _FD_WARN_FRACTION * soft:
+            _fd_warning(count)
+
+
+def _accept_errors(previous):
+    """The loop's exception handler, with asyncio's accept failures as our one line."""
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+            _fd_warning("all")
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    return handler
+
+
 def ssl_context(tls: TLSFiles) -> ssl.SSLContext:
     """The server's TLS context: its certificate, and client certificates required when ``ca``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -647,13 +734,23 @@ class HttpServer:
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.connections: set[_Connection] = set()
-        self.closing = False
+        self.draining = False  # answers carry "connection: close" (see drain())
         self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._watch: asyncio.Task | None = None
 
     async def start(
-        self, host: str, port: int, *, tls: ssl.SSLContext | None = None, reuse_port: bool = False
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+        fd_check_s: float = 5.0,
     ) -> int:
+        """Listen; ``fd_check_s``: how often to check for file descriptors running out."""
         loop = asyncio.get_running_loop()
+        self._tls = tls
         try:
             self._server = await loop.create_server(
                 lambda: _Connection(self),
@@ -668,14 +765,57 @@ class HttpServer:
                 f"cannot listen for HTTP on {host}:{port} ({exc.strerror}); "
                 "choose another --http-port, or --no-http"
             ) from None
+        if _FD_DIR and fd_check_s > 0:
+            loop.set_exception_handler(_accept_errors(loop.get_exception_handler()))
+            self._watch = loop.create_task(_watch_open_files(fd_check_s))
         return self._server.sockets[0].getsockname()[1]
 
-    async def close(self) -> None:
-        """Stop listening, close idle connections; busy ones close after their answer."""
-        self.closing = True
-        if self._server is not None:
-            self._server.close()
+    def drain(self) -> None:
+        """From now on every answer closes its connection: the clients of busy connections
+        learn to go elsewhere with their answer, and idle ones are closed by :meth:`close`."""
+        self.draining = True
+
+    async def close(self, linger: float = 0.2, fresh_wait: float = 1.0) -> None:
+        """Stop listening, answer what is already on its way, then close idle connections;
+        busy ones close after their answer.
+
+        Closing a listening socket resets the connections still in its accept queue, whose
+        clients have often sent their request already; so the queue is emptied first, through
+        a second descriptor of the same socket (the kernel queues until the last one closes).
+        Requests arriving within ``linger`` s on any open connection get a 503, and so does
+        the first request of a connection that has sent none yet, up to ``fresh_wait`` s.
+        """
+        self.draining = True
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._server is None:
+            return
+        loop = asyncio.get_running_loop()
+        listeners = [socket.socket(fileno=os.dup(s.fileno())) for s in self._server.sockets]
+        self._server.close()
+        for listener in listeners:
+            with listener:
+                _refuse_new_connections(listener)
+                listener.setblocking(False)
+                while True:
+                    try:
+                        accepted, _ = listener.accept()
+                    except OSError:  # BlockingIOError: the queue is empty
+                        break
+                    with contextlib.suppress(OSError, ssl.SSLError):
+                        await loop.connect_accepted_socket(
+                            lambda: _Connection(self), accepted, ssl=self._tls
+                        )
+        await asyncio.sleep(linger)
+        for connection in list(self.connections):
+            if connection.answered:
+                connection.close_if_idle()
+        # A connection accepted just now gets its first request a moment later, its client
+        # thread busy elsewhere: wait for it (bounded), then close what is still idle.
+        deadline = loop.time() + fresh_wait
+        while loop.time() < deadline and any(not c.answered for c in self.connections):
+            await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.close_if_idle()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 1.0) if self._server else None
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)

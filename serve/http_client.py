@@ -26,6 +26,7 @@ from .errors import InvalidInputError
 from .http_codec import HEADER_LENGTH
 from .proto import model_config_pb2
 from .security import TLSFiles
+from .settings import DEFAULT_HTTP_PORT
 
 __all__ = ["HttpInferenceClient", "is_http_url"]
 
@@ -88,7 +89,8 @@ class HttpInferenceClient:
             if isinstance(exc, http.client.BadStatusLine):  # e.g. a gRPC port's HTTP/2 frames
                 reason = (
                     "the answer is not HTTP/1.1; is this the gRPC port? "
-                    "(bnmodel serve listens for HTTP on --http-port, 8000 by default)"
+                    f"(bnmodel serve listens for HTTP on --http-port, {DEFAULT_HTTP_PORT} by "
+                    "default)"
                 )
             raise InferenceServerError(
                 method, "UNAVAILABLE", f"{reason} (server {self.url})"

@@ -13,6 +13,7 @@ ONNX file. Both only read files: sessions are created by the data plane.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from google.protobuf import text_format
 from .codec import datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
+from .settings import DEFAULT_MAX_BATCH_SIZE
+
+log = logging.getLogger("bnmodel.serve")
 
 __all__ = [
     "CONFIG_FILE",
@@ -95,14 +99,24 @@ class ModelRepository:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ModelLoadError(f"model repository {root} is not a folder")
+        self._skipped: set[Path] = set()  # folders whose skipping was logged once
 
     def names(self) -> list[str]:
         """Model folders, sorted: those holding a config.pbtxt."""
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
-        )
+        found = []
+        for p in self.root.iterdir():
+            if p.is_dir() and not p.name.startswith("."):
+                if (p / CONFIG_FILE).is_file():
+                    found.append(p.name)
+                else:
+                    self._skip(p, f"no {CONFIG_FILE} in it")
+        return sorted(found)
+
+    def _skip(self, folder: Path, why: str) -> None:
+        if folder not in self._skipped:
+            self._skipped.add(folder)
+            where = folder.relative_to(self.root.parent)
+            log.warning("skipped %s/: %s", where, why, extra={"once": True})  # worker 0 only
 
     def _model_dir(self, name: str) -> Path:
         check_model_name(name)
@@ -144,11 +158,16 @@ class ModelRepository:
 
     def _versions(self, folder: Path, filename: str, config) -> dict[str, Path]:
         try:  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
-            available = [
-                int(p.name)
-                for p in folder.iterdir()
-                if p.name.isascii() and p.name.isdigit() and (p / filename).is_file()
-            ]
+            available = []
+            for p in folder.iterdir():
+                if not p.is_dir() or p.name.startswith("."):
+                    continue
+                if not (p.name.isascii() and p.name.isdigit()):
+                    self._skip(p, "not a version folder (a version is a whole number)")
+                elif not (p / filename).is_file():
+                    self._skip(p, f"version folder without {filename}")
+                else:
+                    available.append(int(p.name))
         except OSError as exc:
             raise ModelLoadError(
                 f"{folder.name}/: cannot list its versions ({cause(exc)})"
@@ -185,7 +204,9 @@ def _inside(folder: Path, path: Path) -> Path:
 class SingleModelRepository:
     """One ONNX file served as model ``name`` version 1, its config derived from the file."""
 
-    def __init__(self, path: Path, name: str | None = None, max_batch_size: int = 1024) -> None:
+    def __init__(
+        self, path: Path, name: str | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    ) -> None:
         self.path = Path(path).resolve()
         if not self.path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")

@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,6 +28,7 @@ from .dataplane import ONCE, DataPlane
 from .errors import ServeError
 from .model import message_bytes, signature_from_config
 from .proto import model_config_pb2
+from .ready import ServerInfo
 from .repository import DEFAULT_MODEL_FILE, ModelRepository, SingleModelRepository
 from .security import SecurityError, TLSFiles, TokenInterceptor, read_token, server_credentials
 from .servicer import SERVICE_NAME, InferenceServicer, build_handler
@@ -37,10 +37,8 @@ from .settings import ServerSettings, resolve_loop
 from .shutdown import SHUTDOWN_SIGNALS, DrainGate, early_signals
 
 __all__ = [
-    "ServerInfo",
     "InferenceServer",
     "default_message_limit",
-    "ready_line",
     "run_server",
     "serve",
 ]
@@ -48,34 +46,6 @@ __all__ = [
 log = logging.getLogger("bnmodel.serve")
 
 _GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What the ready line reports."""
-
-    host: str
-    port: int
-    models: tuple[str, ...]
-    providers: tuple[str, ...]
-    startup_seconds: float
-    http_port: int = 0  # 0: no HTTP
-    http_tls: bool = False  # HTTPS
-    failed: tuple[str, ...] = ()  # models that could not be loaded
-
-
-def ready_line(info: ServerInfo) -> str:
-    """The one line printed when the server is ready (tests and the demo parse "ready on H:P")."""
-    providers = ",".join(p.removesuffix("ExecutionProvider") for p in info.providers)
-    endpoints = [f"{info.host}:{info.port} (gRPC)"] if info.port else []
-    if info.http_port:
-        endpoints.append(f"{info.host}:{info.http_port} ({'HTTPS' if info.http_tls else 'HTTP'})")
-    failed = f"; NOT loaded: {', '.join(info.failed)} (see the log)" if info.failed else ""
-    return (
-        f"bnmodel serve: ready on {', '.join(endpoints)} "
-        f"(models: {', '.join(info.models)}{failed}; {providers}; "
-        f"started in {1000 * info.startup_seconds:.0f} ms)"
-    )
 
 
 def default_message_limit(configs: Iterable[model_config_pb2.ModelConfig]) -> int:
@@ -263,6 +233,8 @@ class InferenceServer:
         requests get UNAVAILABLE instead of a refused connection. True: all were answered.
         """
         self.dataplane.set_ready(False)
+        if self.http is not None:
+            self.http.drain()
         await self.health.enter_graceful_shutdown()
         drained = await self.gate.drain(grace)
         if self.metrics is not None:  # scraped until the drain ends; shutdown() blocks: a thread
@@ -270,8 +242,13 @@ class InferenceServer:
         if self.http is not None:
             await self.http.close()
         if self._server is not None:
-            # After a full drain only streams (health Watch) remain: give them a moment.
-            await self._server.stop(1.0 if drained else 0)
+            # After a full drain only streams (health Watch) and held refusals remain: gRPC's
+            # GOAWAY goes out first, then the refusals are answered, so the clients' next calls
+            # go to a new connection (refused) rather than racing this one's end.
+            stopping = asyncio.ensure_future(self._server.stop(1.0 if drained else 0))
+            await asyncio.sleep(0.05)
+            self.gate.release_refusals()
+            await stopping
         # Off the loop, so a second signal is still handled while runs finish.
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
         return drained

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from .batching import set_request_deadline
@@ -158,7 +159,10 @@ class InferenceServicer:
         self, request: pb.ModelStatisticsRequest
     ) -> pb.ModelStatisticsResponse:
         entries = self.dataplane.statistics(request.name, request.version)
-        return pb.ModelStatisticsResponse(model_stats=[version_statistics(*e) for e in entries])
+        return json_format.ParseDict(
+            {"model_stats": [version_statistics(*e) for e in entries]},
+            pb.ModelStatisticsResponse(),
+        )
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest
@@ -193,6 +197,8 @@ def _guarded(method: str, call: Callable[[Any], Awaitable[Any]], gate: DrainGate
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if gate is not None and (refusal := gate.admit()):
             busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+            if gate.draining:
+                await gate.hold_refusal()
             await context.abort(grpc.StatusCode.UNAVAILABLE if gate.draining else busy, refusal)
         try:
             set_request_deadline(context.time_remaining())  # the batch queue drops late ones

@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_GRPC_PORT",
+    "DEFAULT_HTTP_PORT",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_INLINE_US",
+    "DEFAULT_MAX_QUEUE_BYTES",
+    "DEFAULT_MAX_QUEUE_SIZE",
     "DEVICES",
     "EVENT_LOOPS",
     "MAX_MESSAGE_BYTES",
@@ -27,6 +33,15 @@ DEVICES = ("auto", "cpu", "cuda")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's message length limits are signed 32-bit
+# Every default that another module needs too (the batch queue, the clients' messages, the
+# one-file repository) is here once; ServerSettings' fields and their flags use these.
+DEFAULT_GRPC_PORT = 8001  # Triton's ports
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_MAX_BATCH_SIZE = 1024  # a model served with --model, which has no config.pbtxt
+DEFAULT_MAX_QUEUE_SIZE = 1024  # requests waiting per model version, when nothing says otherwise
+DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024  # input bytes waiting per model version
+DEFAULT_MAX_INLINE_US = 50  # longest calibrated run allowed on the event loop
+DEFAULT_MAX_CONCURRENT_RPCS = 1024
 _PORT = (0, 65535)
 _COUNT = (0, None)
 
@@ -53,9 +68,13 @@ class ServerSettings:
     )
     model_name: str | None = _flag(None, "name for --model (default: the file's stem)")
     host: str = _flag("127.0.0.1", "address to bind")
-    port: int = _flag(8001, "0 picks a free port (the ready line says which)", range=_PORT)
+    port: int = _flag(
+        DEFAULT_GRPC_PORT, "0 picks a free port (the ready line says which)", range=_PORT
+    )
     device: str = _flag("auto", "auto: CUDA when it really works, else CPU", choices=DEVICES)
-    max_batch_size: int = _flag(1024, "for --model, which has no config.pbtxt", range=(1, None))
+    max_batch_size: int = _flag(
+        DEFAULT_MAX_BATCH_SIZE, "for --model, which has no config.pbtxt", range=(1, None)
+    )
     max_message_bytes: int = _flag(
         0, "gRPC message limit; 0: what max_batch_size rows need", range=(0, MAX_MESSAGE_BYTES)
     )
@@ -89,24 +108,23 @@ class ServerSettings:
     max_queue_size: int = _flag(
         0,
         "requests queued per model version before RESOURCE_EXHAUSTED; "
-        "0: config.pbtxt's default_queue_policy, else 1024",
+        f"0: config.pbtxt's default_queue_policy, else {DEFAULT_MAX_QUEUE_SIZE}",
         range=_COUNT,
     )
     max_queue_bytes: int = _flag(
-        256 * 1024 * 1024,
+        DEFAULT_MAX_QUEUE_BYTES,
         "input bytes queued per model version before RESOURCE_EXHAUSTED",
         range=(1, None),
     )
     max_concurrent_rpcs: int = _flag(
-        1024,
+        DEFAULT_MAX_CONCURRENT_RPCS,
         "inference requests in flight per server process before RESOURCE_EXHAUSTED; 0: no limit",
         range=_COUNT,
     )
     max_inline_us: int = _flag(
-        50,
+        DEFAULT_MAX_INLINE_US,
         "run batches that take at most US microseconds (timed at load) on the event loop, "
-        "saving a thread hand-off; larger ones run on a thread, except a lone client's (up "
-        "to 1 ms: nothing else is waiting for the loop); 0: always a thread",
+        "saving a thread hand-off; larger ones run on a thread; 0: always a thread",
         range=_COUNT,
         metavar="US",
     )
@@ -143,7 +161,9 @@ class ServerSettings:
     )
     # HTTP/REST beside gRPC on the same loop and data plane (serve/http.py); Triton's ports.
     http_port: int = _flag(
-        8000, "HTTP/REST port; 0 picks a free port (the ready line says which)", range=_PORT
+        DEFAULT_HTTP_PORT,
+        "HTTP/REST port; 0 picks a free port (the ready line says which)",
+        range=_PORT,
     )
     http: bool = _flag(True, "serve gRPC only", flag="--no-http")
     grpc: bool = _flag(True, "serve HTTP/REST only", flag="--no-grpc")

@@ -13,6 +13,7 @@ elsewhere), and the requests already accepted finish before the server stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 
@@ -54,6 +55,11 @@ class DrainGate:
     """
 
     REFUSAL = "the server is shutting down and takes no new requests; retry elsewhere"
+    # A refused gRPC call is answered once gRPC has told the clients to stop using their
+    # connections (:meth:`release_refusals`), or after this many seconds: a client that sends
+    # its next call the moment it is refused would otherwise race the final shutdown, which
+    # cancels calls it has received but not handed to Python (CANCELLED: lost, not refused).
+    REFUSAL_HOLD_S = 1.0
 
     def __init__(
         self,
@@ -70,6 +76,7 @@ class DrainGate:
         self._last_arrival = 0.0  # time.monotonic() of the latest RPC handed to us
         self._idle = asyncio.Event()
         self._idle.set()
+        self._released = asyncio.Event()
 
     def admit(self) -> str:
         """An RPC arrives: why it is refused (while draining: UNAVAILABLE, else at the limit:
@@ -85,6 +92,14 @@ class DrainGate:
         self._last_arrival = time.monotonic()
         self.in_flight += 1
         return ""
+
+    async def hold_refusal(self) -> None:
+        """Wait before answering a refusal: see :attr:`REFUSAL_HOLD_S`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), self.REFUSAL_HOLD_S)
+
+    def release_refusals(self) -> None:
+        self._released.set()
 
     def done(self) -> None:
         self.in_flight -= 1

@@ -1,10 +1,12 @@
-"""Inference statistics per model version, kept as Triton keeps them, and their protobuf form.
+"""Inference statistics per model version, kept as Triton keeps them, and their plain form.
 
 Counters only go up and are updated on the event loop (no locks). Triton's conventions:
 ``success``/``fail`` count requests and their whole time in the server (queue + compute);
 ``queue`` and ``compute_*`` count requests, each charged its batch's durations;
 ``inference_count`` counts rows, ``execution_count`` model runs; ``batch_stats`` counts model
 runs per batch size (rows). The request latency histogram feeds the Prometheus endpoint.
+:func:`version_statistics` gives one version's ModelStatistics as plain data (dicts, lists,
+ints) with the protocol's field names: HTTP writes it as JSON, gRPC parses it into the message.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
-
-from .proto import grpc_service_pb2 as pb
+from typing import Any
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -40,8 +41,8 @@ class Duration:
         self.count += count
         self.ns += ns * count
 
-    def proto(self) -> pb.StatisticDuration:
-        return pb.StatisticDuration(count=self.count, ns=self.ns)
+    def plain(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
 
 
 @dataclass
@@ -99,29 +100,29 @@ class VersionStats:
         self.queue.add(waited_ns)
 
 
-def version_statistics(name: str, version: str, stats: VersionStats) -> pb.ModelStatistics:
-    """The ModelStatistics message of one model version."""
-    return pb.ModelStatistics(
-        name=name,
-        version=version,
-        last_inference=stats.last_inference_ms,
-        inference_count=stats.inference_count,
-        execution_count=stats.execution_count,
-        inference_stats=pb.InferStatistics(
-            success=stats.success.proto(),
-            fail=stats.fail.proto(),
-            queue=stats.queue.proto(),
-            compute_input=stats.compute_input.proto(),
-            compute_infer=stats.compute_infer.proto(),
-            compute_output=stats.compute_output.proto(),
-        ),
-        batch_stats=[
-            pb.InferBatchStatistics(
-                batch_size=rows,
-                compute_input=batch.compute_input.proto(),
-                compute_infer=batch.compute_infer.proto(),
-                compute_output=batch.compute_output.proto(),
-            )
+def version_statistics(name: str, version: str, stats: VersionStats) -> dict[str, Any]:
+    """One model version's ModelStatistics, as plain data with the protocol's field names."""
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {
+            "success": stats.success.plain(),
+            "fail": stats.fail.plain(),
+            "queue": stats.queue.plain(),
+            "compute_input": stats.compute_input.plain(),
+            "compute_infer": stats.compute_infer.plain(),
+            "compute_output": stats.compute_output.plain(),
+        },
+        "batch_stats": [
+            {
+                "batch_size": rows,
+                "compute_input": batch.compute_input.plain(),
+                "compute_infer": batch.compute_infer.plain(),
+                "compute_output": batch.compute_output.plain(),
+            }
             for rows, batch in sorted(stats.batches.items())
         ],
-    )
+    }

@@ -194,8 +194,9 @@ def check_outputs(model: Model, requested: tuple[str, ...]) -> tuple[str, ...]:
 
 
 # Request parameters of the protocol that change what a request means: their type is checked.
-# priority and timeout are accepted and not acted on (no priority queues; the gRPC deadline
-# bounds a request). Other names are ignored, as Triton passes unknown ones to its backends.
+# priority is accepted and not acted on (no priority queues); timeout (microseconds) becomes
+# the request's deadline (serve/batching.py). Other names are ignored, as Triton passes
+# unknown ones to its backends.
 _INTEGER = ("int64_param", "uint64_param")
 _REQUEST_PARAMETERS = {
     "priority": _INTEGER,

@@ -16,9 +16,13 @@ spreads incoming TCP connections over the children. Consequences for users:
 - The parent prints the one ready line once every worker is ready; SIGTERM/SIGINT to the parent
   are forwarded to every worker (each in its own process group, so a terminal's Ctrl-C reaches
   them once, through the parent), which drain as a single server does; the parent exits 0 when
-  all of them exited 0. Workers die with the parent, even a SIGKILLed one. A worker that
-  dies while serving stops the others (exit 1): the orchestrator restarts the whole server, as
-  it would a single process.
+  all of them exited 0. Workers die with the parent, even a SIGKILLed one.
+- A worker that dies while serving is started again (a log line names it, its pid and exit
+  status) after a backoff of 0.5 s doubling with each recent restart; the others keep serving
+  and lose nothing. Only the requests on the dead worker's connections are lost (its clients
+  reconnect, to a live worker). More than 5 restarts within 60 s is a crash loop: the server
+  stops (exit 1) and the orchestrator takes over. A worker that fails before the first ready
+  line stops the start (exit 1), as a single process would.
 - ``--port 0``: the parent picks the free port first (and holds it, SO_REUSEPORT, until the
   workers are up), so every worker binds the same one.
 
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import selectors
@@ -39,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from .ready import ServerInfo, ready_line
 from .settings import ServerSettings, cpu_count
 from .shutdown import SHUTDOWN_SIGNALS, early_signals
 
@@ -47,6 +51,12 @@ __all__ = ["default_workers", "run", "serve_workers", "hold_port"]
 log = logging.getLogger("bnmodel.serve")
 
 _READY_TIMEOUT_S = 300.0  # model loading included
+# A worker that dies while serving is started again after a backoff that doubles with each
+# recent restart; more than _MAX_RESTARTS within _RESTART_WINDOW_S is a crash loop: stop.
+_FIRST_BACKOFF_S = 0.5
+_MAX_BACKOFF_S = 30.0
+_MAX_RESTARTS = 5
+_RESTART_WINDOW_S = 60.0
 
 
 def default_workers(cores: int | None = None, model_control: bool = False) -> int:
@@ -79,6 +89,10 @@ def hold_port(host: str, port: int) -> socket.socket:
             except OSError as exc:
                 raise OSError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
     held = socket.socket(family, socket.SOCK_STREAM)
+    # SO_REUSEADDR too: SO_REUSEPORT alone is refused while the last server's accepted
+    # connections sit in TIME_WAIT (up to 60 s after a stop). The probe above still refuses a
+    # port that another live server listens on.
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     held.bind((host, port))
     return held
@@ -91,7 +105,8 @@ def run(settings: ServerSettings, on_ready: Callable[[str], None]) -> int:
     """
     count = settings.workers or default_workers(model_control=settings.allow_model_control)
     if count == 1:
-        from .server import ready_line, serve
+        from .ready import ready_line
+        from .server import serve
 
         return serve(settings, on_ready=lambda info: on_ready(ready_line(info)))
     return serve_workers(settings, count, on_ready)
@@ -124,13 +139,13 @@ def serve_workers(settings: ServerSettings, count: int, on_ready: Callable[[str]
             log.info("stopped before serving")
             return 0
         for index in range(count):
-            supervisor.fork(lambda fd, i=index: _worker(settings, i, count, port, fd))
+            supervisor.fork(index, lambda fd, i=index: _worker(settings, i, count, port, fd))
         return supervisor.wait(on_ready, held)
 
 
 def _worker(settings: ServerSettings, index: int, count: int, port: int, ready_fd: int) -> int:
-    """In the child: one ordinary server on the shared port; reports its ready line on a pipe."""
-    from .server import ready_line, serve
+    """In the child: one ordinary server on the shared port; reports its ready info on a pipe."""
+    from .server import serve
 
     metrics = settings.metrics_port + index if settings.metrics_port else 0
     mine = dataclasses.replace(
@@ -143,9 +158,8 @@ def _worker(settings: ServerSettings, index: int, count: int, port: int, ready_f
         metrics_port=metrics,
     )
 
-    def ready(info) -> None:
-        line = ready_line(info)
-        os.write(ready_fd, (json.dumps({"line": line}) + "\n").encode())
+    def ready(info: ServerInfo) -> None:
+        os.write(ready_fd, (info.to_json() + "\n").encode())
 
     return serve(mine, on_ready=ready)
 
@@ -157,6 +171,10 @@ class _Supervisor:
         self.count = count
         self.children: dict[int, int] = {}  # pid -> worker index
         self.codes: dict[int, int] = {}  # worker index -> exit code
+        self.bodies: dict[int, Callable[[int], int]] = {}  # worker index -> what it runs
+        self.pids: dict[int, int] = {}  # worker index -> its latest pid
+        self.restarts: list[float] = []  # time.monotonic() of each restart, recent ones
+        self.due: dict[int, float] = {}  # worker index -> when to start it again
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
         self.signalled = False  # a shutdown signal came: workers stopping early is no failure
@@ -188,7 +206,8 @@ class _Supervisor:
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
 
-    def fork(self, body: Callable[[int], int]) -> None:
+    def fork(self, index: int, body: Callable[[int], int]) -> None:
+        self.bodies[index] = body
         read_fd, write_fd = os.pipe()
         # Blocked across the fork: a signal in between reaches the child's own handlers.
         signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
@@ -211,34 +230,42 @@ class _Supervisor:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, self._watched)
         os.close(write_fd)
-        index = len(self.children)
         self.children[pid] = index
+        self.pids[index] = pid
         self.selector.register(os.fdopen(read_fd, "rb", buffering=0), selectors.EVENT_READ, index)
         log.info("worker %d: pid %d", index, pid)
 
     def wait(self, on_ready: Callable[[str], None], held: socket.socket) -> int:
         """Until every worker has exited: ready line, forwarded signals; 0 if all exited 0."""
-        lines: dict[int, str] = {}
+        lines: dict[int, ServerInfo] = {}
         deadline = time.monotonic() + _READY_TIMEOUT_S
         stopping = announced = False
-        while self.children:
-            for key, _ in self.selector.select(timeout=1.0):
+        while self.children or (self.due and not stopping):
+            for key, _ in self.selector.select(timeout=self._select_timeout()):
                 if key.data is None:
                     with contextlib.suppress(BlockingIOError):
                         self._wake_r.recv(4096)
                 else:
-                    self._read_ready(key, lines)
+                    self._read_ready(key, lines, announced)
             if len(lines) == self.count and not stopping and not announced:
                 announced = True
                 held.close()  # every worker listens now: the port needs no guard
-                on_ready(_combined(lines[0], self.count))
+                on_ready(ready_line(dataclasses.replace(lines[0], workers=self.count)))
             stopping = self._handle_signals(stopping)
             exited = self._reap(block=False)
-            if exited and not stopping:  # a worker died while others serve: stop them all
-                when = "while serving" if announced else "before it was ready (see above)"
-                log.error("%s %s; stopping the others", exited, when)
+            if exited and not stopping and not announced:  # a failed start: stop them all
+                for index in exited:
+                    log.error(
+                        "worker %d: %s before it was ready (see above); stopping the others",
+                        index,
+                        _exit_status(self.codes[index]),
+                    )
                 self._kill_all(signal.SIGTERM)
                 stopping = True
+            elif exited and not stopping:  # the others keep serving; this one starts again
+                stopping = not self._plan_restarts(exited)
+            if not stopping:
+                self._start_due()
             if not stopping and len(lines) < self.count and time.monotonic() > deadline:
                 log.error("workers not ready after %.0f s; stopping", _READY_TIMEOUT_S)
                 self._kill_all(signal.SIGTERM)
@@ -248,14 +275,59 @@ class _Supervisor:
             log.error("workers exited with %s", failed)
         return 0 if not failed and (len(lines) == self.count or self.signalled) else 1
 
-    def _read_ready(self, key: selectors.SelectorKey, lines: dict[int, str]) -> None:
+    def _read_ready(
+        self, key: selectors.SelectorKey, lines: dict[int, ServerInfo], announced: bool
+    ) -> None:
         data = key.fileobj.read(65536)
         if not data:  # the child closed its end (exited)
             self.selector.unregister(key.fileobj)
             key.fileobj.close()
             return
         for raw in data.decode().splitlines():
-            lines[key.data] = json.loads(raw)["line"]
+            lines[key.data] = ServerInfo.from_json(raw)
+            if announced:
+                log.info("worker %d: restarted and serving again", key.data)
+
+    def _plan_restarts(self, exited: list[int]) -> bool:
+        """Schedule a restart of each worker in ``exited``; False: a crash loop, stopping."""
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < _RESTART_WINDOW_S]
+        for index in exited:
+            if len(self.restarts) >= _MAX_RESTARTS:
+                log.error(
+                    "worker %d: %s while serving, after %d restarts within %.0f s; stopping "
+                    "the server (see the log above for why workers die)",
+                    index,
+                    _exit_status(self.codes[index]),
+                    len(self.restarts),
+                    _RESTART_WINDOW_S,
+                )
+                self._kill_all(signal.SIGTERM)
+                self.due.clear()
+                return False
+            backoff = min(_FIRST_BACKOFF_S * 2 ** len(self.restarts), _MAX_BACKOFF_S)
+            self.restarts.append(now)
+            self.due[index] = now + backoff
+            log.error(
+                "worker %d (pid %d): %s while serving; the others go on, restarting it in %.1f s",
+                index,
+                self.pids[index],
+                _exit_status(self.codes.pop(index)),  # logged here; the new process's counts
+                backoff,
+            )
+        return True
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for index, when in list(self.due.items()):
+            if when <= now:
+                del self.due[index]
+                self.fork(index, self.bodies[index])
+
+    def _select_timeout(self) -> float:
+        if not self.due:
+            return 1.0
+        return max(0.0, min(1.0, min(self.due.values()) - time.monotonic()))
 
     def _handle_signals(self, stopping: bool) -> bool:
         while self.signals:
@@ -272,8 +344,8 @@ class _Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    def _reap(self, block: bool) -> str:
-        """Collect exited children; 'worker I: code C' for each, comma-separated."""
+    def _reap(self, block: bool) -> list[int]:
+        """Collect exited children; the index of each (its exit code in ``self.codes``)."""
         gone = []
         while self.children:
             pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
@@ -283,8 +355,8 @@ class _Supervisor:
             if index is None:
                 continue
             self.codes[index] = os.waitstatus_to_exitcode(status)
-            gone.append(f"worker {index}: exit {self.codes[index]}")
-        return ", ".join(gone)
+            gone.append(index)
+        return gone
 
 
 def _detach_from_parent_group() -> None:
@@ -302,6 +374,10 @@ def _detach_from_parent_group() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _combined(line: str, count: int) -> str:
-    """Worker 0's ready line, saying how many workers serve the port."""
-    return line[:-1] + f"; {count} workers)" if line.endswith(")") else line
+def _exit_status(code: int) -> str:
+    """'exit 1', or 'killed by SIGKILL (exit -9)' for a worker ended by a signal."""
+    if code >= 0:
+        return f"exit {code}"
+    with contextlib.suppress(ValueError):
+        return f"killed by {signal.Signals(-code).name} (exit {code})"
+    return f"exit {code}"

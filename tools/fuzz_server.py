@@ -84,7 +84,7 @@ class Fuzzer:
         ("priority", {"string_param": "high"}),
         ("priority", {}),
         ("timeout", {"int64_param": -1}),
-        ("timeout", {"uint64_param": 5}),
+        ("timeout", {"uint64_param": 60_000_000}),  # us: a deadline the request meets
         ("sequence_id", {"int64_param": 0}),
         ("sequence_id", {"int64_param": 3}),
         ("sequence_start", {"bool_param": False}),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +133,51 @@ def test_saturated_units_export_and_match(
     assert main(["export", str(path), "-o", str(tmp_path / "m.onnx")]) == 0
     out = capsys.readouterr().out
     assert "centering kept as a Sub" in out and "equivalent within tolerance" in out
+
+
+def _assert_full_disk_export_leaves_nothing(checkpoint_path: Path, repo: Path, capsys) -> None:
+    code = main(["export", str(checkpoint_path), "--repository", str(repo), "--name", "demo"])
+    err = capsys.readouterr().err
+    assert code == 1
+    # The file that did not fit: the model, or the config after it.
+    assert f"cannot write {repo / 'demo'}{os.sep}" in err and "No space left on device" in err, err
+    left = sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) if repo.exists() else []
+    assert left == [], left  # no model, no version folder, no config, no temp file
+
+
+def test_export_into_a_full_disk_names_the_path_and_leaves_nothing(
+    checkpoint_path: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from bnmodel import files
+
+    class FullDisk:  # a write that fails as on a full disk (ENOSPC names no file)
+        def __init__(self, fd: int, *args, **kwargs) -> None:
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "open", FullDisk, raising=False)
+    _assert_full_disk_export_leaves_nothing(checkpoint_path, tmp_path / "repo", capsys)
+
+
+def test_export_into_a_real_full_filesystem(checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    # A 16 KiB tmpfs: model and config do not both fit. Needs mount rights (root): skipped
+    # without them.
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        _assert_full_disk_export_leaves_nothing(checkpoint_path, mount / "repo", capsys)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from bnmodel.serve.batching import (
-    DEFAULT_MAX_QUEUE_SIZE,
     BatchingOptions,
     BatchPolicy,
     Scheduler,
     batch_policy,
+    batch_wait_ns,
     calibrate_run_times,
+    plan_batch,
     rows_within,
     set_request_deadline,
 )
@@ -29,6 +30,7 @@ from bnmodel.serve.errors import (
     ResourceExhaustedError,
 )
 from bnmodel.serve.proto import model_config_pb2
+from bnmodel.serve.settings import DEFAULT_MAX_QUEUE_SIZE
 from bnmodel.serve.statistics import VersionStats
 from google.protobuf import text_format
 
@@ -52,12 +54,8 @@ class FakeModel:
         return {"y": 3 * x + 1}
 
 
-def _scheduler(
-    model, max_rows=64, delay_us=0, max_queue=100, slots=1, inline_rows=0, solo_rows=0, **kw
-):
-    policy = BatchPolicy(
-        max_rows, delay_us * 1000, max_queue, slots, inline_rows, 50_000, solo_rows, **kw
-    )
+def _scheduler(model, max_rows=64, delay_us=0, max_queue=100, slots=1, inline_rows=0, **kw):
+    policy = BatchPolicy(max_rows, delay_us * 1000, max_queue, slots, inline_rows, 50_000, **kw)
     executor = ThreadPoolExecutor(2)
     return Scheduler(model, executor, policy, VersionStats()), executor
 
@@ -350,53 +348,29 @@ def test_calibration_keeps_the_largest_power_of_two_batch_within_the_budget():
     assert rows_within({1: 10_000, 2: 900, 4: 800}, 5) == 0  # a slow first size ends the count
 
 
-async def _lone_requests(scheduler, count: int, rows: int = 9) -> None:
-    for seed in range(count):
-        out = await scheduler.submit(_x(rows, seed), rows)
-        np.testing.assert_array_equal(out["y"], 3 * _x(rows, seed)["x"] + 1)
+def test_the_batch_leaves_at_once_when_idle_off_or_full_else_after_the_oldest_s_window():
+    policy = BatchPolicy(max_rows=8, delay_ns=1_000, max_queue=10, slots=1)
+    assert batch_wait_ns(policy, 2, oldest_enqueued_ns=100, now_ns=400, idle=False) == 700
+    assert batch_wait_ns(policy, 2, 100, 1_500, idle=False) == -400  # window over: now
+    assert batch_wait_ns(policy, 2, 100, 400, idle=True) == 0
+    assert batch_wait_ns(policy, 8, 100, 400, idle=False) == 0  # a full batch
+    off = BatchPolicy(max_rows=0, delay_ns=1_000, max_queue=10, slots=2)
+    assert batch_wait_ns(off, 1, 100, 400, idle=False) == 0
 
 
-def test_a_lone_client_s_larger_batches_move_onto_the_loop_with_a_periodic_probe():
-    async def main():
-        model = FakeModel()
-        scheduler, executor = _scheduler(model, inline_rows=4, solo_rows=16)
-        await _lone_requests(scheduler, 3)  # three quiet executor runs: a lone client
-        solo_after_three = scheduler.solo
-        await _lone_requests(scheduler, 2 * 16)
-        await _lone_requests(scheduler, 2, rows=32)  # over solo_rows: always a thread
-        executor.shutdown()
-        return model, threading.get_ident(), solo_after_three, scheduler.solo
-
-    model, loop_thread, solo_after_three, solo_at_end = asyncio.run(main())
-    on_loop = [thread == loop_thread for thread in model.threads]
-    assert on_loop[:3] == [False, False, False]
-    assert solo_after_three and solo_at_end
-    # Of the next 32 requests, every 16th ran on the executor as a probe.
-    assert on_loop[3:35] == ([True] * 15 + [False]) * 2
-    assert on_loop[35:] == [False, False]
-
-
-def test_a_request_arriving_during_a_probe_sends_larger_batches_back_to_the_executor():
-    async def main():
-        gate = threading.Event()
-        model = FakeModel(gate)
-        gate.set()
-        scheduler, executor = _scheduler(model, inline_rows=4, solo_rows=16)
-        await _lone_requests(scheduler, 3 + 15)  # lone client: the 15 after the 3 run inline
-        assert scheduler.solo
-        gate.clear()
-        model.started.clear()
-        probe = asyncio.create_task(scheduler.submit(_x(9, 100), 9))  # the 16th: a probe
-        await asyncio.to_thread(model.started.wait, 10)
-        second = asyncio.create_task(scheduler.submit(_x(9, 101), 9))  # a second client
-        await asyncio.sleep(0)
-        gate.set()
-        await asyncio.gather(probe, second)
-        solo_after = scheduler.solo
-        await scheduler.submit(_x(9, 102), 9)
-        executor.shutdown()
-        return model, threading.get_ident(), solo_after
-
-    model, loop_thread, solo_after = asyncio.run(main())
-    assert not solo_after
-    assert [thread == loop_thread for thread in model.threads[-3:]] == [False, False, False]
+def test_plan_batch_takes_leading_requests_up_to_max_rows_and_drops_expired_and_cancelled():
+    now = 1_000
+    queue = [
+        (3, None, False),
+        (2, 999, False),
+        (1, None, True),
+        (4, 5_000, False),
+        (2, None, False),
+    ]
+    # 3 rows, an expired one (never runs), a cancelled one, 4 more rows: 7 <= 8; then 2 > 8.
+    assert plan_batch(queue, max_rows=8, now_ns=now) == (4, [0, 3], [1])
+    # Batching off: one request per batch; the expired and cancelled ones behind it leave too.
+    assert plan_batch(queue, max_rows=0, now_ns=now) == (3, [0], [1])
+    assert plan_batch([(9, None, False)], max_rows=8, now_ns=now) == (1, [0], [])
+    assert plan_batch([(1, 5, False), (1, None, True)], 8, now) == (2, [], [0])
+    assert plan_batch(iter([]), 8, now) == (0, [], [])

@@ -7,10 +7,12 @@ whose deadline passes in the queue never runs; a full queue answers RESOURCE_EXH
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -166,3 +168,38 @@ def test_deadline_in_queue_means_never_run_and_full_queue_is_resource_exhausted(
     assert stats.inference_stats.success.count == 2
     # Failures: the one whose deadline passed in the queue, and the queue-full one.
     assert stats.inference_stats.fail.count == 2
+
+
+def _http_infer(url: str, rows: int, parameters: dict) -> tuple[int, dict]:
+    body = {
+        "inputs": [
+            {"name": "features", "datatype": "FP32", "shape": [rows, FEATURES],
+             "data": [0.5] * (rows * FEATURES)}
+        ],
+        "parameters": parameters,
+    }  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/v2/models/slow/infer", data=json.dumps(body).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_an_http_timeout_parameter_is_a_deadline_an_expired_request_never_runs(slow_server):
+    big = np.ones((512, FEATURES), np.float32)
+    with InferenceClient(slow_server.url, timeout=60) as client:
+        before = client.model_statistics("slow").model_stats[0]
+        running = threading.Thread(target=client.infer, args=("slow", big))
+        running.start()
+        _until_dispatched(client, "slow", before.inference_stats.queue.count + 1)
+        # Triton's HTTP "timeout" parameter, in microseconds: 0.2 s, queued behind ~3 s.
+        status, answer = _http_infer(slow_server.http_url, 3, {"timeout": 200_000})
+        running.join()
+        status_without, _ = _http_infer(slow_server.http_url, 2, {"timeout": 0})  # 0: none
+        after = client.model_statistics("slow").model_stats[0]
+    assert status == 504 and "deadline passed" in answer["error"], answer
+    assert status_without == 200
+    assert after.inference_count - before.inference_count == 512 + 2  # never the 3 rows

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import resource
 import socket
 import subprocess
 import sys
@@ -15,10 +17,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from bnmodel.serve import http as http_module
 from bnmodel.serve.client import InferenceClient
 from bnmodel.serve.dataplane import DataPlane
-from bnmodel.serve.http import HttpApp, HttpServer
+from bnmodel.serve.http import HttpApp, HttpResponse, HttpServer
 from bnmodel.serve.http_client import HttpInferenceClient
+from bnmodel.serve.security import LogLimiter
 from conftest import onnx_outputs, run_triton_check
 
 X = np.random.default_rng(3).normal(size=(5, 8)).astype(np.float32)
@@ -141,6 +145,19 @@ def test_keep_alive_pipelining_and_expect_continue(server):
     assert _raw(server.http_url, expect).startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
 
 
+def test_absolute_form_request_targets_are_served_as_their_path(server):
+    # RFC 9112 3.2.2: what a client sends through a proxy; the authority is not checked.
+    host = server.http_url.removeprefix("http://")
+    for target in (f"http://{host}/v2/models/clf", "HTTP://other:1/v2/models/clf?x=1"):
+        answer = _raw(server.http_url, f"GET {target} HTTP/1.1\r\nHost: x\r\n"
+                      "Connection: close\r\n\r\n".encode())  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 200 OK") and b'"name":"clf"' in answer, answer
+    bare = _raw(
+        server.http_url, f"GET http://{host} HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert bare.startswith(b"HTTP/1.1 404") and b"'/'" in bare, bare  # the path is "/"
+
+
 def test_infer_command_over_http(server, tmp_path):
     np.save(tmp_path / "rows.npy", X)
     command = [sys.executable, "-m", "bnmodel", "infer", "--url", server.http_url]
@@ -239,3 +256,59 @@ async def _unread_answers() -> bool:
 
 def test_a_client_that_never_reads_is_cut_off():
     assert asyncio.run(_unread_answers())
+
+
+_HOLD_CONNECTIONS = r"""
+import socket, sys
+port = int(sys.stdin.readline())
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+print("connected", flush=True)
+sys.stdin.readline()
+"""
+
+
+async def _out_of_files() -> None:
+    """A server whose open-file limit 40 client connections exceed (the clients in a process
+    of their own, whose descriptors do not count); then one more client once they left."""
+    server = HttpServer(_StaticApp(), 1000)
+    port = await server.start("127.0.0.1", 0, fd_check_s=0.1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CONNECTIONS], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 10, hard))
+        holder.stdin.write(f"{port}\n".encode())
+        holder.stdin.flush()
+        assert await asyncio.to_thread(holder.stdout.readline) == b"connected\n"
+        await asyncio.sleep(0.5)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        holder.communicate(b"\n", timeout=10)
+    await asyncio.sleep(1.2)  # asyncio retries accepting after 1 s
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    await server.close()
+
+
+class _StaticApp:
+    def handle(self, request):
+        return HttpResponse(200, b"")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_running_out_of_file_descriptors_is_one_log_line_and_serving_resumes(
+    loop, caplog, monkeypatch
+):
+    monkeypatch.setattr(http_module, "_fd_log", LogLimiter(http_module.log, 1 / 60, 1))
+    with caplog.at_level("WARNING", logger="bnmodel.serve"):
+        if loop == "uvloop":
+            uvloop = pytest.importorskip("uvloop")
+            uvloop.run(_out_of_files())
+        else:
+            asyncio.run(_out_of_files())
+    lines = [r.getMessage() for r in caplog.records if "cannot accept" in r.getMessage()]
+    assert len(lines) == 1 and "ulimit -n" in lines[0], caplog.text  # once, not per accept

@@ -98,3 +98,22 @@ def test_single_file_repository_derives_config_from_the_graph(tmp_path):
     assert json_parameter(config, "class_labels") == LABELS
     with pytest.raises(ModelNotFoundError):
         repo.source("other")
+
+
+def test_each_skipped_folder_is_logged_once_with_why(tmp_path, caplog):
+    write_model(tmp_path, "clf", mlp_model(), config_text("clf"), version=1)
+    (tmp_path / "clf" / "2").mkdir()  # an export that did not finish: no model.onnx
+    (tmp_path / "clf" / "old").mkdir()
+    (tmp_path / "orphan" / "1").mkdir(parents=True)  # a model folder without config.pbtxt
+    (tmp_path / "orphan" / "1" / "model.onnx").write_bytes(b"")
+    repo = ModelRepository(tmp_path)
+    with caplog.at_level("WARNING", logger="bnmodel.serve"):
+        for _ in range(2):
+            assert repo.names() == ["clf"]
+            assert list(repo.source("clf").versions) == ["1"]
+    root = tmp_path.name
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"skipped {root}/clf/2/: version folder without model.onnx",
+        f"skipped {root}/clf/old/: not a version folder (a version is a whole number)",
+        f"skipped {root}/orphan/: no config.pbtxt in it",
+    ]

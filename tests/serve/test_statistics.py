@@ -1,9 +1,14 @@
-"""Counters -> ModelStatistics message and -> Prometheus samples (no server)."""
+"""Counters -> ModelStatistics (plain data, and the gRPC message parsed from it) and ->
+Prometheus samples (no server)."""
 
 from __future__ import annotations
 
+import json
+
 from bnmodel.serve.metrics import COUNTERS, LATENCY_METRIC, StatsCollector
+from bnmodel.serve.proto import grpc_service_pb2 as pb
 from bnmodel.serve.statistics import VersionStats, version_statistics
+from google.protobuf import json_format
 from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 
@@ -22,7 +27,10 @@ def _stats() -> VersionStats:
 
 
 def test_triton_conventions_in_the_message():
-    message = version_statistics("m", "2", _stats())
+    plain = version_statistics("m", "2", _stats())
+    assert json.loads(json.dumps(plain)) == plain  # JSON as it is, for HTTP
+    assert plain["inference_stats"]["compute_infer"] == {"count": 4, "ns": 340}
+    message = json_format.ParseDict(plain, pb.ModelStatistics())  # what gRPC sends
     infer = message.inference_stats
     assert (message.name, message.version) == ("m", "2")
     assert (message.inference_count, message.execution_count) == (9, 2)
