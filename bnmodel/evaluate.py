@@ -2,8 +2,8 @@
 
 Classification: accuracy, macro-F1, log loss and the confusion matrix (rows: true class).
 Regression: RMSE, MAE and R^2 per target, and a predicted-against-true scatter. Rows are read
-with ``bnmodel.predict``'s streaming reader and run on ONNX Runtime; scikit-learn computes the
-scores, matplotlib draws the figure.
+by ``bnmodel.table`` (the cell and label rules training uses) and run on ONNX Runtime;
+scikit-learn computes the scores, matplotlib draws the figure.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bnmodel.predict import CHUNK_ROWS, LocalModel, PredictError, iter_chunks, load_model
+from bnmodel.table import label_text
 
 __all__ = ["Evaluation", "evaluate_file", "label_text"]
 
@@ -60,18 +61,6 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def label_text(value: Any) -> str:
-    """A target cell as a class label: 3, 3.0 and "3" are all "3"; text stays as written."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else text
-
-
 def _collect(
     model: LocalModel, path: Path, target: str, chunk_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +72,7 @@ def _collect(
         target=target,
         categorical=model.categorical_columns,
         allow_missing=model.imputes,
+        role="data",
     )
     for x, y in chunks:
         outs.append(model.run(x))
