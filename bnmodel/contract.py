@@ -191,8 +191,10 @@ def parameters_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     """The config.pbtxt parameters an ONNX file's metadata_props give (``serve --model``):
     the contract's keys present there, copied as written; nothing for a foreign model."""
     params = {k: v for k, v in _strip_prefix(metadata).items() if k in CONTRACT_KEYS and v}
-    if "task" in params:
-        params[_IMPUTES] = "true" if METADATA_PREFIX + _PREPROCESSING in metadata else "false"
+    # A model whose metadata holds no preprocessing may still impute (a graph made by hand):
+    # say nothing then, and let the server decide what a NaN gives.
+    if params and METADATA_PREFIX + _PREPROCESSING in metadata:
+        params[_IMPUTES] = "true"
     return params
 
 

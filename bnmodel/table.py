@@ -555,6 +555,11 @@ def _csv_blocks(
         names = list(numeric)
     else:
         names = list(layout.header)
+        if wanted and not set(wanted) & set(names):  # data in the first row, not names
+            raise TableError(
+                f"{where}: the first row is no header naming the columns "
+                f"({', '.join(wanted[:8])}{', ...' if len(wanted) > 8 else ''}); add one"
+            )
         _check_columns(where, layout.header, wanted)
     line0 = layout.first_line
     row = 0

@@ -117,9 +117,10 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    from bnmodel.remote import predict_file, write_predictions
+
     from .client import InferenceServerError
     from .errors import InvalidInputError
-    from .predict import predict_file, write_predictions
     from .security import SecurityError, TLSFiles, read_token
 
     try:
