@@ -139,7 +139,7 @@ class RemoteModel:
     def outputs(self, x: Any, *, role: str = "input") -> np.ndarray:
         """Probabilities [N, C] (classifier) or predictions [N, T] (regressor), float32, of
         the rows of ``x``: a path, a DataFrame, a pyarrow Table or an ndarray."""
-        parts = [self._infer(inputs) for inputs in self._requests(x, role)]
+        parts = [self._infer(inputs) for inputs in self.request_inputs(x, role=role)]
         if not parts:
             raise InvalidInputError(f"{role} {_name(x)}: no rows")
         return np.concatenate(parts).astype(np.float32, copy=False)
@@ -161,8 +161,11 @@ class RemoteModel:
         value = out[name] if name in out else next(iter(out.values()))
         return np.asarray(value).reshape(len(value) if self.config.max_batch_size else 1, -1)
 
-    def _requests(self, x: Any, role: str) -> Iterator[dict[str, np.ndarray] | np.ndarray]:
-        """One request's inputs at a time: max_batch_size rows, or one row shaped as the
+    def request_inputs(
+        self, x: Any, *, role: str = "input"
+    ) -> Iterator[dict[str, np.ndarray] | np.ndarray]:
+        """The tensors ``outputs`` sends, one request at a time: max_batch_size rows (a dict
+        of inputs, or the array alone for a one-input model), or one row shaped as the
         model's dims for a model without a batch axis."""
         numeric, strings = _inputs(self.config)
         names = self._numeric_names(numeric, strings, x, role)
