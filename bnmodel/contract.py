@@ -45,6 +45,7 @@ LABEL_FALLBACK = "class"  # a classifier's label column when the target has no n
 CONTRACT_KEYS = ("task", "class_labels", "feature_names", "categorical_columns", "target_name")
 _IMPUTES = "imputes"
 _PREPROCESSING = "preprocessing"
+_VOCABULARIES = "vocabularies"
 
 
 class ContractError(ValueError):
@@ -61,11 +62,21 @@ class ModelContract:
     # NaN numeric cells are allowed (the graph fills them); None: not recorded (a config
     # written before the key existed), so a client sends NaN and lets the server decide.
     imputes: bool | None = False
+    # Per categorical column, the values with a slot of their own (anything else falls into
+    # the "other" slot); None when not recorded. Used to report unseen text, not to encode.
+    vocabularies: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in (CLASSIFICATION, REGRESSION):
             raise ContractError(
                 f"task must be {CLASSIFICATION!r} or {REGRESSION!r}, got {self.task!r}"
+            )
+        if self.vocabularies is not None and len(self.vocabularies) != len(
+            self.categorical_columns
+        ):
+            raise ContractError(
+                f"{len(self.vocabularies)} vocabularies for {len(self.categorical_columns)} "
+                "categorical columns"
             )
         clash = set(self.feature_names) & set(self.categorical_columns)
         if clash:
@@ -125,8 +136,10 @@ class ModelContract:
     # ONNX metadata_props
 
     def to_metadata(self) -> dict[str, str]:
-        """``bnmodel.*`` metadata_props (the preprocessing JSON is the exporter's to add)."""
-        return {METADATA_PREFIX + k: v for k, v in self.to_parameters().items() if k != _IMPUTES}
+        """``bnmodel.*`` metadata_props (the preprocessing JSON, which holds the vocabularies
+        and says the model imputes, is the exporter's to add)."""
+        skip = (_IMPUTES, _VOCABULARIES)
+        return {METADATA_PREFIX + k: v for k, v in self.to_parameters().items() if k not in skip}
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, str], source: str = "model") -> ModelContract:
@@ -139,6 +152,7 @@ class ModelContract:
             )
         params = _strip_prefix(metadata)
         params[_IMPUTES] = "true" if METADATA_PREFIX + _PREPROCESSING in metadata else "false"
+        params.update(_vocabulary_parameter(metadata))
         return cls.from_parameters(params, source=source)
 
     # ----------------------------------------------------------------------------------------
@@ -157,6 +171,9 @@ class ModelContract:
             params["target_name"] = ",".join(self.target_names)
         if self.imputes is not None:
             params[_IMPUTES] = "true" if self.imputes else "false"
+        if self.vocabularies is not None:
+            vocabularies = zip(self.categorical_columns, self.vocabularies, strict=True)
+            params[_VOCABULARIES] = json.dumps({c: list(v) for c, v in vocabularies})
         return params
 
     @classmethod
@@ -182,6 +199,7 @@ class ModelContract:
                 class_labels=tuple(labels) if labels and task == CLASSIFICATION else None,
                 target_names=tuple(t.strip() for t in target.split(",")) if target else (),
                 imputes=_flag(parameters.get(_IMPUTES)),
+                vocabularies=_vocabularies(parameters, source),
             )
         except ContractError as exc:
             raise ContractError(f"{source}: {exc}") from None
@@ -195,7 +213,32 @@ def parameters_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     # say nothing then, and let the server decide what a NaN gives.
     if params and METADATA_PREFIX + _PREPROCESSING in metadata:
         params[_IMPUTES] = "true"
+        params.update(_vocabulary_parameter(metadata))
     return params
+
+
+def _vocabulary_parameter(metadata: Mapping[str, str]) -> dict[str, str]:
+    """{"vocabularies": JSON} from the preprocessing metadata, or {} when it holds none."""
+    try:
+        prep = json.loads(metadata.get(METADATA_PREFIX + _PREPROCESSING) or "{}")
+        vocabularies = prep["vocabularies"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return {_VOCABULARIES: json.dumps(vocabularies)} if isinstance(vocabularies, dict) else {}
+
+
+def _vocabularies(parameters: Mapping[str, str], source: str) -> tuple[tuple[str, ...], ...] | None:
+    text = parameters.get(_VOCABULARIES)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+        columns = _json_list(parameters, "categorical_columns", source)
+        return tuple(tuple(str(v) for v in value[c]) for c in columns)
+    except (ValueError, KeyError, TypeError):
+        raise ContractError(
+            f"{source}: {_VOCABULARIES} is not a JSON object of a list per categorical column"
+        ) from None
 
 
 def _flag(text: str | None) -> bool | None:

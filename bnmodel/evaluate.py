@@ -17,6 +17,7 @@ import numpy as np
 
 from bnmodel.predict import CHUNK_ROWS, LocalModel, PredictError, iter_chunks, load_model
 from bnmodel.table import label_text
+from bnmodel.unseen import UnseenText
 
 __all__ = ["Evaluation", "evaluate_file", "label_text"]
 
@@ -32,6 +33,8 @@ class Evaluation:
     confusion: list[list[int]] | None = None  # [true][predicted]
     plot: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # One line per categorical column with many cells in the "other" slot (bnmodel.unseen).
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -42,6 +45,8 @@ class Evaluation:
             "metrics": self.metrics,
             "plot": None if self.plot is None else str(self.plot),
         }
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
         if self.confusion is not None:
             d.update(class_labels=self.class_labels, confusion_matrix=self.confusion)
         return d
@@ -62,7 +67,7 @@ class Evaluation:
 
 
 def _collect(
-    model: LocalModel, path: Path, target: str, chunk_rows: int
+    model: LocalModel, path: Path, target: str, chunk_rows: int, unseen: UnseenText
 ) -> tuple[np.ndarray, np.ndarray]:
     outs, ys = [], []
     chunks = iter_chunks(
@@ -75,6 +80,7 @@ def _collect(
         role="data",
     )
     for x, y in chunks:
+        unseen.add(x)
         outs.append(model.run(x))
         ys.append(y)
     if not outs:
@@ -148,8 +154,10 @@ def evaluate_file(
     model = model if isinstance(model, LocalModel) else load_model(model)
     path = Path(data)
     target = target or model.target_name or ("y" if path.suffix == ".npz" else "target")
-    out, raw = _collect(model, path, target, chunk_rows)
+    unseen = UnseenText(model.contract)
+    out, raw = _collect(model, path, target, chunk_rows, unseen)
     result = Evaluation(model.source, str(path), model.task, len(out), {})
+    result.warnings = unseen.warnings()
     if model.task == "classification":
         y = _class_indices(model, raw, path, target)
         scored = _classification(model, out, y)

@@ -26,6 +26,7 @@ import numpy as np
 
 from bnmodel import table
 from bnmodel.contract import ContractError, ModelContract
+from bnmodel.unseen import UnseenText
 
 __all__ = [
     "CHUNK_ROWS",
@@ -370,6 +371,8 @@ class PredictSummary:
     seconds: float
     output: Path
     columns: list[str]
+    # One line per categorical column with many cells in the "other" slot (bnmodel.unseen).
+    warnings: tuple[str, ...] = ()
 
     @property
     def rows_per_second(self) -> float:
@@ -393,6 +396,7 @@ def predict_file(
     output_path = Path(output_path)
     tmp = output_path.with_name(f".{output_path.name}.partial")
     writer, rows, columns = _Writer(tmp, output_path), 0, []
+    unseen = UnseenText(model.contract)
     start = time.perf_counter()
     try:
         chunks = iter_chunks(
@@ -402,7 +406,7 @@ def predict_file(
             categorical=model.categorical_columns,
             allow_missing=model.imputes,
         )
-        for x, _ in _prefetched(chunks):
+        for x, _ in _prefetched(_counted(chunks, unseen)):
             table = _table(model, model.run(x))
             writer.write(table)
             rows, columns = rows + table.num_rows, table.column_names
@@ -413,4 +417,12 @@ def predict_file(
     finally:
         writer.close()
         tmp.unlink(missing_ok=True)
-    return PredictSummary(rows, time.perf_counter() - start, output_path, columns)
+    seconds = time.perf_counter() - start
+    return PredictSummary(rows, seconds, output_path, columns, tuple(unseen.warnings()))
+
+
+def _counted(chunks: Iterator[Any], unseen: UnseenText) -> Iterator[Any]:
+    """The chunks, each counted for unseen text as it passes (in the reader thread)."""
+    for chunk in chunks:
+        unseen.add(chunk[0])
+        yield chunk

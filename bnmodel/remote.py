@@ -32,6 +32,7 @@ from bnmodel.serve.errors import InvalidInputError
 from bnmodel.serve.http_client import HttpInferenceClient, is_http_url
 from bnmodel.serve.proto import model_config_pb2
 from bnmodel.serve.security import TLSFiles
+from bnmodel.unseen import UnseenText
 
 __all__ = [
     "Predictions",
@@ -52,15 +53,19 @@ class Predictions:
     values: np.ndarray
     classes: tuple[str, ...] | None = None  # predicted label per row (classifier); "" for NaN
     label_column: str = "class"  # the classifier's label column: the training target's name
+    # One line per categorical column with many cells in the "other" slot (bnmodel.unseen).
+    warnings: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, contract: ModelContract, values: np.ndarray) -> Predictions:
+    def of(
+        cls, contract: ModelContract, values: np.ndarray, warnings: tuple[str, ...] = ()
+    ) -> Predictions:
         columns = prediction_columns(contract, values)
         names = tuple(columns)
         if not contract.is_classifier:
-            return cls(contract.task, names, values)
+            return cls(contract.task, names, values, warnings=warnings)
         classes = tuple(columns[names[0]])
-        return cls(contract.task, names[1:], values, classes, names[0])
+        return cls(contract.task, names[1:], values, classes, names[0], warnings)
 
     @property
     def non_finite_rows(self) -> list[int]:
@@ -136,10 +141,17 @@ class RemoteModel:
     def close(self) -> None:
         self._client.close()
 
-    def outputs(self, x: Any, *, role: str = "input") -> np.ndarray:
+    def outputs(
+        self, x: Any, *, role: str = "input", unseen: UnseenText | None = None
+    ) -> np.ndarray:
         """Probabilities [N, C] (classifier) or predictions [N, T] (regressor), float32, of
-        the rows of ``x``: a path, a DataFrame, a pyarrow Table or an ndarray."""
-        parts = [self._infer(inputs) for inputs in self.request_inputs(x, role=role)]
+        the rows of ``x``: a path, a DataFrame, a pyarrow Table or an ndarray. ``unseen``
+        counts the categorical cells that fall into the "other" slot."""
+        parts = []
+        for inputs in self.request_inputs(x, role=role):
+            if unseen is not None:
+                unseen.add(inputs)
+            parts.append(self._infer(inputs))
         if not parts:
             raise InvalidInputError(f"{role} {_name(x)}: no rows")
         return np.concatenate(parts).astype(np.float32, copy=False)
@@ -279,7 +291,9 @@ def predict_file(
     if not Path(input_path).is_file():  # before connecting: the cheaper mistake first
         raise InvalidInputError(f"input {input_path} does not exist")
     with RemoteModel(url, model, timeout=timeout, tls=tls, auth_token=auth_token) as remote:
-        return Predictions.of(remote.contract, remote.outputs(Path(input_path)))
+        unseen = UnseenText(remote.contract)
+        values = remote.outputs(Path(input_path), unseen=unseen)
+        return Predictions.of(remote.contract, values, tuple(unseen.warnings()))
 
 
 def write_predictions(predictions: Predictions, output: Path | None) -> str:

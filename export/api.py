@@ -140,6 +140,9 @@ def _contract(ckpt: Checkpoint) -> ModelContract:
         class_labels=None if labels is None else tuple(labels),
         target_names=tuple(t.strip() for t in target.split(",")) if target else (),
         imputes=ckpt.preprocessing is not None,
+        vocabularies=None
+        if ckpt.preprocessing is None
+        else tuple(tuple(ckpt.preprocessing["vocabularies"][c]) for c in ckpt.categorical_columns),
     )
 
 

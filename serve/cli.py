@@ -136,6 +136,8 @@ def _infer(args: argparse.Namespace) -> int:
     except OSError as exc:  # reading the input or writing --output
         print(f"bnmodel infer: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
+    for line in predictions.warnings:  # categorical text the model never saw
+        print(f"bnmodel infer: warning: {line}", file=sys.stderr)
     bad = predictions.non_finite_rows
     if bad:
         shown = ", ".join(str(i + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")

@@ -135,3 +135,23 @@ def test_infer_sends_what_local_predict_feeds_and_gets_its_answers(awkward, serv
     with (tmp_path / "local.csv").open() as f:
         local_classes = [row[0] for row in csv.reader(f)][1:]
     assert list(answers.classes) == [c.strip('"') for c in local_classes]
+
+
+def test_unseen_text_is_reported_alike_by_predict_evaluate_and_infer(awkward, server, tmp_path):
+    """Upper-case colours: text training never saw, so the "other" slot; every path says so."""
+    rows = _awkward_rows(60, seed=1)
+    for cells in rows[1:]:
+        cells[1] = cells[1].upper()  # "RED", "GRÜN": not the text training saw
+    path = tmp_path / "shouted.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    local = predict_file(awkward["onnx"], path, tmp_path / "out.csv").warnings
+    (line,) = local
+    assert line.startswith("column 'color': ") and 'fall into the "other" slot' in line
+    assert "'RED' (" in line and "'GRÜN' (" in line
+    from bnmodel.evaluate import evaluate_file
+
+    assert evaluate_file(awkward["onnx"], path, plot=None).warnings == [line]
+    for url in (server.url, server.http_url):
+        assert infer_file(url, "awk", path).warnings == (line,)
+    assert predict_file(awkward["onnx"], awkward["csv"], tmp_path / "out.csv").warnings == ()
