@@ -134,6 +134,11 @@ class CsvLayout:
     delimiter: str
     header: tuple[str, ...] | None  # None: the first row is data (all numbers or missing)
     width: int  # cells in the first row
+    first_row: tuple[str, ...] = ()  # its cells, trimmed (names, or the first data row)
+
+    def named(self) -> CsvLayout:
+        """The layout with the first row taken as the header (a header of numbers)."""
+        return CsvLayout(self.delimiter, self.first_row, self.width, self.first_row)
 
     @property
     def first_line(self) -> int:
@@ -175,8 +180,8 @@ def csv_layout(path: str | os.PathLike[str], fmt: FileFormat | None = None, role
             best, best_width = delimiter, width
     first = next(csv.reader(lines[:1], delimiter=best))
     is_data = all(is_missing(c) or _is_number(c) for c in first)
-    header = None if is_data else tuple(c.strip() for c in first)
-    return CsvLayout(best, header, len(first))
+    cells = tuple(c.strip() for c in first)
+    return CsvLayout(best, None if is_data else cells, len(first), cells)
 
 
 def _is_number(text: str) -> bool:
@@ -540,6 +545,8 @@ def _csv_blocks(
 
     layout = csv_layout(path, fmt, role)
     wanted = [*numeric, *categorical, *targets]
+    if layout.header is None and wanted and set(wanted) <= set(layout.first_row):
+        layout = layout.named()  # a header of numbers ("2019,2020") that names the columns
     if layout.header is None:
         # Headerless rows: the model's numeric columns, in order, and nothing else.
         if categorical or targets or layout.width != len(numeric):
@@ -814,9 +821,7 @@ def load_table(source: Source, role: str = "data file") -> LoadedTable:
         raise TableError(f"{where}: a table must be CSV-like text or Parquet, not {fmt.kind}")
     import pyarrow as pa
 
-    layout = csv_layout(path, fmt, role)
-    if layout.header is None:
-        raise TableError(f"{where}: the first row is no header naming the columns; add one")
+    layout = csv_layout(path, fmt, role).named()  # a training table always has a header
     try:
         names = list(layout.header)
         reader = _csv_reader(path, fmt, layout, names, [], names)

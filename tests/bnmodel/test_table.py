@@ -132,6 +132,14 @@ def test_a_headerless_numeric_file_fills_the_models_columns_in_order(tmp_path):
         list(table.iter_chunks(path, ["a", "b"]))
 
 
+def test_a_header_of_numbers_that_names_the_columns_is_a_header(tmp_path):
+    path = tmp_path / "years.csv"
+    path.write_text("2019,2020\n1,2\n3,4\n")
+    chunk = _read(path, numeric=("2020", "2019"), categorical=())
+    np.testing.assert_array_equal(chunk.features, [[2, 1], [4, 3]])
+    assert table.load_table(path).column_names == ["2019", "2020"]
+
+
 def test_chunks_are_exact_and_count_their_rows_across_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(table, "CSV_BLOCK_BYTES", 64)  # many small pyarrow blocks
     n = 1000
