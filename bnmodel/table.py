@@ -507,21 +507,25 @@ def _csv_reader(
     columns: list[str],
     text: list[str],
     names: list[str],
+    numbers: Sequence[str] = (),
 ) -> Any:
     """pyarrow's streaming reader over ``columns`` of a CSV whose columns are ``names``, every
     cell as text (the cell rules apply after trimming); ``text`` columns dictionary-encoded
-    (few distinct values)."""
+    (few distinct values); ``numbers`` parsed as float32 by pyarrow, MISSING_TOKENS null (the
+    fast path: pyarrow trims numbers itself, but not a padded token, which then fails)."""
     import pyarrow as pa
     from pyarrow import csv as pa_csv
 
     types = {c: pa.string() for c in columns}
     types.update({c: pa.dictionary(pa.int32(), pa.string()) for c in text})
+    types.update({c: pa.float32() for c in numbers})
     read = pa_csv.ReadOptions(
         block_size=CSV_BLOCK_BYTES, column_names=names, skip_rows=0 if layout.header is None else 1
     )
     convert = pa_csv.ConvertOptions(
         column_types=types,
         include_columns=columns,
+        null_values=sorted(MISSING_TOKENS),  # for ``numbers``: text is never null
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
@@ -569,18 +573,30 @@ def _csv_blocks(
             )
         _check_columns(where, layout.header, wanted)
     line0 = layout.first_line
-    row = 0
-    try:
-        reader = _csv_reader(path, fmt, layout, wanted, categorical, names)
-        for batch in reader:
-            yield _batch_block(
-                batch, numeric, categorical, targets, where, row, allow_missing, line0
-            )
-            row += batch.num_rows
-    except pa.ArrowInvalid as exc:  # a short or long row, a bad quote
-        raise TableError(_locate_bad_row(path, fmt, layout, where) or f"{where}: {exc}") from None
-    except OSError as exc:  # a corrupt archive
-        raise TableError(f"{where} cannot be read: {exc}") from None
+    done = 0  # rows yielded
+    # Numbers parsed by pyarrow first (fast); at a cell it cannot parse (a word, a padded
+    # missing token), the rest is read again as text, where the cell rules decide.
+    for numbers in (numeric, []):
+        try:
+            reader = _csv_reader(path, fmt, layout, wanted, categorical, names, numbers)
+            seen = 0
+            for batch in reader:
+                if seen + batch.num_rows <= done:  # yielded by the fast path already
+                    seen += batch.num_rows
+                    continue
+                batch = batch.slice(done - seen) if seen < done else batch
+                yield _batch_block(
+                    batch, numeric, categorical, targets, where, done, allow_missing, line0
+                )
+                done = seen = max(seen, done) + batch.num_rows
+            return
+        except pa.ArrowInvalid as exc:  # a short or long row, a bad quote; a cell (fast path)
+            if numbers:
+                continue
+            message = _locate_bad_row(path, fmt, layout, where) or f"{where}: {exc}"
+            raise TableError(message) from None
+        except OSError as exc:  # a corrupt archive
+            raise TableError(f"{where} cannot be read: {exc}") from None
 
 
 def _locate_bad_row(path: Path, fmt: FileFormat, layout: CsvLayout, where: str) -> str | None:

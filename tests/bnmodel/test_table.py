@@ -154,6 +154,20 @@ def test_chunks_are_exact_and_count_their_rows_across_blocks(tmp_path, monkeypat
         list(table.iter_chunks(path, ["a", "b"], chunk_rows=300))
 
 
+def test_a_padded_token_late_in_the_file_reads_every_row_once(tmp_path, monkeypatch):
+    """pyarrow parses numbers first; a cell it cannot parse sends the rest to the text rules."""
+    monkeypatch.setattr(table, "CSV_BLOCK_BYTES", 64)
+    lines = [f"{i},{i % 3}" for i in range(500)]
+    lines[400] = "400,  NA "  # pyarrow's own parser fails here, the cell rules do not
+    path = tmp_path / "late.csv"
+    path.write_text("a,b\n" + "\n".join(lines) + "\n")
+    chunks = list(table.iter_chunks(path, ["a", "b"], chunk_rows=128, allow_missing=True))
+    x = np.concatenate([c.features for c in chunks])
+    np.testing.assert_array_equal(x[:, 0], np.arange(500))
+    assert np.isnan(x[400, 1]) and np.isnan(x[:, 1]).sum() == 1
+    assert [c.first_row for c in chunks] == [0, 128, 256, 384]
+
+
 @pytest.mark.parametrize(
     ("text", "kwargs", "pattern"),
     [
