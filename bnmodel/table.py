@@ -44,6 +44,7 @@ __all__ = [
     "MISSING_TOKENS",
     "Chunk",
     "CsvLayout",
+    "FileFormat",
     "LoadedTable",
     "TableError",
     "category_text",
@@ -152,7 +153,9 @@ def _open(path: Path, fmt: FileFormat) -> Any:
     return pa.input_stream(str(path), compression=fmt.compression)
 
 
-def csv_layout(path: str | os.PathLike[str], fmt: FileFormat | None = None, role: str = "input"):
+def csv_layout(
+    path: str | os.PathLike[str], fmt: FileFormat | None = None, role: str = "input"
+) -> CsvLayout:
     """Delimiter and header of a CSV-like file, from its first lines.
 
     The delimiter is the candidate that splits the first lines into the same number (> 1) of
@@ -216,7 +219,13 @@ def _clean_text(array: Any) -> Any:
 
 
 def numeric_values(
-    column: Any, name: str, where: str, first_row: int = 0, *, allow_missing: bool, line0=None
+    column: Any,
+    name: str,
+    where: str,
+    first_row: int = 0,
+    *,
+    allow_missing: bool,
+    line0: int | None = None,
 ) -> np.ndarray:
     """A column as (n,) float32 by the cell rules: NaN for a missing cell where allowed, else
     an error; text that is no number and infinities are errors. ``where`` names the source,
