@@ -93,7 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _register_infer(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "infer",
-        help="send rows from a CSV or .npy file to a server and print predictions",
+        help="send rows from a table (CSV/TSV, compressed, Parquet) or .npy to a server and "
+        "print predictions",
         description="Class and probabilities for a classifier, values for a regressor, as CSV.",
     )
     p.add_argument(
@@ -107,8 +108,9 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
         "--input",
         required=True,
         type=Path,
-        metavar="FILE.csv|FILE.npy",
-        help="feature rows; a CSV header is matched to the model's feature names",
+        metavar="FILE",
+        help="rows: .csv, .tsv or .txt (optionally .gz or .zst), .parquet, .npz or .npy; "
+        "columns are matched to the model's by name",
     )
     p.add_argument("--output", type=Path, metavar="FILE.csv", help="write here instead of stdout")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
