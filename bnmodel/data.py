@@ -1,18 +1,23 @@
-"""Training data: the bundled digits, a synthetic generator, user files (CSV, Parquet, NPZ).
+"""Training data: the bundled digits, a synthetic generator, user tables (files or in memory).
 
 Everything here is numpy; torch only sees the arrays once the trainer puts them on its device.
 A source is named by one string, so a checkpoint's ``data_spec`` can rebuild the exact split:
-``"digits"``, ``"synthetic:ROWS,FEATURES,CLASSES[,SEED]"`` or a file path.
+``"digits"``, ``"synthetic:ROWS,FEATURES,CLASSES[,SEED]"`` or a file path. Tables (CSV-like
+text, compressed or not, Parquet, a pandas DataFrame or a pyarrow Table) are read by
+``bnmodel.table``, with the cell rules predict, evaluate and ``bnmodel infer`` apply.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from bnmodel import table as tables
 
 __all__ = [
     "DataError",
@@ -29,7 +34,7 @@ __all__ = [
 ]
 
 Task = Literal["classification", "regression"]
-TABULAR_SUFFIXES = (".csv", ".parquet", ".pq")
+TABULAR_SUFFIXES = (*tables.TEXT_SUFFIXES, *tables.PARQUET_SUFFIXES)
 
 
 class DataError(ValueError):
@@ -133,12 +138,16 @@ def _parse_synthetic(source: str) -> Dataset:
 
 
 def load_source(
-    source: str,
+    source: Any,
     target: str | None = None,
     task: str | None = None,
     categorical: tuple[str, ...] = (),
 ) -> Dataset:
-    """The dataset a source string names: "digits", "synthetic:...", or a file path."""
+    """The dataset a source names: "digits", "synthetic:...", a file path, or a table in
+    memory (a pandas DataFrame or a pyarrow Table; ``target`` names its target column)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return load_file(source, target, task, categorical=categorical)
+    source = str(source)
     if source == "digits":
         return load_digits()
     if source.startswith("synthetic:"):
@@ -151,7 +160,7 @@ def load_source(
 
 
 def load_file(
-    path: str | Path,
+    path: Any,
     target: str | None = None,
     task: str | None = None,
     classes: list[str] | None = None,
@@ -170,9 +179,11 @@ def load_file(
     None (see ``infer_task``). ``classes``: encode labels with a trained model's classes (test
     rows), where a label never seen in training is an error.
     """
-    path = Path(path)
     if task not in (None, "classification", "regression"):
         raise DataError(f"--task must be 'classification' or 'regression', got {task!r}")
+    if not isinstance(path, (str, os.PathLike)):  # a DataFrame or a pyarrow Table
+        return _load_table(path, target, task, classes, tuple(categorical))
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     if path.stat().st_size == 0:
@@ -180,34 +191,49 @@ def load_file(
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _load_npz(path, target, task, classes)
-    if suffix in TABULAR_SUFFIXES:
+    kind = _format(path)
+    if kind in ("csv", "parquet"):
         return _load_table(path, target, task, classes, tuple(categorical))
     if categorical:
         raise DataError(f"data file {path}: --categorical needs a CSV or Parquet file")
-    raise DataError(f"data file {path}: unknown format {suffix!r}; expected .csv, .parquet or .npz")
+    raise DataError(
+        f"data file {path}: unknown format {suffix!r}; expected .csv, .tsv or .txt (optionally "
+        ".gz or .zst compressed), .parquet or .npz"
+    )
 
 
-def _read_frame(path: Path) -> Any:
-    import pandas as pd
-
+def _format(path: Path) -> str | None:
+    """The table reader's name for a file's format ("csv", "parquet", ...), None if unknown."""
     try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path, skipinitialspace=True)
-        return pd.read_parquet(path)
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(f"data file {path} is empty (no header, no rows)") from exc
-    except (pd.errors.ParserError, OSError, ValueError) as exc:
-        raise DataError(f"data file {path} cannot be parsed: {exc}") from exc
+        return tables.file_format(path).kind
+    except tables.TableError:
+        return None
+
+
+def _read_frame(source: Any) -> tuple[Any, tables.LoadedTable]:
+    """(pandas frame with inferred column types, the table as read: categorical text comes
+    from it, so a CSV's "007" stays "007")."""
+    try:
+        loaded = tables.load_table(source)
+    except tables.TableError as exc:
+        raise DataError(str(exc)) from None
+    if type(source).__module__.split(".")[0] == "pandas":
+        frame = source.copy(deep=False)  # its own dtypes, as the user built them
+    else:
+        frame = loaded.to_pandas()
+    frame.columns = [str(c) for c in frame.columns]
+    return frame, loaded
 
 
 def _load_table(
-    path: Path,
+    source: Any,
     target: str | None,
     task: str | None,
     classes: list[str] | None,
     categorical: tuple[str, ...] = (),
 ) -> Dataset:
-    frame = _read_frame(path)
+    frame, loaded = _read_frame(source)
+    path = Path(loaded.source)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if target is None:
@@ -225,7 +251,7 @@ def _load_table(
     feature_names, cat_names = _column_kinds(frame, columns, names, categorical, path)
     numeric = [_numeric_column(frame[c], path, c) for c in feature_names]
     features = np.stack(numeric, axis=1) if numeric else np.empty((len(frame), 0))
-    categories = _categorical_text(frame, cat_names, path) if cat_names else None
+    categories = _categorical_text(loaded, cat_names) if cat_names else None
     if len(names) > 1:
         targets, labels, task, why = _several_targets(frame, names, path, task, classes)
     else:
@@ -238,7 +264,7 @@ def _load_table(
         feature_names,
         labels,
         task,
-        str(path),
+        loaded.source,
         why,
         target,
         categories,
@@ -323,21 +349,11 @@ def _parses(series: Any) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").notna().to_numpy()
 
 
-def _categorical_text(frame: Any, names: list[str], path: Path) -> np.ndarray:
-    """(N, C) exact text of categorical columns, as ``bnmodel predict`` reads them: a CSV's
-    cells as written (re-read as strings by pyarrow, so "true" stays "true" and "007" stays
-    "007", leading spaces dropped); typed Parquet columns through Arrow's cast. Blank is ""."""
-    from bnmodel.encoding import CSV_TEXT_TYPE, category_text, csv_category_text
-
-    if path.suffix.lower() != ".csv":
-        return np.stack([category_text(frame[n]) for n in names], axis=1)
-    from pyarrow import csv as pa_csv
-
-    convert = pa_csv.ConvertOptions(
-        include_columns=names, column_types={n: CSV_TEXT_TYPE() for n in names}
-    )
-    table = pa_csv.read_csv(path, convert_options=convert)
-    return np.stack([csv_category_text(table.column(n)) for n in names], axis=1)
+def _categorical_text(loaded: tables.LoadedTable, names: list[str]) -> np.ndarray:
+    """(N, C) text of categorical columns by the table reader's cell rules, exactly as
+    ``bnmodel predict`` and ``bnmodel infer`` read them (a CSV's cells as written, trimmed;
+    typed Parquet columns through Arrow's cast). Missing is ""."""
+    return np.stack([loaded.category_text(n) for n in names], axis=1)
 
 
 def _target_columns(target: str, columns: list[str], path: Path) -> list[str]:
@@ -367,7 +383,7 @@ def _several_targets(
 
 def _row_hint(path: Path, row: int) -> str:
     """Row numbers count data rows from 1; a CSV's header is line 1, so data row r is line r + 1."""
-    if path.suffix.lower() == ".csv":
+    if _format(path) == "csv":
         return f"row {row + 1} (line {row + 2})"
     return f"row {row + 1}"
 
@@ -457,17 +473,14 @@ def encode_labels(raw: np.ndarray, classes: list[str], where: str) -> np.ndarray
     return np.fromiter((lookup[t] for t in text), dtype=np.int64, count=len(text))
 
 
-def _label_text(value: Any) -> str:
-    """A label as the user wrote it: 3 (not 3.0) for integers, str otherwise."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
+# A label's text: one rule for training and evaluation (3 and 3.0 are "3").
+_label_text = tables.label_text
 
 
 def sorted_labels(raw: np.ndarray) -> list[str]:
     """Distinct labels in sorted order (numeric order for numbers), as text."""
     distinct = np.unique(np.asarray(raw))
-    return [_label_text(v) for v in distinct]
+    return list(dict.fromkeys(_label_text(v) for v in distinct))
 
 
 def _check_classes(targets: np.ndarray, labels: list[str], where: str) -> None:
@@ -709,7 +722,7 @@ def data_spec(
     if test_fraction > 0:
         spec["test_fraction"] = float(test_fraction)
     path = Path(dataset.source)
-    if path.suffix.lower() in (*TABULAR_SUFFIXES, ".npz") and path.is_file():
+    if path.is_file():
         spec["source"] = str(path.resolve())
         spec["sha256"] = _sha256(path)
     return spec

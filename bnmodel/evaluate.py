@@ -2,8 +2,8 @@
 
 Classification: accuracy, macro-F1, log loss and the confusion matrix (rows: true class).
 Regression: RMSE, MAE and R^2 per target, and a predicted-against-true scatter. Rows are read
-with ``bnmodel.predict``'s streaming reader and run on ONNX Runtime; scikit-learn computes the
-scores, matplotlib draws the figure.
+by ``bnmodel.table`` (the cell and label rules training uses) and run on ONNX Runtime;
+scikit-learn computes the scores, matplotlib draws the figure.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from bnmodel.predict import CHUNK_ROWS, LocalModel, PredictError, iter_chunks, load_model
+from bnmodel.table import label_text
+from bnmodel.unseen import UnseenText
 
 __all__ = ["Evaluation", "evaluate_file", "label_text"]
 
@@ -31,6 +33,8 @@ class Evaluation:
     confusion: list[list[int]] | None = None  # [true][predicted]
     plot: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # One line per categorical column with many cells in the "other" slot (bnmodel.unseen).
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -41,6 +45,8 @@ class Evaluation:
             "metrics": self.metrics,
             "plot": None if self.plot is None else str(self.plot),
         }
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
         if self.confusion is not None:
             d.update(class_labels=self.class_labels, confusion_matrix=self.confusion)
         return d
@@ -60,20 +66,8 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def label_text(value: Any) -> str:
-    """A target cell as a class label: 3, 3.0 and "3" are all "3"; text stays as written."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else text
-
-
 def _collect(
-    model: LocalModel, path: Path, target: str, chunk_rows: int
+    model: LocalModel, path: Path, target: str, chunk_rows: int, unseen: UnseenText
 ) -> tuple[np.ndarray, np.ndarray]:
     outs, ys = [], []
     chunks = iter_chunks(
@@ -83,8 +77,10 @@ def _collect(
         target=target,
         categorical=model.categorical_columns,
         allow_missing=model.imputes,
+        role="data",
     )
     for x, y in chunks:
+        unseen.add(x)
         outs.append(model.run(x))
         ys.append(y)
     if not outs:
@@ -158,8 +154,10 @@ def evaluate_file(
     model = model if isinstance(model, LocalModel) else load_model(model)
     path = Path(data)
     target = target or model.target_name or ("y" if path.suffix == ".npz" else "target")
-    out, raw = _collect(model, path, target, chunk_rows)
+    unseen = UnseenText(model.contract)
+    out, raw = _collect(model, path, target, chunk_rows, unseen)
     result = Evaluation(model.source, str(path), model.task, len(out), {})
+    result.warnings = unseen.warnings()
     if model.task == "classification":
         y = _class_indices(model, raw, path, target)
         scored = _classification(model, out, y)

@@ -1,30 +1,32 @@
 """``bnmodel predict``: a file of rows through an exported model on ONNX Runtime, in chunks.
 
-Needs no torch for an ONNX model (the base install): the model's metadata names its feature
-columns, task and class labels. A raw-row model also names its categorical columns:
-each is read as text (a blank cell is "") and fed as its own string input, and its numeric
-columns may hold blanks, "NA" or NaN (missing: the graph imputes them).
-
-Input is streamed: a CSV through pyarrow's streaming reader, Parquet by record batches, NPY
-memory-mapped, NPZ by slices, so memory stays flat in the row count; each chunk of
+Needs no torch for an ONNX model (the base install): the model's metadata holds its data
+contract (``bnmodel.contract``: feature columns, task, class labels, categorical columns).
+Rows are read by ``bnmodel.table`` (the reader training, evaluate and ``bnmodel infer`` use,
+with the same cell rules): streamed, so memory stays flat in the row count; each chunk of
 ``chunk_rows`` rows is one ``session.run`` and one write.
+
+``LocalModel`` is also the Python API's local predictor: ``outputs``, ``predict`` and
+``predict_proba`` take a DataFrame, a pyarrow Table, an ndarray or a path.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import queue
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bnmodel import table
+from bnmodel.contract import ContractError, ModelContract
+from bnmodel.unseen import UnseenText
 
 __all__ = [
     "CHUNK_ROWS",
@@ -34,16 +36,17 @@ __all__ = [
     "PredictSummary",
     "iter_chunks",
     "load_model",
+    "prediction_columns",
+    "predictions_frame",
     "predict_file",
 ]
 
-CHUNK_ROWS = 65536  # rows per session.run and per write
-INPUT_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")
+CHUNK_ROWS = table.CHUNK_ROWS  # rows per session.run and per write
+INPUT_SUFFIXES = table.INPUT_SUFFIXES
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
-CSV_BLOCK_BYTES = 4 << 20  # pyarrow's streaming CSV block: ~4 MiB of text at a time
 
 
-class PredictError(ValueError):
+class PredictError(table.TableError):
     """The model or the input cannot be used; the message names the file, column and row."""
 
 
@@ -53,26 +56,52 @@ class PredictError(ValueError):
 
 @dataclass
 class LocalModel:
-    """An ONNX Runtime session with what bnmodel's export wrote into the model's metadata."""
+    """An ONNX Runtime session and the data contract its metadata holds."""
 
     session: Any  # onnxruntime.InferenceSession
     source: str
-    task: str  # "classification" or "regression"
-    feature_names: list[str]
-    class_labels: list[str] | None
-    target_name: str | None
-    # Raw-row models: one string input per categorical column; numeric NaN means missing.
-    categorical_columns: list[str] = field(default_factory=list)
-    imputes: bool = False
+    contract: ModelContract
+
+    # The contract's fields, as lists (what callers of this class have always read).
+    @property
+    def task(self) -> str:
+        return self.contract.task
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.contract.feature_names)
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        return list(self.contract.categorical_columns)
+
+    @property
+    def class_labels(self) -> list[str] | None:
+        labels = self.contract.class_labels
+        return None if labels is None else list(labels)
+
+    @property
+    def target_name(self) -> str | None:
+        return self.contract.target_name
+
+    @property
+    def imputes(self) -> bool:
+        return bool(self.contract.imputes)
+
+    @property
+    def label_column(self) -> str:
+        return self.contract.label_column
+
+    def output_columns(self, width: int) -> list[str]:
+        return list(self.contract.output_columns(width))
 
     @property
     def input_dtype(self) -> type:
         return np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
 
     def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
-        """(N, F) rows, or a raw-row model's feed (``iter_chunks``) -> (N, C) probabilities or
+        """(N, F) rows, or the model's inputs (``Chunk.inputs``) -> (N, C) probabilities or
         (N, T) predictions, float32."""
-        name = "probabilities" if self.task == "classification" else "predictions"
         if isinstance(x, dict):
             feed = dict(x)
             if "features" in feed:
@@ -81,20 +110,26 @@ class LocalModel:
                     del feed["features"]
         else:
             feed = {self.session.get_inputs()[0].name: x.astype(self.input_dtype, copy=False)}
-        return np.asarray(self.session.run([name], feed)[0], dtype=np.float32)
+        out = self.session.run([self.contract.output_name], feed)[0]
+        return np.asarray(out, dtype=np.float32)
 
-    def output_columns(self, width: int) -> list[str]:
-        if self.task == "classification":
-            return [self.label_column, *(f"p_{label}" for label in self.class_labels or [])]
-        base = self.target_name or "prediction"
-        names = base.split(",")  # several regression targets: "a,b"
-        if len(names) == width:
-            return names
-        return [base] if width == 1 else [f"{base}_{i}" for i in range(width)]
+    # The Python API: X is a DataFrame, a pyarrow Table, an ndarray or a file path.
 
-    @property
-    def label_column(self) -> str:
-        return self.target_name or "class"
+    def outputs(self, x: Any, *, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+        """Probabilities [N, C] (classifier) or predictions [N, T] (regressor), float32."""
+        parts = [self.run(feed) for feed in _feeds(self.contract, x, chunk_rows)]
+        if not parts:
+            raise PredictError(f"input {_name(x)} has no data rows")
+        return np.concatenate(parts)
+
+    def predict(self, x: Any) -> Any:
+        """A pandas DataFrame headed as ``bnmodel predict`` heads its output: the label column
+        (classifier) or the target columns (regressor)."""
+        return predictions_frame(self.contract, self.outputs(x), "predict")
+
+    def predict_proba(self, x: Any) -> Any:
+        """A classifier's p_LABEL columns as a pandas DataFrame."""
+        return predictions_frame(self.contract, self.outputs(x), "predict_proba")
 
 
 def load_model(spec: str | os.PathLike[str]) -> LocalModel:
@@ -148,318 +183,65 @@ def _session(model_bytes: bytes, source: str) -> LocalModel:
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         raise PredictError(f"model {source} is not a loadable ONNX model: {exc}") from None
     meta = session.get_modelmeta().custom_metadata_map
-    if "bnmodel.task" not in meta:
-        raise PredictError(
-            f"model {source} has no bnmodel metadata (feature names, task); export it with "
-            "bnmodel export"
-        )
-    labels = json.loads(meta.get("bnmodel.class_labels", "[]")) or None
-    return LocalModel(
-        session=session,
-        source=source,
-        task=meta["bnmodel.task"],
-        feature_names=json.loads(meta["bnmodel.feature_names"]),
-        class_labels=labels,
-        target_name=meta.get("bnmodel.target_name") or None,
-        categorical_columns=json.loads(meta.get("bnmodel.categorical_columns", "[]")),
-        imputes="bnmodel.preprocessing" in meta,
-    )
+    try:
+        contract = ModelContract.from_metadata(meta, f"model {source}")
+    except ContractError as exc:
+        raise PredictError(str(exc)) from None
+    return LocalModel(session=session, source=source, contract=contract)
 
 
 # --------------------------------------------------------------------------------------------
 # Reading rows in chunks
 
 
-Block = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]  # features, categories, target
-
-
 def iter_chunks(
-    path: str | os.PathLike[str],
+    source: Any,
     feature_names: list[str],
     chunk_rows: int = CHUNK_ROWS,
     target: str | None = None,
     *,
     categorical: Sequence[str] = (),
     allow_missing: bool = False,
+    role: str = "input",
 ) -> Iterator[tuple[np.ndarray | dict[str, np.ndarray], np.ndarray | None]]:
-    """(features (n, F) float32, target values (n,) or None) for consecutive rows of a file.
-
-    Feature columns are picked by name (others, the target among them, are ignored); with
-    ``target``, its raw values come along (text for CSV). A missing or non-numeric cell is an
-    error naming the column and row. A raw-row model: ``categorical`` columns come as text
-    (blank = ""), and the first element is the model's feed {"features": (n, F), column:
-    (n, 1) object, ...}; ``allow_missing``: a blank, "NA" or NaN numeric cell is NaN.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PredictError(f"input file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in INPUT_SUFFIXES:
-        raise PredictError(f"input {path}: unknown format {suffix!r}; expected {INPUT_SUFFIXES}")
-    categorical = list(categorical)
-    if suffix in (".npz", ".npy"):
-        if categorical:
-            raise PredictError(
-                f"input {path}: the model has categorical columns {categorical[:5]}; give a "
-                "CSV or Parquet file with a header naming the columns"
-            )
-        blocks = _array_blocks(path, len(feature_names), chunk_rows, target, allow_missing)
-    else:
-        blocks = _table_blocks(path, feature_names, categorical, target, allow_missing)
-    for x, cats, y in _rechunk(blocks, chunk_rows):
-        if not categorical:
-            yield x, y
-            continue
-        feed = {"features": x}
-        feed.update({name: cats[:, i : i + 1] for i, name in enumerate(categorical)})
-        yield feed, y
-
-
-def _concat(parts: list[np.ndarray | None]) -> np.ndarray | None:
-    return None if parts[0] is None else np.concatenate(parts)
-
-
-def _rechunk(blocks: Iterator[Block], chunk_rows: int) -> Iterator[Block]:
-    """Blocks of any size -> chunks of exactly chunk_rows rows (the last may be shorter)."""
-    pending: list[Block] = []
-    count = 0
-    for block in blocks:
-        pending.append(block)
-        count += len(block[0])
-        while count >= chunk_rows:
-            joined = [_concat([p[k] for p in pending]) for k in range(3)]
-            yield tuple(None if a is None else a[:chunk_rows] for a in joined)  # type: ignore[misc]
-            pending = [tuple(None if a is None else a[chunk_rows:] for a in joined)]  # type: ignore[list-item]
-            count -= chunk_rows
-    if count:
-        yield tuple(_concat([p[k] for p in pending]) for k in range(3))  # type: ignore[misc]
-
-
-def _table_blocks(
-    path: Path, names: list[str], categorical: list[str], target: str | None, allow_missing: bool
-) -> Iterator[Block]:
-    import pyarrow as pa
-
-    targets = _target_names(target)
-    columns = [*names, *categorical, *targets]
-    csv_file = path.suffix == ".csv"
-    batches = _csv_batches(path, names, categorical, targets, allow_missing) if csv_file else None
-    if batches is None:
-        batches = _parquet_batches(path, columns, categorical)
-    row = 0
-    try:
-        for batch in batches:
-            yield _block(batch, names, categorical, targets, path, row, allow_missing)
-            row += batch.num_rows
-    except pa.ArrowInvalid as exc:  # a cell that is not a number, a short row
-        found = _locate_bad_cell(path, names, allow_missing)
-        raise PredictError(found or f"input {path}: {exc}") from None
-
-
-def _target_names(target: str | None) -> list[str]:
-    """No target, one column, or several regression targets written "a,b"."""
-    return [] if not target else [t.strip() for t in target.split(",")]
-
-
-def _csv_batches(
-    path: Path, names: list[str], categorical: list[str], targets: list[str], allow_missing: bool
-) -> Iterator[Any]:
-    import pyarrow as pa
-    from pyarrow import csv as pa_csv
-
-    header = _csv_header(path)
-    _check_columns(path, header, [*names, *categorical, *targets])
-    from bnmodel.encoding import CSV_TEXT_TYPE
-
-    types = {name: pa.float32() for name in names}
-    # Text as written: a blank categorical cell is "" (strings are never null by default).
-    types.update({t: pa.string() for t in targets})
-    types.update({c: CSV_TEXT_TYPE() for c in categorical})
-    convert = pa_csv.ConvertOptions(
-        column_types=types, include_columns=[*names, *categorical, *targets]
+    """(model inputs, raw target cells or None) for consecutive rows of ``source``, read by
+    ``bnmodel.table`` (its cell rules). The inputs are (n, F) float32 for a model without
+    categorical columns, else {"features": (n, F), column: (n, 1) object, ...}."""
+    contract = ModelContract(
+        "regression", tuple(feature_names), tuple(categorical), imputes=allow_missing
     )
-    read = pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES)
-    parse = pa_csv.ParseOptions()
     try:
-        reader = pa_csv.open_csv(
-            path, read_options=read, parse_options=parse, convert_options=convert
-        )
-    except pa.ArrowInvalid as exc:
-        raise PredictError(
-            _locate_bad_cell(path, names, allow_missing) or f"input {path}: {exc}"
-        ) from None
-    yield from reader
+        for chunk in table.iter_chunks(
+            source,
+            feature_names,
+            categorical,
+            target,
+            chunk_rows=chunk_rows,
+            allow_missing=allow_missing,
+            role=role,
+        ):
+            feed = chunk.inputs(contract) if categorical else chunk.features
+            yield feed, chunk.targets
+    except PredictError:
+        raise
+    except table.TableError as exc:
+        raise PredictError(str(exc)) from None
 
 
-def _csv_header(path: Path) -> list[str]:
-    with path.open(newline="") as f:
-        header = next(csv.reader(f), None)
-    if not header:
-        raise PredictError(f"input {path} is empty (no header row)")
-    return [h.strip() for h in header]
+def _feeds(contract: ModelContract, x: Any, chunk_rows: int) -> Iterator[Any]:
+    chunks = iter_chunks(
+        x,
+        list(contract.feature_names),
+        chunk_rows,
+        categorical=contract.categorical_columns,
+        allow_missing=bool(contract.imputes),
+    )
+    for feed, _ in chunks:
+        yield feed
 
 
-def _parquet_batches(
-    path: Path, columns: list[str], categorical: Sequence[str] = ()
-) -> Iterator[Any]:
-    import pyarrow.parquet as pq
-
-    try:
-        # Categorical columns as dictionaries where the file stores them so: their text is
-        # then built per distinct value, not per row (encoding.category_text).
-        file = pq.ParquetFile(path, read_dictionary=list(categorical))
-    except Exception as exc:  # pyarrow raises ArrowInvalid or OSError for a bad file
-        raise PredictError(f"input {path} is not a readable Parquet file: {exc}") from None
-    _check_columns(path, file.schema_arrow.names, columns)
-    yield from file.iter_batches(batch_size=CHUNK_ROWS, columns=columns)
-
-
-def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
-    missing = [n for n in names if n not in header]
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise PredictError(
-            f"input {path}: column(s) {missing[:5]}{more} missing; needed: "
-            f"{names[:8]}{' ...' if len(names) > 8 else ''}"
-        )
-
-
-def _block(
-    batch: Any,
-    names: list[str],
-    categorical: list[str],
-    targets: list[str],
-    path: Path,
-    first_row: int,
-    allow_missing: bool,
-) -> Block:
-    """A record batch as (n, F) float32 features (NaN for missing when allowed, else an
-    error), (n, C) categorical text or None, and raw target values."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    columns = []
-    for name in names:
-        col = batch.column(name)
-        if col.null_count and not allow_missing:
-            row = first_row + int(pc.index(pc.is_null(col), True).as_py())
-            raise PredictError(
-                f"input {path}: column {name!r}, {_row(path, row)}: value is missing (the "
-                "model was trained without missing values, so it does not impute)"
-            )
-        col = col.cast(pa.float32()) if col.type != pa.float32() else col
-        columns.append(col.to_numpy(zero_copy_only=False))
-    x = np.column_stack(columns) if columns else np.empty((batch.num_rows, 0), np.float32)
-    bad = np.isinf(x) if allow_missing else ~np.isfinite(x)
-    if bad.any():
-        r, c = (int(i) for i in np.argwhere(bad)[0])
-        raise PredictError(
-            f"input {path}: column {names[c]!r}, {_row(path, first_row + r)}: "
-            f"{x[r, c]} is not a finite number"
-        )
-    cats = None
-    if categorical:
-        cats = np.stack([_text(batch.column(c), path) for c in categorical], axis=1)
-    y = None
-    if targets:  # (n,) for one target, (n, T) for several
-        cols = [np.asarray(batch.column(t).to_pylist(), dtype=object) for t in targets]
-        y = cols[0] if len(cols) == 1 else np.stack(cols, axis=1)
-    return x, cats, y
-
-
-def _text(column: Any, path: Path) -> np.ndarray:
-    """A categorical column as the text training saw (encoding.category_text): a CSV cell as
-    written, leading spaces dropped as training's reader does; a typed Parquet column cast."""
-    from bnmodel.encoding import category_text, csv_category_text
-
-    return csv_category_text(column) if path.suffix == ".csv" else category_text(column)
-
-
-def _row(path: Path, row: int) -> str:
-    """Data rows count from 1; in a CSV, data row r is line r + 1 (the header is line 1)."""
-    return f"row {row + 1} (line {row + 2})" if path.suffix == ".csv" else f"row {row + 1}"
-
-
-# What pyarrow's CSV reader (and pandas) read as a missing number.
-MISSING_TOKENS = frozenset(
-    {
-        "",
-        "#N/A",
-        "#N/A N/A",
-        "#NA",
-        "-1.#IND",
-        "-1.#QNAN",
-        "-NaN",
-        "-nan",
-        "1.#IND",
-        "1.#QNAN",
-        "N/A",
-        "NA",
-        "NULL",
-        "NaN",
-        "n/a",
-        "nan",
-        "null",
-    }
-)
-
-
-def _locate_bad_cell(path: Path, names: list[str], allow_missing: bool = False) -> str | None:
-    """The first non-numeric feature cell or short row of a CSV (the error path only)."""
-    if path.suffix != ".csv":
-        return None
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader)]
-        index = {name: header.index(name) for name in names}
-        for row, cells in enumerate(reader):
-            if len(cells) != len(header):
-                return (
-                    f"input {path}: {_row(path, row)} has {len(cells)} cells, the header "
-                    f"{len(header)}"
-                )
-            for name, i in index.items():
-                cell = cells[i].strip()
-                if allow_missing and cell in MISSING_TOKENS:
-                    continue
-                try:
-                    float(cell)
-                except ValueError:
-                    what = "value is missing" if not cell else f"{cells[i]!r} is not a number"
-                    return f"input {path}: column {name!r}, {_row(path, row)}: {what}"
-    return None
-
-
-def _array_blocks(
-    path: Path, width: int, chunk_rows: int, target: str | None, allow_missing: bool = False
-) -> Iterator[Block]:
-    """NPY (memory-mapped) or NPZ (X or features, and the target array) in slices."""
-    y = None
-    if path.suffix == ".npy":
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    else:
-        with np.load(path, allow_pickle=False) as archive:
-            key = next((k for k in ("X", "features") if k in archive.files), None)
-            if key is None:
-                raise PredictError(
-                    f"input {path}: no array 'X' or 'features'; found {archive.files}"
-                )
-            x = archive[key]
-            if target:
-                y_key = target if target in archive.files else "y"
-                if y_key not in archive.files:
-                    raise PredictError(f"input {path}: no target array {target!r} or 'y'")
-                y = archive[y_key]
-    x = np.atleast_2d(x) if x.ndim == 1 else x
-    if x.ndim != 2 or x.shape[1] != width:
-        raise PredictError(f"input {path}: array is {x.shape}, the model needs (N, {width})")
-    for lo in range(0, len(x), chunk_rows):
-        block = np.asarray(x[lo : lo + chunk_rows], dtype=np.float32)
-        bad = np.isinf(block) if allow_missing else ~np.isfinite(block)
-        if bad.any():
-            r, c = (int(i) for i in np.argwhere(bad)[0])
-            raise PredictError(f"input {path}: column {c}, row {lo + r + 1}: not a finite number")
-        yield block, None, None if y is None else y[lo : lo + chunk_rows]
+def _name(x: Any) -> str:
+    return str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,19 +282,46 @@ class _Writer:
             self._writer = None
 
 
+def prediction_columns(contract: ModelContract, out: np.ndarray) -> dict[str, np.ndarray]:
+    """{column: (N,) values} of a prediction table, in order: a classifier's label (the most
+    probable class; "" for a row whose outputs are not finite), then p_LABEL per class; a
+    regressor's target columns. ``out``: probabilities [N, C] or predictions [N, T]."""
+    out = np.asarray(out, dtype=np.float32).reshape(len(out), -1)
+    names = contract.output_columns(out.shape[1])
+    values = [out[:, i] for i in range(out.shape[1])]
+    if contract.is_classifier:
+        labels = np.asarray([*contract.labels(out.shape[1]), ""], dtype=object)
+        finite = np.isfinite(out).all(axis=1)
+        best = np.where(finite, np.nan_to_num(out).argmax(axis=1), len(labels) - 1)
+        values = [labels[best], *values]
+    return dict(zip(names, values, strict=True))
+
+
+def predictions_frame(contract: ModelContract, out: np.ndarray, method: str = "all") -> Any:
+    """A pandas DataFrame of ``prediction_columns``: "predict" keeps the label (classifier)
+    or the values (regressor), "predict_proba" the p_LABEL columns, "all" every column."""
+    import pandas as pd
+
+    columns = prediction_columns(contract, out)
+    names = list(columns)
+    if method == "predict" and contract.is_classifier:
+        names = names[:1]
+    elif method == "predict_proba":
+        if not contract.is_classifier:
+            raise PredictError("predict_proba: the model is a regressor; it gives no probabilities")
+        names = names[1:]
+    return pd.DataFrame({name: columns[name] for name in names})
+
+
 def _table(model: LocalModel, out: np.ndarray) -> Any:
     import pyarrow as pa
 
-    names = model.output_columns(out.shape[1])
-    if model.task == "classification":
-        labels = np.asarray(
-            model.class_labels or [str(i) for i in range(out.shape[1])], dtype=object
-        )
-        arrays = [pa.array(labels[out.argmax(axis=1)], type=pa.string())]
-        arrays += [pa.array(out[:, i]) for i in range(out.shape[1])]
-    else:
-        arrays = [pa.array(out[:, i]) for i in range(out.shape[1])]
-    return pa.Table.from_arrays(arrays, names=names)
+    columns = prediction_columns(model.contract, out)
+    arrays = [
+        pa.array(v, type=pa.string()) if v.dtype == object else pa.array(v)
+        for v in columns.values()
+    ]
+    return pa.Table.from_arrays(arrays, names=list(columns))
 
 
 def _prefetched(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -562,6 +371,8 @@ class PredictSummary:
     seconds: float
     output: Path
     columns: list[str]
+    # One line per categorical column with many cells in the "other" slot (bnmodel.unseen).
+    warnings: tuple[str, ...] = ()
 
     @property
     def rows_per_second(self) -> float:
@@ -585,6 +396,7 @@ def predict_file(
     output_path = Path(output_path)
     tmp = output_path.with_name(f".{output_path.name}.partial")
     writer, rows, columns = _Writer(tmp, output_path), 0, []
+    unseen = UnseenText(model.contract)
     start = time.perf_counter()
     try:
         chunks = iter_chunks(
@@ -594,7 +406,7 @@ def predict_file(
             categorical=model.categorical_columns,
             allow_missing=model.imputes,
         )
-        for x, _ in _prefetched(chunks):
+        for x, _ in _prefetched(_counted(chunks, unseen)):
             table = _table(model, model.run(x))
             writer.write(table)
             rows, columns = rows + table.num_rows, table.column_names
@@ -605,4 +417,12 @@ def predict_file(
     finally:
         writer.close()
         tmp.unlink(missing_ok=True)
-    return PredictSummary(rows, time.perf_counter() - start, output_path, columns)
+    seconds = time.perf_counter() - start
+    return PredictSummary(rows, seconds, output_path, columns, tuple(unseen.warnings()))
+
+
+def _counted(chunks: Iterator[Any], unseen: UnseenText) -> Iterator[Any]:
+    """The chunks, each counted for unseen text as it passes (in the reader thread)."""
+    for chunk in chunks:
+        unseen.add(chunk[0])
+        yield chunk

@@ -37,7 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("model", help=MODEL_HELP)
     predict.add_argument(
-        "--input", required=True, type=Path, help="rows: .csv (with header), .parquet, .npz, .npy"
+        "--input",
+        required=True,
+        type=Path,
+        help="rows: .csv, .tsv or .txt (comma, tab, semicolon or pipe; optionally .gz or .zst "
+        "compressed), .parquet, .npz, .npy",
     )
     predict.add_argument("--output", required=True, type=Path, help="predictions: .csv or .parquet")
     predict.add_argument(
@@ -54,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=_HelpFormatter,
     )
     evaluate.add_argument("model", help=MODEL_HELP)
-    evaluate.add_argument("--data", required=True, type=Path, help=".csv, .parquet or .npz")
+    evaluate.add_argument(
+        "--data", required=True, type=Path, help="a table as for predict --input, or .npz"
+    )
     evaluate.add_argument(
         "--target",
         default=None,
@@ -85,6 +91,8 @@ def _predict(args: argparse.Namespace) -> int:
         summary = predict_file(args.model, args.input, args.output, chunk_rows=args.chunk_rows)
     except ValueError as exc:  # PredictError, CheckpointError, ExportError
         return _error("predict", exc)
+    for line in summary.warnings:
+        print(f"bnmodel predict: warning: {line}", file=sys.stderr)
     print(
         f"wrote {summary.rows} rows to {summary.output} ({', '.join(summary.columns[:6])}"
         f"{', ...' if len(summary.columns) > 6 else ''}) in {summary.seconds:.2f} s"
@@ -101,5 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return _error("evaluate", exc)
+    for line in result.warnings:
+        print(f"bnmodel evaluate: warning: {line}", file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0

@@ -20,6 +20,7 @@ from torch import nn
 
 from bnmodel import __version__
 from bnmodel.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
+from bnmodel.contract import ModelContract
 from bnmodel.encoding import Preprocessing
 from bnmodel.files import atomic_write_bytes
 from bnmodel.model import Standardize
@@ -128,6 +129,23 @@ def _class_labels(ckpt: Checkpoint) -> list[str] | None:
     return [str(label) for label in labels]
 
 
+def _contract(ckpt: Checkpoint) -> ModelContract:
+    """The exported model's data contract (ONNX metadata and config.pbtxt say the same)."""
+    labels = _class_labels(ckpt)
+    target = ckpt.target_name or ""
+    return ModelContract(
+        task=ckpt.task,
+        feature_names=tuple(ckpt.feature_names),
+        categorical_columns=tuple(ckpt.categorical_columns),
+        class_labels=None if labels is None else tuple(labels),
+        target_names=tuple(t.strip() for t in target.split(",")) if target else (),
+        imputes=ckpt.preprocessing is not None,
+        vocabularies=None
+        if ckpt.preprocessing is None
+        else tuple(tuple(ckpt.preprocessing["vocabularies"][c]) for c in ckpt.categorical_columns),
+    )
+
+
 def _metadata(
     ckpt: Checkpoint, sha: str, fold_report: FoldReport | None, opset: int, fp16: bool
 ) -> dict[str, str]:
@@ -136,17 +154,11 @@ def _metadata(
 
     folded = {"folded": [], "note": "unfolded reference graph (--no-fold)"}
     raw = {}
-    if ckpt.preprocessing is not None:  # raw-row model: its string inputs and encoders
-        raw = {
-            "bnmodel.categorical_columns": json.dumps(ckpt.categorical_columns),
-            "bnmodel.preprocessing": json.dumps(ckpt.preprocessing),
-        }
+    if ckpt.preprocessing is not None:  # raw-row model: its encoders, applied in the graph
+        raw = {"bnmodel.preprocessing": json.dumps(ckpt.preprocessing)}
     return {
+        **_contract(ckpt).to_metadata(),
         **raw,
-        "bnmodel.task": ckpt.task,
-        "bnmodel.feature_names": json.dumps(list(ckpt.feature_names)),
-        "bnmodel.class_labels": json.dumps(_class_labels(ckpt) or []),
-        "bnmodel.target_name": ckpt.target_name or "",
         "bnmodel.folded": json.dumps(folded if fold_report is None else fold_report.to_dict()),
         "bnmodel.checkpoint_sha256": sha,
         "bnmodel.precision": "fp16" if fp16 else "fp32",  # int8.quantize_int8 sets "int8"
@@ -286,25 +298,26 @@ def _check_destinations(
 
 
 def _raw_rows(path: str | os.PathLike[str], prep: Preprocessing) -> Rows:
-    """A raw-row model's calibration rows from a CSV/Parquet file, read as predict reads."""
-    from bnmodel.predict import PredictError, iter_chunks
+    """A raw-row model's calibration rows from a table, read as predict reads it."""
+    from bnmodel import table
 
     try:
         chunks = list(
-            iter_chunks(path, list(prep.numeric), categorical=prep.categorical, allow_missing=True)
+            table.iter_chunks(
+                path,
+                list(prep.numeric),
+                prep.categorical,
+                allow_missing=True,
+                role="calibration data",
+            )
         )
-    except PredictError as exc:
-        raise Int8Error(f"calibration data: {exc}") from None
+    except table.TableError as exc:
+        raise Int8Error(str(exc)) from None
     if not chunks:
         raise Int8Error(f"calibration data {path} has no data rows")
-    numeric, cats = [], []
-    for feed, _ in chunks:  # a feed dict with categorical columns, else the (n, F) numerics
-        if isinstance(feed, dict):
-            numeric.append(feed["features"])
-            cats.append(np.concatenate([feed[c] for c in prep.categorical], axis=1))
-        else:
-            numeric.append(feed)
-    return Rows(np.concatenate(numeric), np.concatenate(cats) if cats else None)
+    numeric = np.concatenate([c.features for c in chunks])
+    cats = [c.categories for c in chunks if c.categories is not None]
+    return Rows(numeric, np.concatenate(cats) if cats else None)
 
 
 def _int8(
@@ -477,15 +490,11 @@ def _write(
         outputs = [(o.name, o.type.tensor_type.shape.dim[1].dim_value) for o in proto.graph.output]
         config = model_config(
             name,
-            task=ckpt.task,
             in_features=ckpt.model_config.in_features,
             outputs=outputs,
             fp16=fp16,
             max_batch_size=max_batch_size,
-            feature_names=ckpt.feature_names,
-            class_labels=_class_labels(ckpt),
-            categorical_columns=ckpt.categorical_columns,
-            target_name=ckpt.target_name,
+            contract=_contract(ckpt),
         )
         result.repository = write_repository(
             repository, name, version, proto.SerializeToString(), config, report_text

@@ -109,53 +109,45 @@ class Int8AccuracyError(ValueError):
 
 
 def read_feature_rows(path: str | Path, feature_names: Sequence[str]) -> np.ndarray:
-    """(N, F) float32 rows of a CSV/Parquet (columns named as the model's features; others are
-    ignored) or NPZ (array ``X`` or ``features``) file."""
+    """(N, F) float32 rows of a table (columns named as the model's features; others are
+    ignored) or NPZ (array ``X`` or ``features``) file, read by ``bnmodel.table`` as predict
+    reads it; every cell must be a finite number."""
+    from bnmodel import table
+
     path = Path(path)
     if not path.is_file():
         raise Int8Error(f"calibration data {path} does not exist or is not a file")
-    suffix = path.suffix.lower()
+    names = list(feature_names)
     try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                key = next((k for k in ("X", "features") if k in data), None)
-                if key is None:
-                    raise Int8Error(f"calibration data {path}: no array 'X' or 'features'")
-                rows = np.asarray(data[key], np.float64)
-        elif suffix in (".csv", ".parquet", ".pq"):
-            rows = _table_rows(path, feature_names)
-        else:
-            raise Int8Error(
-                f"calibration data {path}: unknown format {suffix!r}; expected .csv, .parquet "
-                "or .npz"
-            )
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, Int8Error):
-            raise
-        raise Int8Error(f"calibration data {path} cannot be read: {exc}") from exc
-    if rows.ndim != 2 or rows.shape[1] != len(feature_names) or len(rows) == 0:
-        raise Int8Error(
-            f"calibration data {path}: expected (N >= 1, {len(feature_names)}) rows, got "
-            f"shape {rows.shape}"
-        )
-    if not np.isfinite(rows).all():
-        row = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
-        raise Int8Error(f"calibration data {path}: row {row + 1} holds a NaN or inf")
-    return rows.astype(np.float32)
+        if table.file_format(path).kind not in ("npy", "npz"):
+            _check_feature_columns(path, names)
+        chunks = [c.features for c in table.iter_chunks(path, names, role="calibration data")]
+    except table.TableError as exc:
+        raise Int8Error(str(exc)) from None
+    if not chunks:
+        raise Int8Error(f"calibration data {path}: expected (N >= 1, {len(names)}) rows, got none")
+    return np.concatenate(chunks)
 
 
-def _table_rows(path: Path, feature_names: Sequence[str]) -> np.ndarray:
-    import pandas as pd
+def _check_feature_columns(path: Path, feature_names: list[str]) -> None:
+    """A table must name every feature column (the message says which are missing)."""
+    from bnmodel import table
 
-    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-    frame.columns = [str(c) for c in frame.columns]
-    missing = [c for c in feature_names if c not in frame.columns]
+    if table.file_format(path).kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            header = pq.ParquetFile(path).schema_arrow.names
+        except Exception as exc:  # ArrowInvalid, OSError
+            raise Int8Error(f"calibration data {path} cannot be read: {exc}") from None
+    else:
+        header = list(table.csv_layout(path, role="calibration data").header or feature_names)
+    missing = [c for c in feature_names if c not in header]
     if missing:
         raise Int8Error(
             f"calibration data {path}: missing feature column(s) {missing[:5]}; the model "
-            f"takes {list(feature_names)[:8]}{'...' if len(feature_names) > 8 else ''}"
+            f"takes {feature_names[:8]}{'...' if len(feature_names) > 8 else ''}"
         )
-    return frame[list(feature_names)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
 
 
 Feed = dict[str, np.ndarray]  # graph input name -> (N, ...) values

@@ -9,7 +9,6 @@ with protobuf's ``text_format``: one implementation writes and reads it, no hand
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 from bnmodel.serve.proto import model_config_pb2
 from google.protobuf import text_format
 
+from bnmodel.contract import FEATURES_INPUT, ModelContract
 from bnmodel.files import atomic_folder, atomic_write_bytes
 
 __all__ = [
@@ -46,44 +46,32 @@ class RepositoryPaths:
 def model_config(
     name: str,
     *,
-    task: str,
     in_features: int,
     outputs: Sequence[tuple[str, int]],
     fp16: bool,
     max_batch_size: int,
-    feature_names: Sequence[str],
-    class_labels: Sequence[str] | None,
-    input_name: str = "features",
-    categorical_columns: Sequence[str] = (),
-    target_name: str | None = None,
+    contract: ModelContract,
+    input_name: str = FEATURES_INPUT,
 ) -> model_config_pb2.ModelConfig:
     """The config message; dims omit the batch axis, which Triton adds from max_batch_size.
 
     A raw-row model lists "features" only when it has numeric columns (``in_features`` >= 1),
-    then one TYPE_STRING input of dims [1] per categorical column, in the graph's order.
+    then one TYPE_STRING input of dims [1] per categorical column, in the graph's order. The
+    parameters are the model's data contract (``ModelContract.to_parameters``).
     """
     data_type = model_config_pb2.TYPE_FP16 if fp16 else model_config_pb2.TYPE_FP32
     config = model_config_pb2.ModelConfig(
         name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size
     )
-    if in_features >= 1 or not categorical_columns:
+    if in_features >= 1 or not contract.categorical_columns:
         config.input.add(name=input_name, data_type=data_type, dims=[in_features])
-    for column in categorical_columns:
+    for column in contract.categorical_columns:
         config.input.add(name=column, data_type=model_config_pb2.TYPE_STRING, dims=[1])
     for output, width in outputs:
         config.output.add(name=output, data_type=data_type, dims=[width])
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     config.version_policy.latest.num_versions = 1
-    parameters = {
-        "task": task,
-        "class_labels": json.dumps(list(class_labels or [])),
-        "feature_names": json.dumps(list(feature_names)),
-    }
-    if categorical_columns:
-        parameters["categorical_columns"] = json.dumps(list(categorical_columns))
-    if target_name:  # clients head their output columns with it, as local predict does
-        parameters["target_name"] = target_name
-    for key, value in parameters.items():
+    for key, value in contract.to_parameters().items():
         config.parameters[key].string_value = value
     return config
 

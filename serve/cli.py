@@ -95,7 +95,8 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "infer",
-        help="send rows from a CSV or .npy file to a server and print predictions",
+        help="send rows from a table (CSV/TSV, compressed, Parquet) or .npy to a server and "
+        "print predictions",
         description="Class and probabilities for a classifier, values for a regressor, as CSV.",
     )
     p.add_argument(
@@ -109,8 +110,9 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
         "--input",
         required=True,
         type=Path,
-        metavar="FILE.csv|FILE.npy",
-        help="feature rows; a CSV header is matched to the model's feature names",
+        metavar="FILE",
+        help="rows: .csv, .tsv or .txt (optionally .gz or .zst), .parquet, .npz or .npy; "
+        "columns are matched to the model's by name",
     )
     p.add_argument("--output", type=Path, metavar="FILE.csv", help="write here instead of stdout")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
@@ -119,9 +121,10 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    from bnmodel.remote import predict_file, write_predictions
+
     from .client import InferenceServerError
     from .errors import InvalidInputError
-    from .predict import predict_file, write_predictions
     from .security import SecurityError, TLSFiles, read_token
 
     try:
@@ -137,6 +140,8 @@ def _infer(args: argparse.Namespace) -> int:
     except OSError as exc:  # reading the input or writing --output
         print(f"bnmodel infer: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
+    for line in predictions.warnings:  # categorical text the model never saw
+        print(f"bnmodel infer: warning: {line}", file=sys.stderr)
     bad = predictions.non_finite_rows
     if bad:
         shown = ", ".join(str(i + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")

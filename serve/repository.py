@@ -19,6 +19,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from bnmodel.contract import parameters_from_metadata
+
 from .codec import datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
@@ -238,8 +240,7 @@ def config_from_onnx(path: Path, name: str, max_batch_size: int) -> model_config
     """A config.pbtxt equivalent for an ONNX file following the bnmodel contract.
 
     Inputs/outputs come from the graph (a symbolic first axis is the batch axis), parameters from
-    its ``bnmodel.*`` metadata_props (task, class_labels, feature_names, categorical_columns,
-    target_name).
+    its ``bnmodel.*`` metadata_props (the data contract, ``bnmodel.contract``).
     """
     from .session import inspect_onnx  # ORT is needed to read the graph's signature
 
@@ -259,10 +260,8 @@ def config_from_onnx(path: Path, name: str, max_batch_size: int) -> model_config
                 raise ModelLoadError(f"{path.name}: tensor {tensor_name!r}: {exc}") from None
             dims = [-1 if d is None else d for d in (shape[1:] if batched else shape)]
             add(name=tensor_name, data_type=data_type, dims=dims)
-    for key in ("task", "class_labels", "feature_names", "categorical_columns", "target_name"):
-        value = signature.metadata.get(f"bnmodel.{key}")
-        if value:
-            config.parameters[key].string_value = value
+    for key, value in parameters_from_metadata(signature.metadata).items():
+        config.parameters[key].string_value = value
     return config
 
 

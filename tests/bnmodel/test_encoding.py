@@ -120,17 +120,17 @@ def test_tables_split_numeric_and_categorical_columns(tmp_path: Path, suffix: st
     assert np.isnan(ds.features[1, 0]) and ds.needs_encoding
     assert ds.categories[2].tolist()[0] == ""  # a blank cell is missing
     assert ds.categories[:, 2].tolist() == ["10", "20", "10", "30", "20", "10"]
-    # A CSV's text as written (pandas wrote False); Parquet's bool through Arrow's cast.
-    flag = "False" if suffix == ".csv" else "false"
-    assert ds.subset(np.array([4])).categories.tolist() == [["true", flag, "20"]]
+    # Bool spellings are one text whatever the format: a CSV's "true", Parquet's bool True.
+    assert ds.subset(np.array([4])).categories.tolist() == [["True", "False", "20"]]
 
 
 def test_csv_categorical_text_is_kept_as_written(tmp_path: Path) -> None:
+    """Text as written ("007" is not "7"), but the bool spellings true/True/TRUE are one."""
     path = tmp_path / "t.csv"
     path.write_text("b,c,target\nTrue,007,0\nfalse,7,1\nTRUE,007,0\nfalse,7,1\n")
     ds = data.load_file(path, categorical=("c",))
-    assert ds.categories.tolist() == [["True", "007"], ["false", "7"], ["TRUE", "007"]] + [
-        ["false", "7"]
+    assert ds.categories.tolist() == [["True", "007"], ["False", "7"], ["True", "007"]] + [
+        ["False", "7"]
     ]
 
 

@@ -149,3 +149,21 @@ def test_raw_regressor_end_to_end(tmp_path: Path) -> None:
     y = frame["target"].to_numpy()[350:]
     rmse = float(np.sqrt(np.mean((out - y) ** 2)))
     assert rmse < 0.8 * float(np.std(y))  # learned something, in target units
+
+
+def test_local_model_predicts_a_dataframe_as_predict_writes_the_file(wine, tmp_path: Path):
+    """The Python API's predictor: a DataFrame in, columns headed as `bnmodel predict` heads
+    them out; a pyarrow Table gives the same."""
+    import pyarrow as pa
+
+    model = load_model(wine["onnx"])
+    heldout = pd.read_csv(wine["heldout"])
+    predict_file(model, wine["heldout"], tmp_path / "out.csv")
+    written = pd.read_csv(tmp_path / "out.csv")
+    labels = model.predict(heldout)
+    assert list(labels.columns) == ["target"]
+    assert labels["target"].tolist() == written["target"].tolist()
+    probabilities = model.predict_proba(pa.Table.from_pandas(heldout))
+    assert list(probabilities.columns) == list(written.columns[1:])
+    np.testing.assert_allclose(probabilities.to_numpy(), written.iloc[:, 1:].to_numpy(), atol=1e-6)
+    assert model.outputs(heldout).dtype == np.float32

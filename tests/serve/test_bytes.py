@@ -33,13 +33,14 @@ from bnmodel.serve.codec import (
 )
 from bnmodel.serve.errors import InvalidInputError
 from bnmodel.serve.http_client import HttpInferenceClient
-from bnmodel.serve.predict import predict_file
 from bnmodel.serve.proto import grpc_service_pb2 as pb
 from bnmodel.serve.statistics import VersionStats
 from conftest import onnx_outputs, run_server, run_triton_check
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import RAW_NUMERIC, RAW_VOCABULARIES, raw_model, raw_reference
+
+from bnmodel.remote import predict_file
 
 HERE = Path(__file__).parent
 WORDS = ["red", "green", "blue", "", "purple", "bl\u00fc", "\u7d05", "x" * 300]
@@ -387,23 +388,24 @@ def test_infer_names_the_file_column_and_row_at_fault(server, tmp_path):
     no_color = tmp_path / "no_color.csv"
     no_color.write_text("\n".join(t.rsplit(",", 1)[0] for t in text) + "\n")
     assert _error(_infer(server, no_color)) == (
-        f"bnmodel infer: {no_color}: no column 'color', which the model takes"
+        f"bnmodel infer: input {no_color}: column(s) ['color'] missing; needed: "
+        "['age', 'income', 'score', 'color', 'size']"
     )
     word = tmp_path / "word.csv"
     cells = text[2].split(",")
     cells[2] = "lots"  # column score (the header is reversed), data row 2, line 3
     word.write_text("\n".join([*text[:2], ",".join(cells), *text[3:]]) + "\n")
     assert _error(_infer(server, word)) == (
-        f"bnmodel infer: {word}: column 'score', row 2 (line 3): 'lots' is not a number"
+        f"bnmodel infer: input {word}: column 'score', row 2 (line 3): 'lots' is not a number"
     )
     npy = tmp_path / "rows.npy"
     np.save(npy, np.zeros((2, 3), np.float32))
-    assert "the model takes categorical columns (color, size): give a .csv" in _error(
+    assert "the model has categorical columns ['color', 'size']; give a CSV" in _error(
         _infer(server, npy)
     )
     headless = tmp_path / "headless.csv"
     headless.write_text("1,2,3,red,S\n")
-    assert "the first row is no header naming the model's columns (age, income, score, " in (
+    assert "the first row is no header naming the columns (age, income, score, " in (
         _error(_infer(server, headless))
     )
 
