@@ -8,6 +8,7 @@ A source is named by one string, so a checkpoint's ``data_spec`` can rebuild the
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "data_spec",
+    "dataset_from_frame",
     "load_digits",
     "load_file",
     "load_source",
@@ -133,15 +135,19 @@ def _parse_synthetic(source: str) -> Dataset:
 
 
 def load_source(
-    source: str,
+    source: Any,
     target: str | None = None,
     task: str | None = None,
     categorical: tuple[str, ...] = (),
 ) -> Dataset:
-    """The dataset a source string names: "digits", "synthetic:...", or a file path."""
+    """The dataset a source names: "digits", "synthetic:...", a file path, or an in-memory
+    table (pandas DataFrame or pyarrow Table, its target a column like a file's)."""
+    if not isinstance(source, (str, os.PathLike)):  # a pandas DataFrame or a pyarrow Table
+        frame = source.to_pandas() if hasattr(source, "to_pandas") else source
+        return dataset_from_frame(frame, FRAME_SOURCE, target, task, None, tuple(categorical))
     if source == "digits":
         return load_digits()
-    if source.startswith("synthetic:"):
+    if isinstance(source, str) and source.startswith("synthetic:"):
         return _parse_synthetic(source)
     return load_file(source, target, task, categorical=categorical)
 
@@ -207,7 +213,29 @@ def _load_table(
     classes: list[str] | None,
     categorical: tuple[str, ...] = (),
 ) -> Dataset:
-    frame = _read_frame(path)
+    return dataset_from_frame(_read_frame(path), path, target, task, classes, categorical)
+
+
+# What messages and data_spec call a table that came in memory rather than from a file.
+FRAME_SOURCE = "<DataFrame>"
+
+
+def dataset_from_frame(
+    frame: Any,
+    where: str | Path = FRAME_SOURCE,
+    target: str | None = None,
+    task: str | None = None,
+    classes: list[str] | None = None,
+    categorical: tuple[str, ...] = (),
+) -> Dataset:
+    """A table already read (a pandas DataFrame) -> Dataset, by the rules of ``load_file``.
+
+    ``where`` names the table in messages and becomes the Dataset's source: the file it was
+    read from (a CSV's categorical text is then re-read as written), or FRAME_SOURCE for a
+    DataFrame given in memory (its cells' text through Arrow's cast, as predict does).
+    """
+    path = Path(where)
+    frame = frame.copy(deep=False)  # the caller's frame keeps its column labels
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if target is None:
