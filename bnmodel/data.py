@@ -140,8 +140,10 @@ def load_source(
     task: str | None = None,
     categorical: tuple[str, ...] = (),
 ) -> Dataset:
-    """The dataset a source names: "digits", "synthetic:...", a file path, or an in-memory
-    table (pandas DataFrame or pyarrow Table, its target a column like a file's)."""
+    """The dataset a source names: "digits", "synthetic:...", a file path, an in-memory table
+    (pandas DataFrame or pyarrow Table, its target a column like a file's), or a Dataset."""
+    if isinstance(source, Dataset):  # already read, e.g. by the scikit-learn estimators
+        return source
     if not isinstance(source, (str, os.PathLike)):  # a pandas DataFrame or a pyarrow Table
         frame = source.to_pandas() if hasattr(source, "to_pandas") else source
         return dataset_from_frame(frame, FRAME_SOURCE, target, task, None, tuple(categorical))

@@ -34,7 +34,9 @@ __all__ = [
     "PredictSummary",
     "iter_chunks",
     "load_model",
+    "load_model_bytes",
     "predict_file",
+    "table_columns",
 ]
 
 CHUNK_ROWS = 65536  # rows per session.run and per write
@@ -95,6 +97,43 @@ class LocalModel:
     @property
     def label_column(self) -> str:
         return self.target_name or "class"
+
+    # Python API: tables in memory (see table_columns) or a file path, predicted in one call.
+    def outputs(self, x: Any) -> np.ndarray:
+        """(N, C) probabilities or (N, T) predictions, float32, of a DataFrame, pyarrow Table,
+        (N, F) array or file of rows."""
+        if isinstance(x, (str, os.PathLike)):
+            chunks = iter_chunks(
+                x, self.feature_names, categorical=self.categorical_columns, allow_missing=True
+            )
+            parts = [self.run(feed) for feed, _ in chunks]
+            if not parts:
+                raise PredictError(f"input {x} has no data rows")
+            return np.concatenate(parts)
+        numeric, categories = table_columns(
+            x, self.feature_names, self.categorical_columns, allow_missing=self.imputes
+        )
+        if not self.categorical_columns:
+            return self.run(numeric)
+        feed = {"features": numeric}
+        feed.update({c: categories[:, i : i + 1] for i, c in enumerate(self.categorical_columns)})
+        return self.run(feed)
+
+    def predict(self, x: Any) -> Any:
+        """A pandas DataFrame headed as ``bnmodel predict`` writes: the class and p_LABEL
+        columns, or the predicted values; a DataFrame's index is kept."""
+        frame = _table(self, self.outputs(x)).to_pandas()
+        if hasattr(x, "index") and not isinstance(x, np.ndarray) and len(x.index) == len(frame):
+            frame.index = x.index
+        return frame
+
+    def predict_proba(self, x: Any) -> Any:
+        """A classifier's p_LABEL columns of ``predict``."""
+        if self.task != "classification":
+            raise PredictError(
+                f"model {self.source} is a regressor; predict_proba needs a classifier"
+            )
+        return self.predict(x).drop(columns=[self.label_column])
 
 
 def load_model(spec: str | os.PathLike[str]) -> LocalModel:
@@ -606,3 +645,90 @@ def predict_file(
         writer.close()
         tmp.unlink(missing_ok=True)
     return PredictSummary(rows, time.perf_counter() - start, output_path, columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables in memory (the Python API)
+
+
+def load_model_bytes(model_bytes: bytes, source: str) -> LocalModel:
+    """An exported model held in memory (``source`` names it in messages)."""
+    return _session(model_bytes, source)
+
+
+def table_columns(
+    table: Any,
+    feature_names: Sequence[str],
+    categorical: Sequence[str] = (),
+    *,
+    allow_missing: bool = False,
+    where: str = "DataFrame",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(numeric (N, F) float32, categorical text (N, C) object or None) of a pandas DataFrame,
+    a pyarrow Table or an (N, F) array, by the rules training applied to a DataFrame.
+
+    Columns are picked by name (others are ignored); an array's columns are the features in
+    order. A numeric cell may be a number, or a blank, NaN, None or missing token (NaN, when
+    ``allow_missing``); anything else is an error naming the column and row. Categorical
+    cells become text as training made it (``encoding.category_text``; missing is "").
+    """
+    import pyarrow as pa
+
+    if isinstance(table, pa.Table):
+        table = table.to_pandas()
+    if not hasattr(table, "columns"):
+        return _array_columns(np.asarray(table), list(feature_names), categorical, allow_missing)
+    from bnmodel.encoding import category_text
+
+    columns = [str(c) for c in table.columns]
+    _check_columns(Path(where), columns, [*feature_names, *categorical])
+    frame = table.set_axis(columns, axis=1)
+    numeric = [_numeric_cells(frame[n], n, where, allow_missing) for n in feature_names]
+    x = np.stack(numeric, axis=1) if numeric else np.empty((len(frame), 0), np.float32)
+    cats = None
+    if categorical:
+        cats = np.stack([category_text(frame[c]) for c in categorical], axis=1)
+    return x, cats
+
+
+def _array_columns(
+    x: np.ndarray, names: list[str], categorical: Sequence[str], allow_missing: bool
+) -> tuple[np.ndarray, None]:
+    if categorical:
+        raise PredictError(
+            f"the model has categorical columns {list(categorical)[:5]}; give a DataFrame with "
+            "named columns, not an array"
+        )
+    if x.ndim != 2 or x.shape[1] != len(names):
+        raise PredictError(f"input array is {x.shape}, the model needs (N, {len(names)})")
+    import pandas as pd
+
+    frame = pd.DataFrame(x, columns=names)
+    cells = [_numeric_cells(frame[n], n, "array", allow_missing) for n in names]
+    return (np.stack(cells, axis=1) if cells else np.empty((len(x), 0), np.float32)), None
+
+
+def _numeric_cells(series: Any, name: str, where: str, allow_missing: bool) -> np.ndarray:
+    import pandas as pd
+
+    values = pd.to_numeric(series, errors="coerce")
+    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        token = series.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TOKENS)
+        bad = (values.isna() & series.notna() & ~token.astype(bool)).to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise PredictError(
+                f"{where}: column {name!r}, row {row + 1}: {series.iloc[row]!r} is not a number"
+            )
+    out = values.to_numpy(dtype=np.float64, na_value=np.nan).astype(np.float32)
+    bad = np.isinf(out) if allow_missing else ~np.isfinite(out)
+    if bad.any():
+        row = int(np.argmax(bad))
+        what = (
+            f"{out[row]} is not a finite number"
+            if not np.isnan(out[row])
+            else "value is missing (the model was trained without missing values, so it does "
+            "not impute)"
+        )
+        raise PredictError(f"{where}: column {name!r}, row {row + 1}: {what}")
+    return out

@@ -40,8 +40,9 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Data: "digits", "synthetic:ROWS,FEATURES,CLASSES[,SEED]", a CSV/Parquet/NPZ path, or an
-    # in-memory table (pandas DataFrame, pyarrow Table) holding the target column.
+    # Data: "digits", "synthetic:ROWS,FEATURES,CLASSES[,SEED]", a CSV/Parquet/NPZ path, an
+    # in-memory table (pandas DataFrame, pyarrow Table) holding the target column, or a
+    # data.Dataset already read.
     data: Any = "digits"
     target: str | None = None
     task: str | None = None  # None: inferred from the target column
@@ -159,6 +160,8 @@ class TrainConfig:
 
 def _table_name(table: Any) -> str:
     """What a checkpoint records for data given in memory (it cannot hold the table)."""
+    if isinstance(getattr(table, "source", None), str):  # a data.Dataset
+        return table.source
     rows, columns = getattr(table, "shape", ("?", "?"))[:2]
     return f"<{type(table).__name__} of {rows} rows, {columns} columns>"
 

@@ -62,6 +62,7 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
     precision: str = "fp32"
     report_paths: list[Path] = field(default_factory=list)  # the JSON beside each model
+    model: onnx.ModelProto | None = None  # the graph written (or that would be): in memory
 
     @property
     def paths(self) -> list[Path]:
@@ -173,11 +174,11 @@ class _Data:
     notes: list[str] = field(default_factory=list)
 
 
-def _data(ckpt: Checkpoint, given: np.ndarray | None) -> _Data:
+def _data(ckpt: Checkpoint, given: np.ndarray | Rows | None) -> _Data:
     """Validation rows (``given`` or the checkpoint's split) and a note saying where from."""
     random_note = "random rows: standard normal in the model's standardized input space"
     if given is not None:
-        rows = np.asarray(given, np.float32)
+        rows = given if isinstance(given, Rows) else np.asarray(given, np.float32)
         return _Data(validation=rows, notes=[f"validation rows: {len(rows)} given", random_note])
     if ckpt.data_spec is None:
         return _Data(notes=["no data_spec in the checkpoint: verified on random rows only"])
@@ -400,7 +401,7 @@ def export_checkpoint(
     max_batch_size: int = 1024,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
-    validation_rows: np.ndarray | None = None,
+    validation_rows: np.ndarray | Rows | None = None,
 ) -> ExportResult:
     """Fold, write ONNX to ``output`` and/or ``repository``/NAME/VERSION, verify before writing.
 
@@ -453,6 +454,7 @@ def export_checkpoint(
         allowed = max_accuracy_drop if ckpt.task == "classification" else max_rmse_increase
         proto, result.int8 = _int8(model, ckpt, graphs[True], data, calibration_data, allowed)
     _write(result, proto, ckpt, output, repository, name, version, max_batch_size, fp16)
+    result.model = proto
     return result
 
 
