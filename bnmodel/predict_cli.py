@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 __all__ = ["register"]
 
-EXIT_ERROR = 2
 MODEL_HELP = "a checkpoint (.pt, needs bnmodel[train]), an ONNX file, or a repository model folder"
 
 
@@ -41,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--output", required=True, type=Path, help="predictions: .csv or .parquet")
     predict.add_argument(
-        "--chunk-rows", type=int, default=CHUNK_ROWS, help="rows per ONNX Runtime call and write"
+        "--chunk-rows",
+        type=_positive,
+        default=CHUNK_ROWS,
+        help="rows per ONNX Runtime call and write",
     )
     predict.set_defaults(handler=_predict)
 
@@ -68,23 +69,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.add_argument(
-        "--chunk-rows", type=int, default=CHUNK_ROWS, help="rows per ONNX Runtime call"
+        "--chunk-rows", type=_positive, default=CHUNK_ROWS, help="rows per ONNX Runtime call"
     )
     evaluate.set_defaults(handler=_evaluate)
 
 
-def _error(command: str, message: object) -> int:
-    print(f"bnmodel {command}: error: {message}", file=sys.stderr)
-    return EXIT_ERROR
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# Errors are raised to bnmodel.cli.main, which maps them to exit codes.
 
 
 def _predict(args: argparse.Namespace) -> int:
     from bnmodel.predict import predict_file
 
-    try:
-        summary = predict_file(args.model, args.input, args.output, chunk_rows=args.chunk_rows)
-    except ValueError as exc:  # PredictError, CheckpointError, ExportError
-        return _error("predict", exc)
+    summary = predict_file(args.model, args.input, args.output, chunk_rows=args.chunk_rows)
     print(
         f"wrote {summary.rows} rows to {summary.output} ({', '.join(summary.columns[:6])}"
         f"{', ...' if len(summary.columns) > 6 else ''}) in {summary.seconds:.2f} s"
@@ -95,11 +98,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from bnmodel.evaluate import evaluate_file
 
-    try:
-        result = evaluate_file(
-            args.model, args.data, target=args.target, plot=args.plot, chunk_rows=args.chunk_rows
-        )
-    except ValueError as exc:
-        return _error("evaluate", exc)
+    result = evaluate_file(
+        args.model, args.data, target=args.target, plot=args.plot, chunk_rows=args.chunk_rows
+    )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0

@@ -34,6 +34,7 @@ from bnmodel.distributed import (
     shard,
     sync_buffers,
 )
+from bnmodel.errors import UsageError
 from bnmodel.history import plot_history, write_csv
 from bnmodel.model import BNMLP
 from bnmodel.optim import build_optimizer, lr_at, param_groups, set_lr
@@ -322,7 +323,7 @@ def _check_monitor(config: TrainConfig, task: str) -> None:
     needs = MONITORS[config.monitor][0]
     if needs is not None and needs != task:
         allowed = [m for m, (t, _) in MONITORS.items() if t in (None, task)]
-        raise ValueError(f"--monitor {config.monitor} needs a {needs} task; for {task}: {allowed}")
+        raise UsageError(f"--monitor {config.monitor} needs a {needs} task; for {task}: {allowed}")
 
 
 def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _Run:
@@ -657,7 +658,7 @@ def train(
     finished = False
     try:
         if config.sync_bn and ctx.device.type != "cuda":
-            raise ValueError(
+            raise UsageError(
                 f"--sync-bn needs CUDA devices (SyncBatchNorm has no {ctx.device.type}"
                 " implementation); drop --sync-bn or run with --device cuda"
             )
@@ -687,10 +688,10 @@ def check_out_dir(config: TrainConfig) -> None:
     """--out must be a writable folder holding no earlier run (unless --overwrite/--resume)."""
     out = config.out_dir
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
     earlier = [name for name in RUN_FILES if (out / name).exists()]
     if earlier and not (config.overwrite or config.resume is not None):
-        raise ValueError(
+        raise UsageError(
             f"--out {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to "
             f"replace it, --resume {out / 'last.pt'} to continue it, or choose another --out"
         )
@@ -703,7 +704,7 @@ def check_out_dir(config: TrainConfig) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+        raise UsageError(f"--out {out} is not writable: {exc.strerror or exc}") from None
 
 
 def _write_json(payload: dict[str, Any], path: Path) -> Path:

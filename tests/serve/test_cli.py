@@ -122,7 +122,7 @@ def test_infer_errors_are_one_human_line(server, tmp_path):
     missing = _one_line(
         _bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(tmp_path / "x.csv"))
     )
-    assert missing == f"bnmodel infer: {tmp_path / 'x.csv'}: no such file"
+    assert missing == f"bnmodel infer: error: {tmp_path / 'x.csv'}: no such file"
     narrow = tmp_path / "narrow.csv"
     narrow.write_text("1,2,3\n4,5,6\n")
     columns = _one_line(
@@ -151,7 +151,9 @@ def test_infer_takes_the_training_file_and_names_a_bad_cell(server, tmp_path):
     text = body[1].replace(repr(float(rows[1, 2])), "oops", 1)
     train.write_text("\n".join([",".join(header), body[0], text, body[2]]) + "\n")
     bad = _one_line(_bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(train)))
-    assert bad == f"bnmodel infer: {train}: column 'f2', row 2 (line 3): 'oops' is not a number"
+    assert (
+        bad == f"bnmodel infer: error: {train}: column 'f2', row 2 (line 3): 'oops' is not a number"
+    )
 
 
 def test_infer_flags_nan_outputs_instead_of_a_class(server, tmp_path):
