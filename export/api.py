@@ -21,6 +21,7 @@ from torch import nn
 from bnmodel import __version__
 from bnmodel.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from bnmodel.encoding import Preprocessing
+from bnmodel.errors import UsageError
 from bnmodel.files import atomic_write_bytes
 from bnmodel.model import Standardize
 
@@ -283,7 +284,7 @@ def _check_destinations(
             f"{Path(output) / 'model.onnx'}"
         )
     if int8 and (fp16 or not fold):
-        raise ExportError("--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold")
+        raise UsageError("--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold")
 
 
 def _raw_rows(path: str | os.PathLike[str], prep: Preprocessing) -> Rows:
@@ -408,9 +409,11 @@ def export_checkpoint(
     Neither destination given: only verify (``bnmodel export --verify-only``). ``int8``: write
     the statically quantized folded graph, refused when accuracy drops by more than
     ``max_accuracy_drop`` points (classifier) or RMSE rises by more than ``max_rmse_increase``
-    percent (regressor) on the validation rows. Raises CheckpointError, FoldError,
-    ExportError, Fp16RangeError, ExportMismatchError, Int8Error or Int8AccuracyError (all
-    ValueError), in which case nothing is written.
+    percent (regressor) on the validation rows. ``validation_rows``: verify on these rows (an
+    (N, F) array, or ``verify.Rows`` for a raw-row model) instead of the checkpoint's
+    validation split. Raises UsageError (arguments that cannot go together),
+    CheckpointError, FoldError, ExportError, Fp16RangeError, ExportMismatchError, Int8Error or
+    Int8AccuracyError (all ValueError), in which case nothing is written.
     """
     _check_destinations(output, fold, fp16, int8)
     ckpt, sha, default_name = _load(checkpoint)
