@@ -172,6 +172,10 @@ class _BNMLP(BaseEstimator):
     def _config(self, data: Any, target: str) -> TrainConfig:
         flags = {flag: getattr(self, name) for name, flag in PARAMETERS.items()}
         hidden = (self.hidden,) if isinstance(self.hidden, numbers.Integral) else self.hidden
+        if isinstance(hidden, str):  # tuple("64") would be two layers of 6 and 4
+            raise ValueError(
+                f"{type(self).__name__}: hidden must be sizes such as (64, 64), got {hidden!r}"
+            )
         flags.update(
             hidden_sizes=tuple(hidden),
             seed=_seed(self.random_state),

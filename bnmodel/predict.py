@@ -104,7 +104,10 @@ class LocalModel:
         (N, F) array or file of rows."""
         if isinstance(x, (str, os.PathLike)):
             chunks = iter_chunks(
-                x, self.feature_names, categorical=self.categorical_columns, allow_missing=True
+                x,
+                self.feature_names,
+                categorical=self.categorical_columns,
+                allow_missing=self.imputes,
             )
             parts = [self.run(feed) for feed, _ in chunks]
             if not parts:

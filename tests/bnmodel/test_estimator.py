@@ -165,3 +165,5 @@ def test_bad_prediction_input_names_the_column_and_row() -> None:
         clf.predict(bad)
     with pytest.raises(ValueError, match="--hidden must be one or more sizes >= 1"):
         BNMLPClassifier(hidden=(0,)).fit(x, y)
+    with pytest.raises(ValueError, match=r"hidden must be sizes such as \(64, 64\), got '64'"):
+        BNMLPClassifier(hidden="64").fit(x, y)
