@@ -36,6 +36,7 @@ def test_import_is_light_and_names_are_lazy() -> None:
     code = (
         "import sys, bnmodel; from bnmodel import load; "
         "assert callable(load) and 'BNMLPClassifier' in dir(bnmodel); "
+        "import bnmodel.cli, bnmodel.errors, bnmodel.serve.cli; bnmodel.cli.build_parser(); "
         "print(sorted(m for m in ('torch', 'pandas', 'sklearn', 'onnx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
