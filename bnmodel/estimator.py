@@ -36,12 +36,17 @@ PARAMETERS = {
     "bn": "bn_placement",
     "dropout": "dropout",
     "embedding_dim": "embedding_dim",
+    "bn_eps": "bn_eps",
+    "bn_momentum": "bn_momentum",
     "epochs": "epochs",
     "batch_size": "batch_size",
     "optimizer": "optimizer",
     "lr": "lr",
+    "momentum": "momentum",
     "weight_decay": "weight_decay",
     "schedule": "schedule",
+    "warmup": "warmup",
+    "grad_clip": "grad_clip",
     "patience": "patience",
     "monitor": "monitor",
     "val_fraction": "val_fraction",
@@ -52,6 +57,7 @@ PARAMETERS = {
     "max_categories": "max_categories",
     "device": "device",
     "precision": "precision",
+    "deterministic": "deterministic",
     "random_state": "seed",
 }
 _D = TrainConfig()  # the command's defaults
@@ -70,12 +76,17 @@ class _BNMLP(BaseEstimator):
         bn: str = _M.bn_placement,
         dropout: float = _M.dropout,
         embedding_dim: int = _M.embedding_dim,
+        bn_eps: float = _M.bn_eps,
+        bn_momentum: float | None = _M.bn_momentum,
         epochs: int = _D.epochs,
         batch_size: int = _D.batch_size,
         optimizer: str = _D.optimizer,
         lr: float = _D.lr,
+        momentum: float = _D.momentum,
         weight_decay: float = _D.weight_decay,
         schedule: str = _D.schedule,
+        warmup: float = _D.warmup,
+        grad_clip: float | None = _D.grad_clip,
         patience: int | None = _D.patience,
         monitor: str = _D.monitor,
         val_fraction: float = _D.val_fraction,
@@ -86,6 +97,7 @@ class _BNMLP(BaseEstimator):
         max_categories: int = _D.max_categories,
         device: str = _D.device,
         precision: str = _D.precision,
+        deterministic: bool = _D.deterministic,
         random_state: int | np.random.RandomState | None = _D.seed,
         verbose: bool = False,
     ) -> None:
@@ -94,12 +106,17 @@ class _BNMLP(BaseEstimator):
         self.bn = bn
         self.dropout = dropout
         self.embedding_dim = embedding_dim
+        self.bn_eps = bn_eps
+        self.bn_momentum = bn_momentum
         self.epochs = epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.lr = lr
+        self.momentum = momentum
         self.weight_decay = weight_decay
         self.schedule = schedule
+        self.warmup = warmup
+        self.grad_clip = grad_clip
         self.patience = patience
         self.monitor = monitor
         self.val_fraction = val_fraction
@@ -110,6 +127,7 @@ class _BNMLP(BaseEstimator):
         self.max_categories = max_categories
         self.device = device
         self.precision = precision
+        self.deterministic = deterministic
         self.random_state = random_state
         self.verbose = verbose
 
