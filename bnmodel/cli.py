@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from bnmodel import __version__
+from bnmodel.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
 __all__ = ["build_parser", "main"]
 
@@ -36,19 +37,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; its exit code follows the convention in ``bnmodel.errors``.
+
+    Handlers return an exit code or raise: a UsageError is 2; the errors bnmodel raises on
+    purpose (ValueError, OSError and bnmodel's own exception classes) are one line on stderr
+    and 1; anything else is a bug and keeps its traceback.
+    """
+    args = build_parser().parse_args(argv)  # argparse reports its own usage errors: exit 2
     try:
         # Each subcommand's register() sets handler: parsed args -> exit code.
-        return int(args.handler(args) or 0)
+        return int(args.handler(args) or EXIT_OK)
+    except UsageError as exc:
+        return _fail(args.command, exc, EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail(args.command, "interrupted", EXIT_INTERRUPTED)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
             raise
-        print(
-            f"bnmodel {args.command}: needs the training extra (module {exc.name!r} is not "
-            "installed): pip install 'bnmodel[train]'",
-            file=sys.stderr,
+        message = (
+            f"needs the training extra (module {exc.name!r} is not installed): "
+            "pip install 'bnmodel[train]'"
         )
-        return 2
+        return _fail(args.command, message, EXIT_USAGE)
+    except OSError as exc:  # an unreadable input or unwritable output: which path, why
+        if exc.filename is None:
+            return _fail(args.command, exc, EXIT_FAILED)
+        return _fail(args.command, f"{exc.filename}: {exc.strerror or exc}", EXIT_FAILED)
+    except Exception as exc:
+        if isinstance(exc, ValueError) or type(exc).__module__.startswith("bnmodel."):
+            return _fail(args.command, exc, EXIT_FAILED)
+        raise
+
+
+def _fail(command: str, message: object, code: int) -> int:
+    print(f"bnmodel {command}: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

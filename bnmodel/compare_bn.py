@@ -80,11 +80,12 @@ def compare_bn(
     Refuses an out_dir holding an earlier comparison unless ``overwrite``; ``log`` hears of
     each run as it starts and ends.
     """
+    from bnmodel.errors import UsageError
     from bnmodel.train import train
 
     out = Path(out_dir)
     if (out / "compare_bn.csv").exists() and not overwrite:
-        raise ValueError(
+        raise UsageError(
             f"--out {out} holds an earlier comparison (compare_bn.csv); pass --overwrite to "
             "replace it or choose another --out"
         )

@@ -23,6 +23,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "data_spec",
+    "dataset_from_frame",
     "load_digits",
     "load_file",
     "load_source",
@@ -143,14 +144,17 @@ def load_source(
     task: str | None = None,
     categorical: tuple[str, ...] = (),
 ) -> Dataset:
-    """The dataset a source names: "digits", "synthetic:...", a file path, or a table in
-    memory (a pandas DataFrame or a pyarrow Table; ``target`` names its target column)."""
+    """The dataset a source names: "digits", "synthetic:...", a file path, a table in
+    memory (a pandas DataFrame or a pyarrow Table; ``target`` names its target column), or a
+    Dataset already read (the scikit-learn estimators build one)."""
+    if isinstance(source, Dataset):
+        return source
     if not isinstance(source, (str, os.PathLike)):
         return load_file(source, target, task, categorical=categorical)
     source = str(source)
     if source == "digits":
         return load_digits()
-    if source.startswith("synthetic:"):
+    if isinstance(source, str) and source.startswith("synthetic:"):
         return _parse_synthetic(source)
     return load_file(source, target, task, categorical=categorical)
 
@@ -270,6 +274,23 @@ def _load_table(
         categories,
         cat_names,
     )
+
+
+# What messages and data_spec call a table given in memory rather than read from a file
+# (bnmodel.table names a DataFrame source so).
+FRAME_SOURCE = "<DataFrame>"
+
+
+def dataset_from_frame(
+    frame: Any,
+    target: str | None = None,
+    task: str | None = None,
+    classes: list[str] | None = None,
+    categorical: tuple[str, ...] = (),
+) -> Dataset:
+    """A table in memory (pandas DataFrame or pyarrow Table) -> Dataset, read by the same
+    rules and reader as a file (``load_file``)."""
+    return _load_table(frame, target, task, classes, tuple(categorical))
 
 
 # A column of text is categorical, unless at least this share of its filled cells are numbers:

@@ -38,7 +38,9 @@ __all__ = [
     "load_model",
     "prediction_columns",
     "predictions_frame",
+    "load_model_bytes",
     "predict_file",
+    "table_columns",
 ]
 
 CHUNK_ROWS = table.CHUNK_ROWS  # rows per session.run and per write
@@ -125,11 +127,11 @@ class LocalModel:
     def predict(self, x: Any) -> Any:
         """A pandas DataFrame headed as ``bnmodel predict`` heads its output: the label column
         (classifier) or the target columns (regressor)."""
-        return predictions_frame(self.contract, self.outputs(x), "predict")
+        return predictions_frame(self.contract, self.outputs(x), "predict", x)
 
     def predict_proba(self, x: Any) -> Any:
         """A classifier's p_LABEL columns as a pandas DataFrame."""
-        return predictions_frame(self.contract, self.outputs(x), "predict_proba")
+        return predictions_frame(self.contract, self.outputs(x), "predict_proba", x)
 
 
 def load_model(spec: str | os.PathLike[str]) -> LocalModel:
@@ -297,9 +299,12 @@ def prediction_columns(contract: ModelContract, out: np.ndarray) -> dict[str, np
     return dict(zip(names, values, strict=True))
 
 
-def predictions_frame(contract: ModelContract, out: np.ndarray, method: str = "all") -> Any:
+def predictions_frame(
+    contract: ModelContract, out: np.ndarray, method: str = "all", rows: Any = None
+) -> Any:
     """A pandas DataFrame of ``prediction_columns``: "predict" keeps the label (classifier)
-    or the values (regressor), "predict_proba" the p_LABEL columns, "all" every column."""
+    or the values (regressor), "predict_proba" the p_LABEL columns, "all" every column.
+    ``rows``: the input; a DataFrame's index is kept, so answers line up with its rows."""
     import pandas as pd
 
     columns = prediction_columns(contract, out)
@@ -310,7 +315,8 @@ def predictions_frame(contract: ModelContract, out: np.ndarray, method: str = "a
         if not contract.is_classifier:
             raise PredictError("predict_proba: the model is a regressor; it gives no probabilities")
         names = names[1:]
-    return pd.DataFrame({name: columns[name] for name in names})
+    index = rows.index if isinstance(rows, pd.DataFrame) and len(rows) == len(out) else None
+    return pd.DataFrame({name: columns[name] for name in names}, index=index)
 
 
 def _table(model: LocalModel, out: np.ndarray) -> Any:
@@ -426,3 +432,31 @@ def _counted(chunks: Iterator[Any], unseen: UnseenText) -> Iterator[Any]:
     for chunk in chunks:
         unseen.add(chunk[0])
         yield chunk
+
+
+# --------------------------------------------------------------------------------------------
+# Tables in memory (the Python API)
+
+
+def load_model_bytes(model_bytes: bytes, source: str) -> LocalModel:
+    """An exported model held in memory (``source`` names it in messages)."""
+    return _session(model_bytes, source)
+
+
+def table_columns(
+    x: Any,
+    feature_names: Sequence[str],
+    categorical: Sequence[str] = (),
+    *,
+    allow_missing: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(numeric (N, F) float32, categorical text (N, C) object or None) of a DataFrame, a
+    pyarrow Table, an (N, F) array or a file, read by ``bnmodel.table`` as every path reads."""
+    chunks = list(
+        table.iter_chunks(x, list(feature_names), tuple(categorical), allow_missing=allow_missing)
+    )
+    if not chunks:
+        raise PredictError(f"input {_name(x)} has no data rows")
+    numeric = np.concatenate([c.features for c in chunks])
+    categories = np.concatenate([c.categories for c in chunks]) if categorical else None
+    return numeric, categories

@@ -13,7 +13,6 @@ from pathlib import Path
 
 __all__ = ["register"]
 
-EXIT_ERROR = 2
 MODEL_HELP = "a checkpoint (.pt, needs bnmodel[train]), an ONNX file, or a repository model folder"
 
 
@@ -45,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--output", required=True, type=Path, help="predictions: .csv or .parquet")
     predict.add_argument(
-        "--chunk-rows", type=int, default=CHUNK_ROWS, help="rows per ONNX Runtime call and write"
+        "--chunk-rows",
+        type=_positive,
+        default=CHUNK_ROWS,
+        help="rows per ONNX Runtime call and write",
     )
     predict.set_defaults(handler=_predict)
 
@@ -74,24 +76,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.add_argument(
-        "--chunk-rows", type=int, default=CHUNK_ROWS, help="rows per ONNX Runtime call"
+        "--chunk-rows", type=_positive, default=CHUNK_ROWS, help="rows per ONNX Runtime call"
     )
     evaluate.set_defaults(handler=_evaluate)
 
 
-def _error(command: str, message: object) -> int:
-    print(f"bnmodel {command}: error: {message}", file=sys.stderr)
-    return EXIT_ERROR
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# Errors are raised to bnmodel.cli.main, which maps them to exit codes.
 
 
 def _predict(args: argparse.Namespace) -> int:
     from bnmodel.predict import predict_file
 
-    try:
-        summary = predict_file(args.model, args.input, args.output, chunk_rows=args.chunk_rows)
-    except ValueError as exc:  # PredictError, CheckpointError, ExportError
-        return _error("predict", exc)
-    for line in summary.warnings:
+    summary = predict_file(args.model, args.input, args.output, chunk_rows=args.chunk_rows)
+    for line in summary.warnings:  # categorical text the model never saw
         print(f"bnmodel predict: warning: {line}", file=sys.stderr)
     print(
         f"wrote {summary.rows} rows to {summary.output} ({', '.join(summary.columns[:6])}"
@@ -103,12 +107,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from bnmodel.evaluate import evaluate_file
 
-    try:
-        result = evaluate_file(
-            args.model, args.data, target=args.target, plot=args.plot, chunk_rows=args.chunk_rows
-        )
-    except ValueError as exc:
-        return _error("evaluate", exc)
+    result = evaluate_file(
+        args.model, args.data, target=args.target, plot=args.plot, chunk_rows=args.chunk_rows
+    )
     for line in result.warnings:
         print(f"bnmodel evaluate: warning: {line}", file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())

@@ -158,10 +158,10 @@ class RemoteModel:
 
     def predict(self, x: Any) -> Any:
         """A pandas DataFrame headed as ``bnmodel predict`` heads its output."""
-        return predictions_frame(self.contract, self.outputs(x), "predict")
+        return predictions_frame(self.contract, self.outputs(x), "predict", x)
 
     def predict_proba(self, x: Any) -> Any:
-        return predictions_frame(self.contract, self.outputs(x), "predict_proba")
+        return predictions_frame(self.contract, self.outputs(x), "predict_proba", x)
 
     # ----------------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from bnmodel.distributed import (
     shard,
     sync_buffers,
 )
+from bnmodel.errors import UsageError
 from bnmodel.history import plot_history, write_csv
 from bnmodel.model import BNMLP
 from bnmodel.optim import build_optimizer, lr_at, param_groups, set_lr
@@ -61,14 +62,15 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    best_checkpoint: Path
-    last_checkpoint: Path
+    # The run's files; all None for a run in memory (out_dir None).
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
     history: list[dict[str, float]]
     best_metric: float  # the monitored value at best_epoch
     best_epoch: int
     metric: str  # the monitored metric (--monitor), e.g. "val_loss"
-    out_dir: Path
-    metrics_csv: Path
+    out_dir: Path | None
+    metrics_csv: Path | None
     plot: Path | None
     interrupted: bool = False  # Ctrl-C: last_checkpoint holds the mid-epoch state to resume
     stopped_early: bool = False
@@ -78,6 +80,7 @@ class TrainResult:
     test_metrics: dict[str, float] | None = None  # best.pt on the held-out test rows
     task: str = "classification"
     epochs_run: int = 0
+    best: Checkpoint | None = None  # best.pt's content, in memory (rank 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +105,7 @@ class _Run:
     generator: torch.Generator  # CPU; shared seed on all ranks, so shards partition each epoch
     steps_per_epoch: int
     checkpoint_base: dict[str, Any]  # feature names, labels, data_spec, ... for every checkpoint
+    best: Checkpoint | None = None  # the best epoch so far, also in memory (best.pt on disk)
 
     @property
     def total_steps(self) -> int:
@@ -319,7 +323,7 @@ def _check_monitor(config: TrainConfig, task: str) -> None:
     needs = MONITORS[config.monitor][0]
     if needs is not None and needs != task:
         allowed = [m for m, (t, _) in MONITORS.items() if t in (None, task)]
-        raise ValueError(f"--monitor {config.monitor} needs a {needs} task; for {task}: {allowed}")
+        raise UsageError(f"--monitor {config.monitor} needs a {needs} task; for {task}: {allowed}")
 
 
 def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _Run:
@@ -654,17 +658,18 @@ def train(
     finished = False
     try:
         if config.sync_bn and ctx.device.type != "cuda":
-            raise ValueError(
+            raise UsageError(
                 f"--sync-bn needs CUDA devices (SyncBatchNorm has no {ctx.device.type}"
                 " implementation); drop --sync-bn or run with --device cuda"
             )
-        if ctx.is_main:
+        if ctx.is_main and config.out_dir is not None:
             check_out_dir(config)
         with _numerics(config, ctx.device):
             summary: dict[str, Any] = {}
             run = _setup(config, ctx, summary)
             if ctx.is_main:
-                _write_json(summary, config.out_dir / "data.json")
+                if config.out_dir is not None:
+                    _write_json(summary, config.out_dir / "data.json")
                 if log is not None:
                     log(data_mod.format_summary(summary))
             result = _fit(run, progress, on_step, log if ctx.is_main else None)
@@ -683,10 +688,10 @@ def check_out_dir(config: TrainConfig) -> None:
     """--out must be a writable folder holding no earlier run (unless --overwrite/--resume)."""
     out = config.out_dir
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
     earlier = [name for name in RUN_FILES if (out / name).exists()]
     if earlier and not (config.overwrite or config.resume is not None):
-        raise ValueError(
+        raise UsageError(
             f"--out {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to "
             f"replace it, --resume {out / 'last.pt'} to continue it, or choose another --out"
         )
@@ -699,7 +704,7 @@ def check_out_dir(config: TrainConfig) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+        raise UsageError(f"--out {out} is not writable: {exc.strerror or exc}") from None
 
 
 def _write_json(payload: dict[str, Any], path: Path) -> Path:
@@ -731,8 +736,8 @@ def _fit(
     from tqdm.auto import tqdm
 
     config, prog = run.config, _Progress()
-    out = config.out_dir
-    last, best, csv_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
+    out = config.out_dir  # None: in memory, no files
+    last, best, csv_path = (None,) * 3 if out is None else _run_files(out)
     prog.segments = [(0, run.total_steps)]
     if config.resume is not None:
         _restore(run, prog, config.resume, log)
@@ -757,14 +762,27 @@ def _fit(
                 interrupted = True
                 break
             stopped_early = _end_epoch(run, prog, bar, last, best)
-            if run.ctx.is_main:
+            if run.ctx.is_main and csv_path is not None:
                 write_csv(prog.history, csv_path)
-    if interrupted and run.ctx.is_main:
+    if interrupted and run.ctx.is_main and last is not None:
         save_checkpoint(_checkpoint(run, prog, {}, full=True), last)
     return _finish(run, prog, interrupted, stopped_early)
 
 
-def _end_epoch(run: _Run, prog: _Progress, bar: Any, last: Path, best: Path) -> bool:
+def _run_files(out: Path) -> tuple[Path, Path, Path]:
+    return out / "last.pt", out / "best.pt", out / "metrics.csv"
+
+
+def _keep_best(run: _Run, ckpt: Checkpoint, path: Path | None) -> None:
+    """The best epoch's model in memory (a copy: the live weights keep training), and as
+    best.pt when the run has a folder."""
+    ckpt.model_state = {k: v.detach().to("cpu", copy=True) for k, v in ckpt.model_state.items()}
+    run.best = ckpt
+    if path is not None:
+        save_checkpoint(ckpt, path)
+
+
+def _end_epoch(run: _Run, prog: _Progress, bar: Any, last: Path | None, best: Path | None) -> bool:
     """Validate, record, checkpoint; returns True when early stopping says stop."""
     row = prog.history[-1]
     if not math.isfinite(row["train_loss"]):
@@ -782,10 +800,10 @@ def _end_epoch(run: _Run, prog: _Progress, bar: Any, last: Path, best: Path) -> 
         prog.best_metric, prog.best_loss = monitored, row["val_loss"]
         prog.best_epoch, prog.bad_epochs = prog.epoch, 0
         if run.ctx.is_main:
-            save_checkpoint(_checkpoint(run, prog, metrics, full=False), best)
+            _keep_best(run, _checkpoint(run, prog, metrics, full=False), best)
     else:
         prog.bad_epochs += 1
-    if run.ctx.is_main:
+    if run.ctx.is_main and last is not None:
         save_checkpoint(_checkpoint(run, prog, metrics, full=True), last)
     bar.set_postfix(
         epoch=prog.epoch,
@@ -799,7 +817,8 @@ def _finish(run: _Run, prog: _Progress, interrupted: bool, stopped_early: bool) 
     out = run.config.out_dir
     plot = None
     bn_recompute = None
-    if run.ctx.is_main and prog.history and all("val_loss" in r for r in prog.history):
+    files = out is not None
+    if files and run.ctx.is_main and prog.history and all("val_loss" in r for r in prog.history):
         plot = plot_history(
             prog.history,
             out / "metrics.png",
@@ -808,26 +827,29 @@ def _finish(run: _Run, prog: _Progress, interrupted: bool, stopped_early: bool) 
             title=_plot_title(run),
         )
     if run.ctx.is_main and run.config.recompute_bn_stats and not interrupted:
-        bn_recompute = _recompute_best(run, out / "best.pt")
+        bn_recompute = _recompute_best(run, out / "best.pt" if files else None)
     best_metrics: dict[str, float] = {}
     test_metrics = None
     if run.ctx.is_main and prog.best_epoch > 0 and not interrupted:
-        ckpt = load_checkpoint(out / "best.pt")
+        if run.best is None:  # resumed, and no epoch since beat the earlier best.pt
+            run.best = load_checkpoint(out / "best.pt")
+        ckpt = run.best
         best_metrics = {k: v for k, v in ckpt.metrics.items() if k.startswith("val_")}
         if run.test_set is not None:
-            test_metrics = _evaluate_test(run, ckpt, out / "test_metrics.json")
+            test_metrics = _evaluate_test(run, ckpt, out / "test_metrics.json" if files else None)
     best_metric = prog.best_metric
     if bn_recompute is not None:
         best_metric = best_metrics.get(run.config.monitor, best_metric)
+    last, best, csv_path = _run_files(out) if files else (None,) * 3
     return TrainResult(
-        best_checkpoint=out / "best.pt",
-        last_checkpoint=out / "last.pt",
+        best_checkpoint=best,
+        last_checkpoint=last,
         history=prog.history,
         best_metric=best_metric,
         best_epoch=prog.best_epoch,
         metric=run.config.monitor,
         out_dir=out,
-        metrics_csv=out / "metrics.csv",
+        metrics_csv=csv_path,
         plot=plot,
         interrupted=interrupted,
         stopped_early=stopped_early,
@@ -837,31 +859,34 @@ def _finish(run: _Run, prog: _Progress, interrupted: bool, stopped_early: bool) 
         test_metrics=test_metrics,
         task=run.task,
         epochs_run=prog.epoch,
+        best=run.best,
     )
 
 
 def _plot_title(run: _Run) -> str:
     c = run.model.config
     hidden = "x".join(str(h) for h in c.hidden_sizes)
+    source = Path(run.checkpoint_base["data_spec"]["source"]).name
     return (
-        f"{Path(run.config.data).name}: {run.task}, MLP {c.in_features}-{hidden}-"
+        f"{source}: {run.task}, MLP {c.in_features}-{hidden}-"
         f"{c.out_features} {c.activation}, BN {c.bn_placement}"
     )
 
 
-def _evaluate_test(run: _Run, ckpt: Checkpoint, path: Path) -> dict[str, float]:
+def _evaluate_test(run: _Run, ckpt: Checkpoint, path: Path | None) -> dict[str, float]:
     """best.pt on the held-out test rows, once; written to test_metrics.json."""
     test = run.test_set
     model = ckpt.build_model().to(run.ctx.device)
     x, y = _tensors(test, run.ctx.device)
     metrics = _evaluate(run, model, x, y, prefix="test_")
-    _write_json({"rows": len(test), "epoch": ckpt.epoch, **metrics}, path)
+    if path is not None:
+        _write_json({"rows": len(test), "epoch": ckpt.epoch, **metrics}, path)
     return metrics
 
 
-def _recompute_best(run: _Run, best: Path) -> dict[str, float]:
+def _recompute_best(run: _Run, best: Path | None) -> dict[str, float]:
     """Algorithm 2 on the best model (a fresh plain-BN copy, so no SyncBN collective runs)."""
-    ckpt = load_checkpoint(best)
+    ckpt = run.best if run.best is not None else load_checkpoint(best)
     model = ckpt.build_model().to(run.ctx.device)
     key = run.config.monitor
     before = ckpt.metrics.get(key, math.nan)
@@ -870,5 +895,5 @@ def _recompute_best(run: _Run, best: Path) -> dict[str, float]:
     after = _evaluate(run, model, run.x_val, run.y_val)
     ckpt.model_state = model.state_dict()
     ckpt.metrics.update({**after, f"{key}_before_bn_recompute": before})
-    save_checkpoint(ckpt, best)
+    _keep_best(run, ckpt, best)
     return {"before": before, "after": after[key]}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bnmodel.config import ACTIVATIONS, BN_PLACEMENTS
+from bnmodel.errors import EXIT_INTERRUPTED, UsageError
 from bnmodel.train_config import MONITORS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
 __all__ = ["register"]
@@ -19,7 +20,6 @@ __all__ = ["register"]
 # One place per default: the model's in ModelConfig, the rest in TrainConfig.
 _DEFAULTS: dict[str, Any] = TrainConfig().to_flags()
 _FLAG_NAMES = frozenset(_DEFAULTS)
-EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
 # Flags that may differ from the checkpoint's on --resume: where and how long to run, not what
 # is trained or how (those would make the resumed run a different experiment).
 SAFE_ON_RESUME = frozenset(
@@ -324,11 +324,6 @@ def _momentum(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
-def _error(command: str, message: object, code: int) -> int:
-    print(f"bnmodel {command}: error: {message}", file=sys.stderr)
-    return code
-
-
 def _track_explicit(parser: argparse.ArgumentParser) -> None:
     """Record in ``namespace.explicit`` the dest of every flag given on the command line, so
     --resume can tell a flag the user typed from a default."""
@@ -353,7 +348,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = _FLAG_NAMES
     given = {k: v for k, v in vars(args).items() if k in names}
     if args.resume is None:
-        return TrainConfig.from_flags(given)
+        return _flags_config(given)
     from bnmodel.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.resume)
@@ -368,39 +363,41 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         new, old = given[name], saved.get(name)
         if (list(new) if isinstance(new, tuple | list) else new) != old and str(new) != str(old):
             flag = "--" + name.replace("_", "-")
-            raise ValueError(
+            raise UsageError(
                 f"{flag} {new} differs from the resumed run's {old}; a resumed run keeps what "
                 f"it trains and how (start a new run to change {flag})"
             )
     merged = {**saved, **{k: given[k] for k in explicit}, "resume": args.resume}
     if "out_dir" not in explicit:
         merged["out_dir"] = args.resume.parent
-    return TrainConfig.from_flags(merged)
+    return _flags_config(merged)
+
+
+def _flags_config(flags: dict[str, Any]) -> TrainConfig:
+    """TrainConfig's validation names the flag at fault: a usage error."""
+    try:
+        return TrainConfig.from_flags(flags)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _train(args: argparse.Namespace) -> int:
-    try:
-        config = _config_from_args(args)
-    except ValueError as exc:  # also CheckpointError from --resume
-        return _error("train", exc, EXIT_ERROR)
-    from bnmodel.train import TrainingDivergedError, train
+    """Errors are raised to bnmodel.cli.main, which maps them to exit codes."""
+    config = _config_from_args(args)
+    from bnmodel.train import train
 
     def log(message: str) -> None:
         print(message, flush=True)
 
     try:
         result = train(config, progress=not args.quiet, log=log)
-    except TrainingDivergedError as exc:
-        return _error("train", exc, EXIT_DIVERGED)
     except KeyboardInterrupt:  # under torchrun (no clean stop there): last.pt is the last epoch
-        return _error(
-            "train",
-            f"interrupted; {config.out_dir / 'last.pt'} holds the last completed epoch; "
-            f"continue with: bnmodel train --resume {config.out_dir / 'last.pt'}",
-            EXIT_INTERRUPTED,
+        print(
+            f"bnmodel train: error: interrupted; {config.out_dir / 'last.pt'} holds the last "
+            f"completed epoch; continue with: bnmodel train --resume {config.out_dir / 'last.pt'}",
+            file=sys.stderr,
         )
-    except ValueError as exc:  # DataError, ResumeError, CheckpointError, device/flag problems
-        return _error("train", exc, EXIT_ERROR)
+        return EXIT_INTERRUPTED
     return _leave_if_distributed(_report(result))
 
 
@@ -459,18 +456,15 @@ def _format_metrics(metrics: dict[str, float], prefix: str) -> str:
 def _compare_bn(args: argparse.Namespace) -> int:
     from bnmodel.compare_bn import compare_bn, format_table
 
-    try:
-        report = compare_bn(
-            args.out,
-            seeds=tuple(args.seeds),
-            epochs=args.epochs,
-            lr=args.lr,
-            device=args.device,
-            overwrite=args.overwrite,
-            log=lambda line: print(line, flush=True),
-        )
-    except ValueError as exc:
-        return _error("compare-bn", exc, EXIT_ERROR)
+    report = compare_bn(
+        args.out,
+        seeds=tuple(args.seeds),
+        epochs=args.epochs,
+        lr=args.lr,
+        device=args.device,
+        overwrite=args.overwrite,
+        log=lambda line: print(line, flush=True),
+    )
     print(format_table(report.rows))
     print(f"plot: {report.plot}\ntable: {report.table}")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,10 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Data: "digits", "synthetic:ROWS,FEATURES,CLASSES[,SEED]", or a CSV/Parquet/NPZ path.
-    data: str = "digits"
+    # Data: "digits", "synthetic:ROWS,FEATURES,CLASSES[,SEED]", a CSV/Parquet/NPZ path, an
+    # in-memory table (pandas DataFrame, pyarrow Table) holding the target column, or a
+    # data.Dataset already read.
+    data: Any = "digits"
     target: str | None = None
     task: str | None = None  # None: inferred from the target column
     val_fraction: float = 0.2
@@ -82,7 +84,8 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     sync_bn: bool = False
-    out_dir: Path = Path("runs/train")
+    # None: train in memory and write nothing (TrainResult.best holds the model).
+    out_dir: Path | None = Path("runs/train")
     resume: Path | None = None
     overwrite: bool = False  # replace an earlier run in out_dir
     recompute_bn_stats: bool = False
@@ -90,7 +93,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # from to_dict(), e.g. a checkpoint's train_config
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
-        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.out_dir is not None:
+            object.__setattr__(self, "out_dir", Path(self.out_dir))
         if isinstance(self.categorical, str):  # "a,b" from the command line
             names = [c.strip() for c in self.categorical.split(",") if c.strip()]
             object.__setattr__(self, "categorical", tuple(names))
@@ -125,10 +129,12 @@ class TrainConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # Field by field, not asdict(): that would deep-copy an in-memory table.
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(
+            data=self.data if isinstance(self.data, str) else _table_name(self.data),
             model=self.model.to_dict(),
-            out_dir=str(self.out_dir),
+            out_dir=None if self.out_dir is None else str(self.out_dir),
             resume=None if self.resume is None else str(self.resume),
         )
         return d
@@ -150,6 +156,14 @@ class TrainConfig:
         for name in FROM_DATA:
             model.pop(name)
         return {**flat, **model}
+
+
+def _table_name(table: Any) -> str:
+    """What a checkpoint records for data given in memory (it cannot hold the table)."""
+    if isinstance(getattr(table, "source", None), str):  # a data.Dataset
+        return table.source
+    rows, columns = getattr(table, "shape", ("?", "?"))[:2]
+    return f"<{type(table).__name__} of {rows} rows, {columns} columns>"
 
 
 def _config_problems(c: TrainConfig) -> Iterator[str]:

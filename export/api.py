@@ -22,6 +22,7 @@ from bnmodel import __version__
 from bnmodel.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from bnmodel.contract import ModelContract
 from bnmodel.encoding import Preprocessing
+from bnmodel.errors import UsageError
 from bnmodel.files import atomic_write_bytes
 from bnmodel.model import Standardize
 
@@ -63,6 +64,7 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
     precision: str = "fp32"
     report_paths: list[Path] = field(default_factory=list)  # the JSON beside each model
+    model: onnx.ModelProto | None = None  # the graph written (or that would be): in memory
 
     @property
     def paths(self) -> list[Path]:
@@ -185,11 +187,11 @@ class _Data:
     notes: list[str] = field(default_factory=list)
 
 
-def _data(ckpt: Checkpoint, given: np.ndarray | None) -> _Data:
+def _data(ckpt: Checkpoint, given: np.ndarray | Rows | None) -> _Data:
     """Validation rows (``given`` or the checkpoint's split) and a note saying where from."""
     random_note = "random rows: standard normal in the model's standardized input space"
     if given is not None:
-        rows = np.asarray(given, np.float32)
+        rows = given if isinstance(given, Rows) else np.asarray(given, np.float32)
         return _Data(validation=rows, notes=[f"validation rows: {len(rows)} given", random_note])
     if ckpt.data_spec is None:
         return _Data(notes=["no data_spec in the checkpoint: verified on random rows only"])
@@ -294,7 +296,7 @@ def _check_destinations(
             f"{Path(output) / 'model.onnx'}"
         )
     if int8 and (fp16 or not fold):
-        raise ExportError("--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold")
+        raise UsageError("--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold")
 
 
 def _raw_rows(path: str | os.PathLike[str], prep: Preprocessing) -> Rows:
@@ -413,16 +415,18 @@ def export_checkpoint(
     max_batch_size: int = 1024,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
-    validation_rows: np.ndarray | None = None,
+    validation_rows: np.ndarray | Rows | None = None,
 ) -> ExportResult:
     """Fold, write ONNX to ``output`` and/or ``repository``/NAME/VERSION, verify before writing.
 
     Neither destination given: only verify (``bnmodel export --verify-only``). ``int8``: write
     the statically quantized folded graph, refused when accuracy drops by more than
     ``max_accuracy_drop`` points (classifier) or RMSE rises by more than ``max_rmse_increase``
-    percent (regressor) on the validation rows. Raises CheckpointError, FoldError,
-    ExportError, Fp16RangeError, ExportMismatchError, Int8Error or Int8AccuracyError (all
-    ValueError), in which case nothing is written.
+    percent (regressor) on the validation rows. ``validation_rows``: verify on these rows (an
+    (N, F) array, or ``verify.Rows`` for a raw-row model) instead of the checkpoint's
+    validation split. Raises UsageError (arguments that cannot go together),
+    CheckpointError, FoldError, ExportError, Fp16RangeError, ExportMismatchError, Int8Error or
+    Int8AccuracyError (all ValueError), in which case nothing is written.
     """
     _check_destinations(output, fold, fp16, int8)
     ckpt, sha, default_name = _load(checkpoint)
@@ -466,6 +470,7 @@ def export_checkpoint(
         allowed = max_accuracy_drop if ckpt.task == "classification" else max_rmse_increase
         proto, result.int8 = _int8(model, ckpt, graphs[True], data, calibration_data, allowed)
     _write(result, proto, ckpt, output, repository, name, version, max_batch_size, fp16)
+    result.model = proto
     return result
 
 

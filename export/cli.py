@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from bnmodel.errors import UsageError
 
 __all__ = ["register"]
 
@@ -107,16 +108,14 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             return f"{flag} needs --int8"
         if flag != "--calibration-data" and value is not None and value < 0:
             return f"{flag} must be >= 0, got {value:g}"
-    if args.int8 and (args.fp16 or args.no_fold):
-        return "--int8 quantizes the folded fp32 graph: drop --fp16 and --no-fold"
-    return None
+    return None  # export_checkpoint refuses --int8 with --fp16 or --no-fold
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Errors are raised to bnmodel.cli.main, which maps them to exit codes."""
     problem = _usage_error(args)
     if problem:
-        print(f"bnmodel export: error: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(problem)
     from bnmodel.export.api import export_checkpoint
     from bnmodel.export.int8 import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_RMSE_INCREASE
     from bnmodel.export.onnx_export import DEFAULT_OPSET
@@ -140,15 +139,10 @@ def _run(args: argparse.Namespace) -> int:
             opset=opset,
             verify=not args.no_verify,
         )
-    except ValueError as exc:  # every caller error (checkpoint, fold, export, mismatch)
+    except ValueError as exc:  # a mismatch carries its report: the failing comparisons in full
         report = getattr(exc, "report", None)
-        if report is not None:  # the failing comparisons in full
+        if report is not None:
             print(report.format(verbose=True))
-        print(f"bnmodel export: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # an unwritable destination: say which path, no traceback
-        message = f"cannot write {exc.filename}: {exc.strerror}"
-        print(f"bnmodel export: error: {message}", file=sys.stderr)
-        return 1
+        raise
     print(result.format(verbose=args.verbose))
     return 0

@@ -78,15 +78,16 @@ def _serve(args: argparse.Namespace) -> int:
     from .shutdown import catch_early_signals
 
     catch_early_signals()  # before the heavy imports: a SIGTERM now must not kill us
+    from bnmodel.errors import UsageError
+
     from .settings import ServerSettings, SettingsError
     from .workers import run
 
     names = {f.name for f in fields(ServerSettings)}
     try:
         settings = ServerSettings(**{k: v for k, v in vars(args).items() if k in names})
-    except SettingsError as exc:
-        print(f"bnmodel serve: {exc}", file=sys.stderr)
-        return 2
+    except SettingsError as exc:  # a flag's value: bnmodel.cli.main exits 2
+        raise UsageError(str(exc)) from None
     return run(settings, on_ready=lambda line: print(line, flush=True))
 
 
@@ -123,23 +124,16 @@ def _register_infer(subparsers: argparse._SubParsersAction) -> None:
 def _infer(args: argparse.Namespace) -> int:
     from bnmodel.remote import predict_file, write_predictions
 
-    from .client import InferenceServerError
-    from .errors import InvalidInputError
-    from .security import SecurityError, TLSFiles, read_token
+    from .security import TLSFiles, read_token
 
-    try:
-        tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
-        token = read_token(args.auth_token_file) if args.auth_token_file else None
-        predictions = predict_file(
-            args.url, args.model, args.input, timeout=args.timeout, tls=tls, auth_token=token
-        )
-        text = write_predictions(predictions, args.output)
-    except (InferenceServerError, InvalidInputError, SecurityError) as exc:
-        print(f"bnmodel infer: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # reading the input or writing --output
-        print(f"bnmodel infer: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
+    # InferenceServerError, InvalidInputError, SecurityError and OSError (the input or
+    # --output) go to bnmodel.cli.main: one line on stderr, exit 1.
+    tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    token = read_token(args.auth_token_file) if args.auth_token_file else None
+    predictions = predict_file(
+        args.url, args.model, args.input, timeout=args.timeout, tls=tls, auth_token=token
+    )
+    text = write_predictions(predictions, args.output)
     for line in predictions.warnings:  # categorical text the model never saw
         print(f"bnmodel infer: warning: {line}", file=sys.stderr)
     bad = predictions.non_finite_rows

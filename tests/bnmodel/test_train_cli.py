@@ -25,17 +25,17 @@ def test_cli_module_does_not_import_torch() -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "code"),
     [
-        (["--batch-size", "1"], "--batch-size must be >= 2"),
-        (["--data", "missing.csv"], "missing.csv does not exist"),
-        (["--resume", "nowhere.pt"], "nowhere.pt does not exist"),
+        (["--batch-size", "1"], "--batch-size must be >= 2", 2),  # a flag: usage
+        (["--data", "missing.csv"], "missing.csv does not exist", 1),  # the data
+        (["--resume", "nowhere.pt"], "nowhere.pt does not exist", 1),  # the checkpoint
     ],
 )
-def test_errors_exit_2_with_message(
-    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_errors_exit_with_their_code_and_message(
+    argv: list[str], message: str, code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "--device", "cpu", "--out", str(tmp_path), *argv]) == 2
+    assert main(["train", "--device", "cpu", "--out", str(tmp_path), *argv]) == code
     err = capsys.readouterr().err
     assert err.startswith("bnmodel train: error:") and message in err
 

@@ -120,7 +120,7 @@ def test_missing_column_and_bad_model_are_one_line_errors(
 ) -> None:
     pd.read_csv(iris["csv"]).drop(columns="petal width (cm)").to_csv(tmp_path / "x.csv")
     argv = ["predict", str(iris["onnx"]), "--input", str(tmp_path / "x.csv"), "--output"]
-    assert main([*argv, str(tmp_path / "out.csv")]) == 2
+    assert main([*argv, str(tmp_path / "out.csv")]) == 1  # the data: exit 1
     err = capsys.readouterr().err
     assert "['petal width (cm)'] missing" in err and err.count("\n") == 1
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
@@ -163,7 +163,7 @@ def test_evaluate_names_an_unseen_label(iris: dict[str, Path], tmp_path: Path, c
     frame.loc[:2, "target"] = "daisy"
     frame.to_csv(tmp_path / "new.csv", index=False)
     argv = ["evaluate", str(iris["onnx"]), "--data", str(tmp_path / "new.csv")]
-    assert main([*argv, "--plot", str(tmp_path / "p.png")]) == 2
+    assert main([*argv, "--plot", str(tmp_path / "p.png")]) == 1
     assert "never saw in training: 'daisy' (3 rows)" in capsys.readouterr().err
 
 

@@ -388,7 +388,7 @@ def test_infer_names_the_file_column_and_row_at_fault(server, tmp_path):
     no_color = tmp_path / "no_color.csv"
     no_color.write_text("\n".join(t.rsplit(",", 1)[0] for t in text) + "\n")
     assert _error(_infer(server, no_color)) == (
-        f"bnmodel infer: input {no_color}: column(s) ['color'] missing; needed: "
+        f"bnmodel infer: error: input {no_color}: column(s) ['color'] missing; needed: "
         "['age', 'income', 'score', 'color', 'size']"
     )
     word = tmp_path / "word.csv"
@@ -396,7 +396,8 @@ def test_infer_names_the_file_column_and_row_at_fault(server, tmp_path):
     cells[2] = "lots"  # column score (the header is reversed), data row 2, line 3
     word.write_text("\n".join([*text[:2], ",".join(cells), *text[3:]]) + "\n")
     assert _error(_infer(server, word)) == (
-        f"bnmodel infer: input {word}: column 'score', row 2 (line 3): 'lots' is not a number"
+        f"bnmodel infer: error: input {word}: column 'score', row 2 (line 3): "
+        "'lots' is not a number"
     )
     npy = tmp_path / "rows.npy"
     np.save(npy, np.zeros((2, 3), np.float32))

@@ -122,7 +122,7 @@ def test_infer_errors_are_one_human_line(server, tmp_path):
     missing = _one_line(
         _bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(tmp_path / "x.csv"))
     )
-    assert missing == f"bnmodel infer: input {tmp_path / 'x.csv'} does not exist"
+    assert missing == f"bnmodel infer: error: input {tmp_path / 'x.csv'} does not exist"
     narrow = tmp_path / "narrow.csv"
     narrow.write_text("1,2,3\n4,5,6\n")
     columns = _one_line(
@@ -152,7 +152,8 @@ def test_infer_takes_the_training_file_and_names_a_bad_cell(server, tmp_path):
     train.write_text("\n".join([",".join(header), body[0], text, body[2]]) + "\n")
     bad = _one_line(_bnmodel("infer", "--url", server.url, "--model", "clf", "--input", str(train)))
     assert (
-        bad == f"bnmodel infer: input {train}: column 'f2', row 2 (line 3): 'oops' is not a number"
+        bad == f"bnmodel infer: error: input {train}: column 'f2', row 2 (line 3): "
+        "'oops' is not a number"
     )
 
 
