@@ -9,6 +9,7 @@ import pytest
 
 SNIPPET = Path(__file__).parent / "docs_snippets" / "python_api.py"
 
+
 def test_python_section_runs_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,7 @@ from sklearn.datasets import load_wine
 import bnmodel
 from bnmodel.launcher import spawn_server
 
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     """A classifier fitted on wine with words and blanks, exported, and a server running it."""
