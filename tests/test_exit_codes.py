@@ -72,7 +72,7 @@ def test_serve_and_infer(tmp_path: Path, capsys) -> None:
     assert code == EXIT_USAGE and "--model-repository" in one_line(err, "serve")
     assert run(["infer", "--input", "x.csv"], capsys)[0] == EXIT_USAGE  # --model is required
     code, err = run(["infer", "--model", "m", "--input", str(tmp_path / "x.csv")], capsys)
-    assert code == EXIT_FAILED and "x.csv: no such file" in one_line(err, "infer")
+    assert code == EXIT_FAILED and "x.csv does not exist" in one_line(err, "infer")
 
 
 def test_demo(capsys) -> None:
