@@ -133,10 +133,13 @@ def test_export_verifies_and_loads_back(tmp_path: Path) -> None:
     assert result.report is not None and result.report.ok
     assert "validation rows: 40 given" in result.format()
     assert (tmp_path / "wine.report.json").is_file()
-    frame = bnmodel.load(tmp_path / "wine.onnx").predict(x)
-    assert list(frame.columns) == ["cultivar", "p_class_0", "p_class_1", "p_class_2"]
+    model = bnmodel.load(tmp_path / "wine.onnx")
+    frame = model.predict(x)
+    assert list(frame.columns) == ["cultivar"]
     assert list(frame["cultivar"]) == list(clf.predict(x))
-    proba = frame.drop(columns="cultivar").to_numpy()
+    probabilities = model.predict_proba(x)
+    assert list(probabilities.columns) == ["p_class_0", "p_class_1", "p_class_2"]
+    proba = probabilities.to_numpy()
     assert np.array_equal(proba, clf.predict_proba(x).astype(np.float32))
     clf.export(repository=tmp_path / "models", name="wine")
     served = bnmodel.load(tmp_path / "models" / "wine")
