@@ -20,3 +20,8 @@ def test_python_section_runs_as_written(
         out = capsys.readouterr().out
         assert "test accuracy" in out and "result: equivalent within tolerance" in out
         assert "cultivar" in out and (tmp_path / "models" / "wine" / "config.pbtxt").is_file()
+
+
+def test_readme_shows_the_snippet_verbatim() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"```python\n{SNIPPET.read_text()}```" in readme
