@@ -140,7 +140,7 @@ def _assert_full_disk_export_leaves_nothing(checkpoint_path: Path, repo: Path, c
     err = capsys.readouterr().err
     assert code == 1
     # The file that did not fit: the model, or the config after it.
-    assert f"cannot write {repo / 'demo'}{os.sep}" in err and "No space left on device" in err, err
+    assert f"error: {repo / 'demo'}{os.sep}" in err and "No space left on device" in err, err
     left = sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) if repo.exists() else []
     assert left == [], left  # no model, no version folder, no config, no temp file
 
