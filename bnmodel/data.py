@@ -826,6 +826,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("missing_cells"):
         cells = ", ".join(f"{k} {v}" for k, v in summary["missing_cells"].items())
         lines.append(f"  missing numeric cells (imputed): {cells}")
+    if summary.get("early_stopping"):
+        lines.append(f"  early stopping: {summary['early_stopping']}")
     if summary.get("constant_features"):
         lines.append(f"  constant features (kept, carry no signal): {summary['constant_features']}")
     return "\n".join(lines)

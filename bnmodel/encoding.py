@@ -156,15 +156,17 @@ def csv_category_text(column: Any) -> np.ndarray:
 
 
 def _impute_values(numeric: np.ndarray, names: Sequence[str], how: str) -> np.ndarray:
-    """(F,) float64 training mean or median per column, ignoring missing cells."""
-    values = numeric.astype(np.float64)
-    empty = np.isnan(values).all(axis=0)
-    if empty.any():
-        name = names[int(np.argmax(empty))]
-        raise EncodingError(
-            f"numeric column {name!r} is missing in every training row; drop the column"
-        )
-    return np.nanmedian(values, axis=0) if how == "median" else np.nanmean(values, axis=0)
+    """(F,) float64 training mean or median per column, ignoring missing cells; one column at
+    a time, so no float64 copy of the whole table is made."""
+    values = np.empty(len(names))
+    for j, name in enumerate(names):
+        column = numeric[:, j].astype(np.float64)
+        if np.isnan(column).all():
+            raise EncodingError(
+                f"numeric column {name!r} is missing in every training row; drop the column"
+            )
+        values[j] = np.nanmedian(column) if how == "median" else np.nanmean(column)
+    return values
 
 
 def _vocabulary(column: np.ndarray, name: str, min_count: int, max_size: int) -> tuple[str, ...]:
