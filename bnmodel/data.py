@@ -50,6 +50,7 @@ class Dataset:
     # numeric ``features`` then hold NaN for missing cells (bnmodel/encoding.py encodes both).
     categories: np.ndarray | None = None
     categorical_names: list[str] = field(default_factory=list)
+    blank_target_rows: int = 0  # rows dropped because their target cell was blank
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -137,13 +138,14 @@ def load_source(
     target: str | None = None,
     task: str | None = None,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> Dataset:
     """The dataset a source string names: "digits", "synthetic:...", or a file path."""
     if source == "digits":
         return load_digits()
     if source.startswith("synthetic:"):
         return _parse_synthetic(source)
-    return load_file(source, target, task, categorical=categorical)
+    return load_file(source, target, task, categorical=categorical, drop=drop)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +159,7 @@ def load_file(
     classes: list[str] | None = None,
     *,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> Dataset:
     """Load CSV/Parquet (one named target column, all others features) or NPZ.
 
@@ -181,9 +184,9 @@ def load_file(
     if suffix == ".npz":
         return _load_npz(path, target, task, classes)
     if suffix in TABULAR_SUFFIXES:
-        return _load_table(path, target, task, classes, tuple(categorical))
-    if categorical:
-        raise DataError(f"data file {path}: --categorical needs a CSV or Parquet file")
+        return _load_table(path, target, task, classes, tuple(categorical), tuple(drop))
+    if categorical or drop:
+        raise DataError(f"data file {path}: --categorical and --drop need a CSV or Parquet file")
     raise DataError(f"data file {path}: unknown format {suffix!r}; expected .csv, .parquet or .npz")
 
 
@@ -206,6 +209,7 @@ def _load_table(
     task: str | None,
     classes: list[str] | None,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> Dataset:
     frame = _read_frame(path)
     columns = [str(c) for c in frame.columns]
@@ -220,12 +224,17 @@ def _load_table(
     names = _target_columns(target, columns, path)
     if len(frame) == 0:
         raise DataError(f"data file {path} has a header but no data rows")
+    frame, columns = _drop_columns(frame, columns, drop, names, path)
+    keep = blank_target_mask(frame, names)
+    frame = frame if keep is None else frame.loc[keep].reset_index(drop=True)
     if not [c for c in columns if c not in names]:
         raise DataError(f"data file {path}: no feature columns besides target {target!r}")
     feature_names, cat_names = _column_kinds(frame, columns, names, categorical, path)
     numeric = [_numeric_column(frame[c], path, c) for c in feature_names]
     features = np.stack(numeric, axis=1) if numeric else np.empty((len(frame), 0))
     categories = _categorical_text(frame, cat_names, path) if cat_names else None
+    if categories is not None and keep is not None and len(categories) != len(frame):
+        categories = categories[keep]  # a CSV's text is re-read from the file: all rows
     if len(names) > 1:
         targets, labels, task, why = _several_targets(frame, names, path, task, classes)
     else:
@@ -243,7 +252,35 @@ def _load_table(
         target,
         categories,
         cat_names,
+        0 if keep is None else int((~keep).sum()),
     )
+
+
+def _drop_columns(
+    frame: Any, columns: list[str], drop: tuple[str, ...], targets: list[str], path: Path
+) -> tuple[Any, list[str]]:
+    """The frame without the --drop columns; an unknown name or the target is an error."""
+    bad = [c for c in drop if c not in columns or c in targets]
+    if bad:
+        what = "is the target" if bad[0] in targets else "does not exist"
+        raise DataError(f"data file {path}: --drop column {bad[0]!r} {what}; columns are {columns}")
+    if not drop:
+        return frame, columns
+    return frame.drop(columns=list(drop)), [c for c in columns if c not in drop]
+
+
+def blank_target_mask(frame: Any, targets: list[str]) -> np.ndarray | None:
+    """(N,) bool, True for the rows to keep: those whose target cells are all filled; None when
+    every row is kept.
+
+    Training and evaluation both drop rows with a blank or missing target (a blank answer is
+    neither a label nor a value) and report how many. A target blank in every row is left for
+    the caller's error.
+    """
+    blank = frame[targets].isna().any(axis=1).to_numpy()
+    if not blank.any() or blank.all():
+        return None
+    return ~blank
 
 
 # A column of text is categorical, unless at least this share of its filled cells are numbers:
@@ -414,7 +451,7 @@ def infer_task(raw: np.ndarray, where: str) -> tuple[Task, str]:
     if kind == "b":
         return "classification", "the target is boolean"
     if kind == "f":
-        return "regression", "the target holds floating-point numbers"
+        return "regression", "the target holds floating-point numbers" + _float_codes_hint(raw)
     if kind not in "iu":
         return "classification", "the target holds strings"
     values, counts = np.unique(raw, return_counts=True)
@@ -436,6 +473,17 @@ def infer_task(raw: np.ndarray, where: str) -> tuple[Task, str]:
         f"{where}: cannot tell whether the integer target is classes or a quantity: "
         f"{k} distinct values, value {value} in only {rarest} row(s); pass --task "
         f"classification or --task regression ({INTEGER_TASK_RULE})"
+    )
+
+
+def _float_codes_hint(raw: np.ndarray) -> str:
+    """The integer target's hint for floats that are few whole numbers (0.0 .. 6.0)."""
+    values = np.unique(np.asarray(raw, dtype=np.float64))
+    if len(values) > MAX_INTEGER_CLASSES or not np.all(values == np.round(values)):
+        return ""
+    return (
+        f", but only {len(values)} distinct whole values ({values[0]:g} .. {values[-1]:g}); "
+        "pass --task classification if they are class codes"
     )
 
 
@@ -695,6 +743,7 @@ def data_spec(
     seed: int,
     test_fraction: float = 0.0,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """What a checkpoint records so ``validation_split`` can rebuild the same rows later."""
     spec: dict[str, Any] = {
@@ -706,6 +755,8 @@ def data_spec(
     }
     if categorical:  # what --categorical named: the same columns again at export
         spec["categorical"] = list(categorical)
+    if drop:  # the same columns left out again at export
+        spec["drop"] = list(drop)
     if test_fraction > 0:
         spec["test_fraction"] = float(test_fraction)
     path = Path(dataset.source)
@@ -728,7 +779,8 @@ def validation_split(spec: dict[str, Any]) -> tuple[Dataset, Dataset]:
             "checkpoint's data_spec); the validation rows cannot be reproduced"
         )
     categorical = tuple(spec.get("categorical", ()))
-    dataset = load_source(source, spec.get("target"), spec.get("task"), categorical)
+    drop = tuple(spec.get("drop", ()))
+    dataset = load_source(source, spec.get("target"), spec.get("task"), categorical, drop)
     train, val, _ = split_three(dataset, fraction, float(spec.get("test_fraction", 0.0)), seed)
     return train, val
 
@@ -762,6 +814,9 @@ def summarize(
         "test_source": test_source,
         "dropped": [],  # nothing is dropped silently: bad rows or columns are errors
     }
+    if full.blank_target_rows:
+        summary["blank_target_rows"] = full.blank_target_rows
+        summary["dropped"].append(f"{full.blank_target_rows} rows with a blank target")
     if full.task == "classification":
         labels = full.class_labels or []
         counts = np.bincount(full.targets, minlength=len(labels))
@@ -826,6 +881,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("missing_cells"):
         cells = ", ".join(f"{k} {v}" for k, v in summary["missing_cells"].items())
         lines.append(f"  missing numeric cells (imputed): {cells}")
+    if summary.get("blank_target_rows"):
+        lines.append(f"  dropped {summary['blank_target_rows']} rows with a blank target")
+    if summary.get("dropped_columns"):
+        lines.append(f"  dropped columns (--drop): {summary['dropped_columns']}")
     if summary.get("early_stopping"):
         lines.append(f"  early stopping: {summary['early_stopping']}")
     if summary.get("constant_features"):

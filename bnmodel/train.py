@@ -173,7 +173,9 @@ def _load_data(
     rows, each part's ``features`` become the model's raw input (``Preprocessing.model_input``)
     and the summary carries the fitted ``preprocessing``.
     """
-    dataset = data_mod.load_source(config.data, config.target, config.task, config.categorical)
+    dataset = data_mod.load_source(
+        config.data, config.target, config.task, config.categorical, drop=config.drop
+    )
     if config.task is not None and dataset.task != config.task:
         raise data_mod.DataError(
             f"data {dataset.source} is {dataset.task}, but --task {config.task} was given"
@@ -188,6 +190,7 @@ def _load_data(
             dataset.task,
             dataset.class_labels,
             categorical=tuple(dataset.categorical_names),
+            drop=config.drop,
         )
         if (test_set.feature_names, test_set.categorical_names) != (
             dataset.feature_names,
@@ -207,7 +210,10 @@ def _load_data(
         config.seed,
         config.test_fraction,
         config.categorical,
+        config.drop,
     )
+    if config.drop:
+        summary["dropped_columns"] = list(config.drop)
     if dataset.needs_encoding:
         prep = _fit_encoders(config, train_set)
         summary["preprocessing"] = prep
