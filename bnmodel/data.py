@@ -51,6 +51,7 @@ class Dataset:
     categories: np.ndarray | None = None
     categorical_names: list[str] = field(default_factory=list)
     blank_target_rows: int = 0  # rows dropped because their target cell was blank
+    warnings: list[str] = field(default_factory=list)  # printed and written to data.json
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -235,6 +236,7 @@ def _load_table(
     categories = _categorical_text(frame, cat_names, path) if cat_names else None
     if categories is not None and keep is not None and len(categories) != len(frame):
         categories = categories[keep]  # a CSV's text is re-read from the file: all rows
+    warnings = id_like_columns(features, feature_names, categories, cat_names)
     if len(names) > 1:
         targets, labels, task, why = _several_targets(frame, names, path, task, classes)
     else:
@@ -253,7 +255,40 @@ def _load_table(
         categories,
         cat_names,
         0 if keep is None else int((~keep).sum()),
+        warnings,
     )
+
+
+# A column with a distinct value in at least this share of rows identifies rows rather than
+# describing them (string ids), as does an integer column counting up by one.
+ID_SHARE = 0.9
+ID_MIN_ROWS = 20
+
+
+def id_like_columns(
+    numeric: np.ndarray, numeric_names: list[str], text: np.ndarray | None, text_names: list[str]
+) -> list[str]:
+    """One warning per column that looks like a per-row id, naming it and suggesting --drop."""
+    n = len(numeric)
+    if n < ID_MIN_ROWS:
+        return []
+    found = []
+    for i, name in enumerate(text_names):
+        if len(np.unique(text[:, i])) >= ID_SHARE * n:
+            found.append((name, "text unique to (nearly) every row"))
+    for j, name in enumerate(numeric_names):
+        column = numeric[:, j]
+        if np.isnan(column).any() or not np.all(column == np.round(column)):
+            continue
+        values = np.unique(column)
+        span = values[-1] - values[0] + 1  # a run of consecutive integers, a few missing
+        if len(values) >= ID_SHARE * n and span * ID_SHARE <= len(values):
+            found.append((name, "integers counting up by one, one per row"))
+    return [
+        f"column {name!r} looks like a row id ({why}): it cannot generalize to new rows; "
+        f"pass --drop {name} unless it means something"
+        for name, why in found
+    ]
 
 
 def _drop_columns(
@@ -814,6 +849,8 @@ def summarize(
         "test_source": test_source,
         "dropped": [],  # nothing is dropped silently: bad rows or columns are errors
     }
+    if full.warnings:
+        summary["warnings"] = list(full.warnings)
     if full.blank_target_rows:
         summary["blank_target_rows"] = full.blank_target_rows
         summary["dropped"].append(f"{full.blank_target_rows} rows with a blank target")
@@ -881,6 +918,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("missing_cells"):
         cells = ", ".join(f"{k} {v}" for k, v in summary["missing_cells"].items())
         lines.append(f"  missing numeric cells (imputed): {cells}")
+    for warning in summary.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     if summary.get("blank_target_rows"):
         lines.append(f"  dropped {summary['blank_target_rows']} rows with a blank target")
     if summary.get("dropped_columns"):

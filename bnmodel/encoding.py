@@ -180,7 +180,8 @@ def _vocabulary(column: np.ndarray, name: str, min_count: int, max_size: int) ->
         top = f"; its most frequent value occurs {int(counts.max())} times" if len(counts) else ""
         raise EncodingError(
             f"categorical column {name!r}: no value occurs in at least {min_count} training "
-            f"rows (--min-category-count){top}; lower the flag or drop the column"
+            f"rows (--min-category-count){top}; lower the flag, or pass --drop {name} (a "
+            "column unique per row, such as an id, cannot generalize)"
         )
     order = sorted(
         zip(kept.index, kept.to_numpy(), strict=True), key=lambda kv: (-kv[1], str(kv[0]))
