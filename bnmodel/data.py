@@ -56,6 +56,8 @@ class Dataset:
     # numeric ``features`` then hold NaN for missing cells (bnmodel/encoding.py encodes both).
     categories: np.ndarray | None = None
     categorical_names: list[str] = field(default_factory=list)
+    blank_target_rows: int = 0  # rows dropped because their target cell was blank
+    warnings: list[str] = field(default_factory=list)  # printed and written to data.json
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -143,6 +145,7 @@ def load_source(
     target: str | None = None,
     task: str | None = None,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> Dataset:
     """The dataset a source names: "digits", "synthetic:...", a file path, a table in
     memory (a pandas DataFrame or a pyarrow Table; ``target`` names its target column), or a
@@ -150,13 +153,13 @@ def load_source(
     if isinstance(source, Dataset):
         return source
     if not isinstance(source, (str, os.PathLike)):
-        return load_file(source, target, task, categorical=categorical)
+        return load_file(source, target, task, categorical=categorical, drop=drop)
     source = str(source)
     if source == "digits":
         return load_digits()
     if isinstance(source, str) and source.startswith("synthetic:"):
         return _parse_synthetic(source)
-    return load_file(source, target, task, categorical=categorical)
+    return load_file(source, target, task, categorical=categorical, drop=drop)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +173,7 @@ def load_file(
     classes: list[str] | None = None,
     *,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> Dataset:
     """Load CSV/Parquet (one named target column, all others features) or NPZ.
 
@@ -186,7 +190,7 @@ def load_file(
     if task not in (None, "classification", "regression"):
         raise DataError(f"--task must be 'classification' or 'regression', got {task!r}")
     if not isinstance(path, (str, os.PathLike)):  # a DataFrame or a pyarrow Table
-        return _load_table(path, target, task, classes, tuple(categorical))
+        return _load_table(path, target, task, classes, tuple(categorical), tuple(drop))
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
@@ -197,9 +201,9 @@ def load_file(
         return _load_npz(path, target, task, classes)
     kind = _format(path)
     if kind in ("csv", "parquet"):
-        return _load_table(path, target, task, classes, tuple(categorical))
-    if categorical:
-        raise DataError(f"data file {path}: --categorical needs a CSV or Parquet file")
+        return _load_table(path, target, task, classes, tuple(categorical), tuple(drop))
+    if categorical or drop:
+        raise DataError(f"data file {path}: --categorical and --drop need a CSV or Parquet file")
     raise DataError(
         f"data file {path}: unknown format {suffix!r}; expected .csv, .tsv or .txt (optionally "
         ".gz or .zst compressed), .parquet or .npz"
@@ -235,6 +239,7 @@ def _load_table(
     task: str | None,
     classes: list[str] | None,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> Dataset:
     frame, loaded = _read_frame(source)
     path = Path(loaded.source)
@@ -250,12 +255,18 @@ def _load_table(
     names = _target_columns(target, columns, path)
     if len(frame) == 0:
         raise DataError(f"data file {path} has a header but no data rows")
+    frame, columns = _drop_columns(frame, columns, drop, names, path)
+    keep = blank_target_mask(frame, names)
+    frame = frame if keep is None else frame.loc[keep].reset_index(drop=True)
     if not [c for c in columns if c not in names]:
         raise DataError(f"data file {path}: no feature columns besides target {target!r}")
     feature_names, cat_names = _column_kinds(frame, columns, names, categorical, path)
     numeric = [_numeric_column(frame[c], path, c) for c in feature_names]
     features = np.stack(numeric, axis=1) if numeric else np.empty((len(frame), 0))
     categories = _categorical_text(loaded, cat_names) if cat_names else None
+    if categories is not None and keep is not None:
+        categories = categories[keep]  # the reader's text holds every row, blank targets too
+    warnings = id_like_columns(features, feature_names, categories, cat_names)
     if len(names) > 1:
         targets, labels, task, why = _several_targets(frame, names, path, task, classes)
     else:
@@ -273,6 +284,8 @@ def _load_table(
         target,
         categories,
         cat_names,
+        0 if keep is None else int((~keep).sum()),
+        warnings,
     )
 
 
@@ -287,10 +300,70 @@ def dataset_from_frame(
     task: str | None = None,
     classes: list[str] | None = None,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> Dataset:
     """A table in memory (pandas DataFrame or pyarrow Table) -> Dataset, read by the same
     rules and reader as a file (``load_file``)."""
-    return _load_table(frame, target, task, classes, tuple(categorical))
+    return _load_table(frame, target, task, classes, tuple(categorical), tuple(drop))
+
+
+# A column with a distinct value in at least this share of rows identifies rows rather than
+# describing them (string ids), as does an integer column counting up by one.
+ID_SHARE = 0.9
+ID_MIN_ROWS = 20
+
+
+def id_like_columns(
+    numeric: np.ndarray, numeric_names: list[str], text: np.ndarray | None, text_names: list[str]
+) -> list[str]:
+    """One warning per column that looks like a per-row id, naming it and suggesting --drop."""
+    n = len(numeric)
+    if n < ID_MIN_ROWS:
+        return []
+    found = []
+    for i, name in enumerate(text_names):
+        if len(np.unique(text[:, i])) >= ID_SHARE * n:
+            found.append((name, "text unique to (nearly) every row"))
+    for j, name in enumerate(numeric_names):
+        column = numeric[:, j]
+        if np.isnan(column).any() or not np.all(column == np.round(column)):
+            continue
+        values = np.unique(column)
+        span = values[-1] - values[0] + 1  # a run of consecutive integers, a few missing
+        if len(values) >= ID_SHARE * n and span * ID_SHARE <= len(values):
+            found.append((name, "integers counting up by one, one per row"))
+    return [
+        f"column {name!r} looks like a row id ({why}): it cannot generalize to new rows; "
+        f"pass --drop {name} unless it means something"
+        for name, why in found
+    ]
+
+
+def _drop_columns(
+    frame: Any, columns: list[str], drop: tuple[str, ...], targets: list[str], path: Path
+) -> tuple[Any, list[str]]:
+    """The frame without the --drop columns; an unknown name or the target is an error."""
+    bad = [c for c in drop if c not in columns or c in targets]
+    if bad:
+        what = "is the target" if bad[0] in targets else "does not exist"
+        raise DataError(f"data file {path}: --drop column {bad[0]!r} {what}; columns are {columns}")
+    if not drop:
+        return frame, columns
+    return frame.drop(columns=list(drop)), [c for c in columns if c not in drop]
+
+
+def blank_target_mask(frame: Any, targets: list[str]) -> np.ndarray | None:
+    """(N,) bool, True for the rows to keep: those whose target cells are all filled; None when
+    every row is kept.
+
+    Training and evaluation both drop rows with a blank or missing target (a blank answer is
+    neither a label nor a value) and report how many. A target blank in every row is left for
+    the caller's error.
+    """
+    blank = frame[targets].isna().any(axis=1).to_numpy()
+    if not blank.any() or blank.all():
+        return None
+    return ~blank
 
 
 # A column of text is categorical, unless at least this share of its filled cells are numbers:
@@ -451,7 +524,7 @@ def infer_task(raw: np.ndarray, where: str) -> tuple[Task, str]:
     if kind == "b":
         return "classification", "the target is boolean"
     if kind == "f":
-        return "regression", "the target holds floating-point numbers"
+        return "regression", "the target holds floating-point numbers" + _float_codes_hint(raw)
     if kind not in "iu":
         return "classification", "the target holds strings"
     values, counts = np.unique(raw, return_counts=True)
@@ -473,6 +546,17 @@ def infer_task(raw: np.ndarray, where: str) -> tuple[Task, str]:
         f"{where}: cannot tell whether the integer target is classes or a quantity: "
         f"{k} distinct values, value {value} in only {rarest} row(s); pass --task "
         f"classification or --task regression ({INTEGER_TASK_RULE})"
+    )
+
+
+def _float_codes_hint(raw: np.ndarray) -> str:
+    """The integer target's hint for floats that are few whole numbers (0.0 .. 6.0)."""
+    values = np.unique(np.asarray(raw, dtype=np.float64))
+    if len(values) > MAX_INTEGER_CLASSES or not np.all(values == np.round(values)):
+        return ""
+    return (
+        f", but only {len(values)} distinct whole values ({values[0]:g} .. {values[-1]:g}); "
+        "pass --task classification if they are class codes"
     )
 
 
@@ -729,6 +813,7 @@ def data_spec(
     seed: int,
     test_fraction: float = 0.0,
     categorical: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """What a checkpoint records so ``validation_split`` can rebuild the same rows later."""
     spec: dict[str, Any] = {
@@ -740,6 +825,8 @@ def data_spec(
     }
     if categorical:  # what --categorical named: the same columns again at export
         spec["categorical"] = list(categorical)
+    if drop:  # the same columns left out again at export
+        spec["drop"] = list(drop)
     if test_fraction > 0:
         spec["test_fraction"] = float(test_fraction)
     path = Path(dataset.source)
@@ -762,7 +849,8 @@ def validation_split(spec: dict[str, Any]) -> tuple[Dataset, Dataset]:
             "checkpoint's data_spec); the validation rows cannot be reproduced"
         )
     categorical = tuple(spec.get("categorical", ()))
-    dataset = load_source(source, spec.get("target"), spec.get("task"), categorical)
+    drop = tuple(spec.get("drop", ()))
+    dataset = load_source(source, spec.get("target"), spec.get("task"), categorical, drop)
     train, val, _ = split_three(dataset, fraction, float(spec.get("test_fraction", 0.0)), seed)
     return train, val
 
@@ -796,6 +884,11 @@ def summarize(
         "test_source": test_source,
         "dropped": [],  # nothing is dropped silently: bad rows or columns are errors
     }
+    if full.warnings:
+        summary["warnings"] = list(full.warnings)
+    if full.blank_target_rows:
+        summary["blank_target_rows"] = full.blank_target_rows
+        summary["dropped"].append(f"{full.blank_target_rows} rows with a blank target")
     if full.task == "classification":
         labels = full.class_labels or []
         counts = np.bincount(full.targets, minlength=len(labels))
@@ -860,6 +953,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("missing_cells"):
         cells = ", ".join(f"{k} {v}" for k, v in summary["missing_cells"].items())
         lines.append(f"  missing numeric cells (imputed): {cells}")
+    for warning in summary.get("warnings", []):
+        lines.append(f"  warning: {warning}")
+    if summary.get("blank_target_rows"):
+        lines.append(f"  dropped {summary['blank_target_rows']} rows with a blank target")
+    if summary.get("dropped_columns"):
+        lines.append(f"  dropped columns (--drop): {summary['dropped_columns']}")
+    if summary.get("early_stopping"):
+        lines.append(f"  early stopping: {summary['early_stopping']}")
     if summary.get("constant_features"):
         lines.append(f"  constant features (kept, carry no signal): {summary['constant_features']}")
     return "\n".join(lines)

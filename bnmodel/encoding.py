@@ -156,15 +156,17 @@ def csv_category_text(column: Any) -> np.ndarray:
 
 
 def _impute_values(numeric: np.ndarray, names: Sequence[str], how: str) -> np.ndarray:
-    """(F,) float64 training mean or median per column, ignoring missing cells."""
-    values = numeric.astype(np.float64)
-    empty = np.isnan(values).all(axis=0)
-    if empty.any():
-        name = names[int(np.argmax(empty))]
-        raise EncodingError(
-            f"numeric column {name!r} is missing in every training row; drop the column"
-        )
-    return np.nanmedian(values, axis=0) if how == "median" else np.nanmean(values, axis=0)
+    """(F,) float64 training mean or median per column, ignoring missing cells; one column at
+    a time, so no float64 copy of the whole table is made."""
+    values = np.empty(len(names))
+    for j, name in enumerate(names):
+        column = numeric[:, j].astype(np.float64)
+        if np.isnan(column).all():
+            raise EncodingError(
+                f"numeric column {name!r} is missing in every training row; drop the column"
+            )
+        values[j] = np.nanmedian(column) if how == "median" else np.nanmean(column)
+    return values
 
 
 def _vocabulary(column: np.ndarray, name: str, min_count: int, max_size: int) -> tuple[str, ...]:
@@ -178,7 +180,8 @@ def _vocabulary(column: np.ndarray, name: str, min_count: int, max_size: int) ->
         top = f"; its most frequent value occurs {int(counts.max())} times" if len(counts) else ""
         raise EncodingError(
             f"categorical column {name!r}: no value occurs in at least {min_count} training "
-            f"rows (--min-category-count){top}; lower the flag or drop the column"
+            f"rows (--min-category-count){top}; lower the flag, or pass --drop {name} (a "
+            "column unique per row, such as an id, cannot generalize)"
         )
     order = sorted(
         zip(kept.index, kept.to_numpy(), strict=True), key=lambda kv: (-kv[1], str(kv[0]))

@@ -49,12 +49,23 @@ class Encode(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F + C) raw rows -> (B, F + K): imputed numerics, then missing indicators."""
         numeric = x[:, : self.num_numeric]
         missing = torch.isnan(numeric)
         parts = [torch.where(missing, self.impute.to(x.dtype), numeric)]
         if self.indicators.numel():
             parts.append(missing[:, self.indicators].to(x.dtype))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def slots(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F + C) raw rows -> (B, C) int64 indices into the concatenated one-hot blocks."""
+        sizes = torch.tensor(self.category_sizes, device=x.device)
+        offsets = sizes.cumsum(0) - sizes  # where each column's block starts
+        return x[:, self.num_numeric :].long() + offsets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [self.dense(x)]
         codes = x[:, self.num_numeric :].long()  # (B, C)
         for i, size in enumerate(self.category_sizes):
             if self.embeddings is not None:
@@ -163,7 +174,46 @@ class BNMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in_features + C) -> (B, out)
-        return self.net(x)
+        encode = self.encode
+        first = self.net[2 if self.standardize is not None else 1] if encode is not None else None
+        if (
+            encode is None
+            or encode.embeddings is not None
+            or not encode.category_sizes
+            or not isinstance(first, nn.Linear)  # a rewritten net (export) runs as built
+        ):
+            return self.net(x)
+        return self._one_hot_lookup(x, encode)
+
+    def _one_hot_lookup(self, x: torch.Tensor, encode: Encode) -> torch.Tensor:
+        """The same function as ``self.net(x)`` without building the one-hot blocks.
+
+        With h = [d, e] (d the dense part, e the one-hot blocks), Standardize s(h) = (h - m) / s
+        and the first Linear W = [W_d, W_e]:
+            W s(h) = W_d s(d) + W_e (e / s_e) - W_e (m_e / s_e)
+        and W_e (e / s_e) is, per row, the sum over categorical columns of the column of
+        W_e / s_e at that row's slot: a gather (embedding bag), (B, C) indices not (B, sum slots).
+        """
+        dense = encode.dense(x)  # (B, F + K)
+        index = 1
+        standardize = self.standardize
+        width = dense.shape[1]
+        if standardize is not None:
+            index = 2
+            mean, std = standardize.mean.to(x.dtype), standardize.std.to(x.dtype)
+            dense = (dense - mean[:width]) / std[:width]
+        linear = self.net[index]
+        weight_d, weight_e = linear.weight[:, :width], linear.weight[:, width:]  # (H, *)
+        out = dense @ weight_d.T
+        table = weight_e.T  # (sum slots, H)
+        if standardize is not None:
+            mean_e, std_e = mean[width:], std[width:]
+            table = table / std_e[:, None]
+            out = out - weight_e @ (mean_e / std_e)
+        out = out + nn.functional.embedding_bag(encode.slots(x), table, mode="sum")
+        if linear.bias is not None:
+            out = out + linear.bias
+        return self.net[index + 1 :](out)
 
     @property
     def encode(self) -> Encode | None:

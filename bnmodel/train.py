@@ -105,6 +105,7 @@ class _Run:
     generator: torch.Generator  # CPU; shared seed on all ranks, so shards partition each epoch
     steps_per_epoch: int
     checkpoint_base: dict[str, Any]  # feature names, labels, data_spec, ... for every checkpoint
+    monitor_from: int = 1  # epochs before this one are never best.pt nor count for patience
     best: Checkpoint | None = None  # the best epoch so far, also in memory (best.pt on disk)
 
     @property
@@ -176,7 +177,9 @@ def _load_data(
     rows, each part's ``features`` become the model's raw input (``Preprocessing.model_input``)
     and the summary carries the fitted ``preprocessing``.
     """
-    dataset = data_mod.load_source(config.data, config.target, config.task, config.categorical)
+    dataset = data_mod.load_source(
+        config.data, config.target, config.task, config.categorical, drop=config.drop
+    )
     if config.task is not None and dataset.task != config.task:
         raise data_mod.DataError(
             f"data {dataset.source} is {dataset.task}, but --task {config.task} was given"
@@ -191,6 +194,7 @@ def _load_data(
             dataset.task,
             dataset.class_labels,
             categorical=tuple(dataset.categorical_names),
+            drop=config.drop,
         )
         if (test_set.feature_names, test_set.categorical_names) != (
             dataset.feature_names,
@@ -210,7 +214,10 @@ def _load_data(
         config.seed,
         config.test_fraction,
         config.categorical,
+        config.drop,
     )
+    if config.drop:
+        summary["dropped_columns"] = list(config.drop)
     if dataset.needs_encoding:
         prep = _fit_encoders(config, train_set)
         summary["preprocessing"] = prep
@@ -262,23 +269,45 @@ def _build_model(
     )
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = BNMLP(model_config)
-    inputs = train_set.features
+    impute = None
     if model.encode is not None:
         model.encode.impute.copy_(torch.tensor(prep.impute_values, dtype=torch.float32))
-        with torch.no_grad():
-            inputs = model.encode(torch.from_numpy(inputs)).numpy()
+        impute = np.asarray(prep.impute_values, dtype=np.float32)
     # The training rows' statistics, in float64, for the input and (regression) the target.
-    for layer, values in ((model.standardize, inputs), (model.target_scale, None)):
-        if layer is None:
-            continue
-        v = (train_set.targets if values is None else values).astype(np.float64)
-        mean, std = v.mean(axis=0), v.std(axis=0)
-        if values is not None:  # indicators, one-hot and embeddings pass unscaled
-            mean[model_config.in_features :], std[model_config.in_features :] = 0.0, 1.0
-        layer.set_statistics(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
+    # Only the numeric columns are scaled (indicators, one-hot and embeddings pass unscaled),
+    # so they are computed column by column from the raw rows: no encoded (one-hot) copy of
+    # the data and no float64 copy of more than one column.
+    if model.standardize is not None:
+        mean, std = _input_statistics(train_set.features, model_config.in_features, impute)
+        width = model_config.first_width
+        full_mean, full_std = np.zeros(width), np.ones(width)
+        full_mean[: len(mean)], full_std[: len(std)] = mean, std
+        model.standardize.set_statistics(
+            torch.from_numpy(full_mean).float(), torch.from_numpy(full_std).float()
+        )
+    if model.target_scale is not None:
+        y = train_set.targets.astype(np.float64)
+        model.target_scale.set_statistics(
+            torch.from_numpy(y.mean(axis=0)).float(), torch.from_numpy(y.std(axis=0)).float()
+        )
     if config.sync_bn and ctx.device.type == "cuda" and ctx.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(ctx.device)
+
+
+def _input_statistics(
+    features: np.ndarray, num_numeric: int, impute: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(F,) float64 mean and std of the numeric columns as the first layer sees them: missing
+    cells replaced by ``impute`` (float32, as the Encode layer does) when given."""
+    mean, std = np.empty(num_numeric), np.empty(num_numeric)
+    for j in range(num_numeric):
+        column = features[:, j]
+        if impute is not None:
+            column = np.where(np.isnan(column), impute[j], column)
+        column = column.astype(np.float64)
+        mean[j], std[j] = column.mean(), column.std()
+    return mean, std
 
 
 def _wrap_for_steps(model: BNMLP, config: TrainConfig, ctx: DistContext) -> nn.Module:
@@ -341,6 +370,7 @@ def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _R
             f"data {train_set.source}: {len(train_set)} training rows give {rows_per_rank} per "
             f"process, not enough for one batch of >= 2 rows (--batch-size {config.batch_size})"
         )
+    config, monitor_from = _small_table_defaults(config, len(train_set), summary)
     model = _build_model(config, train_set, ctx, prep)
     torch.manual_seed(config.seed + 7919 * ctx.rank)  # dropout masks differ between ranks
     groups = param_groups(model, config.weight_decay)
@@ -372,7 +402,31 @@ def _setup(config: TrainConfig, ctx: DistContext, summary: dict[str, Any]) -> _R
         torch.Generator().manual_seed(config.seed),
         steps,
         base,
+        monitor_from,
     )
+
+
+# Small tables: a few optimizer steps per epoch make the validation loss noisy and early epochs
+# can look best by chance. Up to this many training rows, early stopping is on unless
+# --patience is given, and best.pt is chosen from the last three quarters of the epochs.
+SMALL_TABLE_ROWS = 10_000
+SMALL_TABLE_PATIENCE = 5
+
+
+def _small_table_defaults(
+    config: TrainConfig, train_rows: int, summary: dict[str, Any]
+) -> tuple[TrainConfig, int]:
+    """(config, first epoch best.pt may come from): the small-table defaults when they apply."""
+    if config.patience is not None or train_rows > SMALL_TABLE_ROWS or config.resume is not None:
+        return config, 1
+    from dataclasses import replace
+
+    monitor_from = min(config.epochs, max(1, config.epochs // 4 + 1))
+    summary["early_stopping"] = (
+        f"{train_rows} training rows (<= {SMALL_TABLE_ROWS}): --patience "
+        f"{SMALL_TABLE_PATIENCE}, best.pt chosen from epoch {monitor_from} on"
+    )
+    return replace(config, patience=SMALL_TABLE_PATIENCE), monitor_from
 
 
 @contextlib.contextmanager
@@ -796,7 +850,9 @@ def _end_epoch(run: _Run, prog: _Progress, bar: Any, last: Path | None, best: Pa
     prog.epoch += 1
     metrics = {k: float(v) for k, v in row.items() if k.startswith(("train_", "val_"))}
     monitored = row[run.config.monitor]
-    if _improved(run, prog, monitored, row["val_loss"]):
+    if prog.epoch < run.monitor_from:
+        pass  # too early to judge: the noise of the first epochs is not an improvement
+    elif prog.best_epoch < run.monitor_from or _improved(run, prog, monitored, row["val_loss"]):
         prog.best_metric, prog.best_loss = monitored, row["val_loss"]
         prog.best_epoch, prog.bad_epochs = prog.epoch, 0
         if run.ctx.is_main:

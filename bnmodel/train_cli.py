@@ -132,6 +132,13 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
         "(e.g. integer codes)",
     )
     g.add_argument(
+        "--drop",
+        default=list(_DEFAULTS["drop"]),
+        type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+        metavar="COL,...",
+        help="columns to leave out of the features (per-row ids, leaked answers)",
+    )
+    g.add_argument(
         "--impute",
         choices=("mean", "median"),
         default=_DEFAULTS["impute"],

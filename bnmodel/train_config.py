@@ -54,6 +54,7 @@ class TrainConfig:
     # so are the integer columns named here; missing numerics take the training mean or median,
     # plus a 0/1 indicator feature per column that had missing training cells.
     categorical: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()  # columns left out of the features (ids, leaks)
     impute: str = "mean"
     missing_indicators: bool = True
     # A categorical value needs this many training rows for its own slot (rarer ones share the
@@ -99,6 +100,9 @@ class TrainConfig:
             names = [c.strip() for c in self.categorical.split(",") if c.strip()]
             object.__setattr__(self, "categorical", tuple(names))
         object.__setattr__(self, "categorical", tuple(self.categorical))
+        if isinstance(self.drop, str):
+            object.__setattr__(self, "drop", tuple(c.strip() for c in self.drop.split(",") if c))
+        object.__setattr__(self, "drop", tuple(self.drop))
         if self.resume is not None:
             object.__setattr__(self, "resume", Path(self.resume))
         for problem in _config_problems(self):

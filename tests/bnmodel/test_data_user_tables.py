@@ -1,0 +1,86 @@
+"""What users' tables hold: blank targets, columns to drop, id-like columns, float class codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import with_
+
+from bnmodel.data import DataError, blank_target_mask, load_file
+from bnmodel.train import TrainConfig, train
+
+
+def _table(tmp_path: Path, n: int = 200) -> Path:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "row": np.arange(1, n + 1),
+            "a": rng.normal(size=n),
+            "color": rng.choice(["red", "blue", "green"], n),
+            "user": [f"u{i:04d}" for i in range(n)],
+            "y": rng.choice(["yes", "no"], n),
+        }
+    )
+    frame.loc[[3, 50, 77], "y"] = None
+    path = tmp_path / "users.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_blank_targets_are_dropped_and_counted(tmp_path: Path) -> None:
+    path = _table(tmp_path)
+    ds = load_file(path, "y", drop=("user",))
+    assert len(ds) == 197 and ds.blank_target_rows == 3
+    assert ds.categories.shape == (197, 1)  # the CSV's text re-read, the same rows dropped
+    # row 4 (index 3) is gone: the next row's text and number follow directly.
+    assert ds.features[3, 0] == 5.0
+    frame = pd.read_csv(path)
+    keep = blank_target_mask(frame, ["y"])
+    assert keep is not None and int((~keep).sum()) == 3
+    assert blank_target_mask(frame.dropna(subset=["y"]), ["y"]) is None
+
+
+def test_drop_leaves_columns_out_and_names_unknown_ones(tmp_path: Path) -> None:
+    path = _table(tmp_path)
+    ds = load_file(path, "y", drop=("user", "row"))
+    assert ds.feature_names == ["a"] and ds.categorical_names == ["color"]
+    with pytest.raises(DataError, match=r"--drop column 'nope' does not exist; columns are \["):
+        load_file(path, "y", drop=("nope",))
+    with pytest.raises(DataError, match="--drop column 'y' is the target"):
+        load_file(path, "y", drop=("y",))
+
+
+def test_id_like_columns_are_warned_about(tmp_path: Path) -> None:
+    ds = load_file(_table(tmp_path), "y", categorical=("user",), drop=())
+    text = " ".join(ds.warnings)
+    assert "column 'row' looks like a row id" in text and "--drop row" in text
+    assert "column 'user' looks like a row id" in text
+    assert "'a'" not in text and "'color'" not in text
+
+
+def test_float_class_codes_get_the_task_hint(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=100), "y": rng.integers(0, 7, 100).astype(float)})
+    frame.to_csv(tmp_path / "codes.csv", index=False)
+    ds = load_file(tmp_path / "codes.csv", "y")
+    assert ds.task == "regression"
+    assert "7 distinct whole values (0 .. 6); pass --task classification" in ds.task_reason
+    frame["y"] += 0.5
+    frame.to_csv(tmp_path / "real.csv", index=False)
+    assert "--task" not in load_file(tmp_path / "real.csv", "y").task_reason
+
+
+def test_train_reports_blank_targets_and_dropped_columns(
+    tiny_config: TrainConfig, tmp_path: Path
+) -> None:
+    config = with_(tiny_config, data=str(_table(tmp_path)), target="y", drop=("user",), epochs=1)
+    train(config, progress=False)
+    summary = json.loads((config.out_dir / "data.json").read_text())
+    assert summary["blank_target_rows"] == 3 and summary["rows"] == 197
+    assert summary["dropped"] == ["3 rows with a blank target"]
+    assert summary["dropped_columns"] == ["user"] and "user" not in summary["features"]
+    assert any("'row' looks like a row id" in w for w in summary["warnings"])
