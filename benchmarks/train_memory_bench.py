@@ -6,9 +6,10 @@
 Writes a Parquet table (4 numeric columns, one categorical column per --sizes value, a
 regression target), then trains on it one-hot (--embedding-dim 0) and with --embedding-dim 8,
 each in a fresh subprocess whose peak RSS is read from resource.getrusage(RUSAGE_CHILDREN).
-Printed: the size of the loaded columns (the Arrow table in memory), then per run the peak RSS,
-its ratio to that size, and the wall time. Targets: peak under 2x the columns; one-hot and
-embedding within 2x of each other. Set PYTHONPATH to measure another checkout.
+Printed: the size of the loaded columns (the Arrow table in memory), the peak RSS of a process
+that only imports torch and the readers (the floor of any run), then per run the peak RSS, its
+ratio to that size, the same above the floor, and the wall time. Targets: peak under 2x the
+columns; one-hot and embedding within 2x of each other. Set PYTHONPATH to measure another checkout.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def run(
     return float(kib) * 1024, float(seconds)
 
 
+def baseline() -> float:
+    """Peak RSS bytes of a process that only imports what training imports (Python, torch,
+    pandas, pyarrow): the floor under every run, whatever the table."""
+    probe = (
+        "import resource, subprocess, sys; subprocess.run([sys.executable, '-c', "
+        "'import torch, pandas, pyarrow.parquet, bnmodel.train'], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return float(done.stdout) * 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -76,12 +89,17 @@ def main() -> None:
         loaded = write_table(data, args.rows, args.sizes)
         print(f"{args.rows} rows, categoricals of {args.sizes} values; loaded columns "
               f"{loaded / 2**20:.1f} MiB")  # fmt: skip
-        print(f"{'run':<16}{'peak RSS MiB':>14}{'x columns':>11}{'seconds':>10}")
+        floor = baseline()
+        print(f"imports alone (python, torch, pandas, pyarrow): {floor / 2**20:.0f} MiB peak")
+        print(f"{'run':<16}{'peak RSS MiB':>14}{'x columns':>11}{'above imports':>15}"
+              f"{'x columns':>11}{'seconds':>10}")  # fmt: skip
         peaks = {}
         for name, dim in (("one-hot", 0), ("embedding 8", 8)):
             peak, seconds = run(data, Path(tmp) / name, dim, args.epochs, args.batch_size)
             peaks[name] = peak
-            print(f"{name:<16}{peak / 2**20:>14.0f}{peak / loaded:>11.2f}{seconds:>10.1f}")
+            above = peak - floor
+            print(f"{name:<16}{peak / 2**20:>14.0f}{peak / loaded:>11.2f}{above / 2**20:>15.0f}"
+                  f"{above / loaded:>11.2f}{seconds:>10.1f}")  # fmt: skip
         ratio = max(peaks.values()) / min(peaks.values())
         print(f"one-hot / embedding peak ratio: {peaks['one-hot'] / peaks['embedding 8']:.2f} "
               f"(target within 2x: {'yes' if ratio <= 2 else 'no'})")  # fmt: skip

@@ -9,8 +9,10 @@ text, compressed or not, Parquet, a pandas DataFrame or a pyarrow Table) are rea
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -391,6 +393,8 @@ def _column_kinds(
     for name in (c for c in columns if c not in targets):
         series = frame[name]
         kind = series.dtype.kind
+        if name not in categorical:
+            _refuse_dates(series, path, name)
         if name in categorical or kind == "b" or isinstance(series.dtype, pd.CategoricalDtype):
             cats.append(name)
         elif kind in "OSU" or pd.api.types.is_string_dtype(series.dtype):
@@ -404,6 +408,36 @@ def _column_kinds(
             f"exported model's inputs and outputs include {list(RESERVED_NAMES)}); rename it"
         )
     return numeric, cats
+
+
+# ISO 8601 dates and datetimes as text: 2024-01-31, 2024-01-31T08:15, 2024-01-31 08:15:00.5+02:00.
+ISO_DATE = re.compile(
+    r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?"
+)
+
+
+def _refuse_dates(series: Any, path: Path, name: str) -> None:
+    """A date or datetime column (a timestamp or date type, or text whose first TEXT_SAMPLE
+    filled cells are all ISO dates) is an error saying what to pass instead: the model has no
+    date features, and as categories every new date would be unseen."""
+    kind = series.dtype.kind
+    filled = series.dropna().iloc[:TEXT_SAMPLE]
+    if kind in "Mm" or (kind == "O" and len(filled) and _all_dates(filled)):
+        example = filled.iloc[0] if len(filled) else "?"
+        raise DataError(
+            f"data file {path}: column {name!r} holds dates (e.g. {str(example)!r}), which "
+            f"bnmodel does not take as a feature: convert it to numbers (epoch seconds, hour, "
+            f"day of week, month, ...) in the table, or pass --drop {name}"
+        )
+
+
+def _all_dates(filled: Any) -> bool:
+    first = filled.iloc[0]
+    if isinstance(first, (datetime.date, np.datetime64)):
+        return all(isinstance(v, (datetime.date, np.datetime64)) for v in filled)
+    return isinstance(first, str) and all(
+        isinstance(v, str) and ISO_DATE.fullmatch(v.strip()) for v in filled
+    )
 
 
 def _is_text(series: Any, path: Path, name: str) -> bool:

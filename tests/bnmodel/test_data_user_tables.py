@@ -84,3 +84,42 @@ def test_train_reports_blank_targets_and_dropped_columns(
     assert summary["dropped"] == ["3 rows with a blank target"]
     assert summary["dropped_columns"] == ["user"] and "user" not in summary["features"]
     assert any("'row' looks like a row id" in w for w in summary["warnings"])
+
+
+def _dated(n: int = 40) -> pd.DataFrame:
+    start = pd.Timestamp("2024-01-01")
+    return pd.DataFrame(
+        {
+            "when": [start + pd.Timedelta(hours=7 * i) for i in range(n)],
+            "a": np.linspace(0, 1, n),
+            "target": [i % 2 for i in range(n)],
+        }
+    )
+
+
+@pytest.mark.parametrize("form", ["iso-date", "iso-datetime", "parquet-timestamp", "parquet-date"])
+def test_date_columns_are_refused_with_what_to_pass(tmp_path: Path, form: str) -> None:
+    frame = _dated()
+    if form == "iso-date":
+        frame["when"] = frame["when"].dt.strftime("%Y-%m-%d")
+    elif form == "iso-datetime":
+        frame["when"] = frame["when"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    elif form == "parquet-date":
+        frame["when"] = frame["when"].dt.date
+    path = tmp_path / ("t.csv" if form.startswith("iso") else "t.parquet")
+    frame.to_csv(path, index=False) if path.suffix == ".csv" else frame.to_parquet(path)
+    with pytest.raises(DataError, match=r"column 'when' holds dates .*epoch seconds.*--drop when$"):
+        load_file(path)
+    assert load_file(path, drop=("when",)).feature_names == ["a"]
+
+
+def test_text_that_only_starts_like_a_date_is_categorical(tmp_path: Path) -> None:
+    frame = _dated()
+    frame["when"] = [f"2024-01-0{i % 3 + 1} shift {i % 2}" for i in range(len(frame))]
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    assert load_file(path).categorical_names == ["when"]
+    # Named as categorical, a date column is taken as the user asked.
+    frame["when"] = [f"2024-01-0{i % 3 + 1}" for i in range(len(frame))]
+    frame.to_csv(path, index=False)
+    assert load_file(path, categorical=("when",)).categorical_names == ["when"]
