@@ -35,6 +35,7 @@ class Evaluation:
     extra: dict[str, Any] = field(default_factory=dict)
     # One line per categorical column with many cells in the "other" slot (bnmodel.unseen).
     warnings: list[str] = field(default_factory=list)
+    blank_target_rows: int = 0  # rows not scored: their target cell was blank or missing
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -47,12 +48,16 @@ class Evaluation:
         }
         if self.warnings:
             d["warnings"] = list(self.warnings)
+        if self.blank_target_rows:
+            d["blank_target_rows"] = self.blank_target_rows
         if self.confusion is not None:
             d.update(class_labels=self.class_labels, confusion_matrix=self.confusion)
         return d
 
     def format(self) -> str:
         lines = [f"{self.model} on {self.data}: {self.rows} rows, {self.task}"]
+        if self.blank_target_rows:
+            lines.append(f"  {self.blank_target_rows} rows with a blank target were not scored")
         lines += [f"  {k:<10} {v:.4f}" for k, v in self.metrics.items()]
         if self.confusion is not None and self.class_labels is not None:
             labels = self.class_labels
@@ -86,6 +91,20 @@ def _collect(
     if not outs:
         raise PredictError(f"data {path} has no data rows")
     return np.concatenate(outs), np.concatenate(ys)
+
+
+def _without_blank_targets(
+    out: np.ndarray, raw: np.ndarray, path: Path, target: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(outputs, targets, rows dropped) without the rows whose target is blank or missing, as
+    training drops them: a blank answer is neither a label nor a value to score against."""
+    cells = raw.reshape(len(raw), -1)
+    blank = np.fromiter(
+        (any(label_text(v) == "" for v in row) for row in cells), dtype=bool, count=len(cells)
+    )
+    if blank.all():
+        raise PredictError(f"data {path}: target column {target!r} is blank in every row")
+    return out[~blank], raw[~blank], int(blank.sum())
 
 
 def _class_indices(model: LocalModel, raw: np.ndarray, path: Path, target: str) -> np.ndarray:
@@ -156,7 +175,9 @@ def evaluate_file(
     target = target or model.target_name or ("y" if path.suffix == ".npz" else "target")
     unseen = UnseenText(model.contract)
     out, raw = _collect(model, path, target, chunk_rows, unseen)
+    out, raw, blank = _without_blank_targets(out, raw, path, target)
     result = Evaluation(model.source, str(path), model.task, len(out), {})
+    result.blank_target_rows = blank
     result.warnings = unseen.warnings()
     if model.task == "classification":
         y = _class_indices(model, raw, path, target)

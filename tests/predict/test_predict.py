@@ -167,6 +167,28 @@ def test_evaluate_names_an_unseen_label(iris: dict[str, Path], tmp_path: Path, c
     assert "never saw in training: 'daisy' (3 rows)" in capsys.readouterr().err
 
 
+def test_evaluate_drops_and_counts_blank_targets(iris: dict[str, Path], tmp_path: Path, capsys):
+    """Rows whose label is blank are not scored (training drops them too) and are counted."""
+    frame = pd.read_csv(iris["csv"])
+    frame["target"] = frame["target"].astype(object)
+    frame.loc[[0, 50, 100], "target"] = None
+    frame.to_csv(tmp_path / "blanks.csv", index=False)
+    assert (
+        main(["evaluate", str(iris["onnx"]), "--data", str(tmp_path / "blanks.csv"), "--json"]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["blank_target_rows"] == 3 and report["rows"] == 147
+    assert np.array(report["confusion_matrix"]).sum() == 147
+    kept = frame.dropna(subset=["target"])
+    probs = _reference(iris["onnx"], kept.drop(columns="target").to_numpy(np.float32))
+    truth = np.searchsorted(SPECIES, kept["target"])
+    assert report["metrics"]["accuracy"] == pytest.approx(float((probs.argmax(1) == truth).mean()))
+    frame["target"] = None
+    frame.to_csv(tmp_path / "none.csv", index=False)
+    assert main(["evaluate", str(iris["onnx"]), "--data", str(tmp_path / "none.csv")]) == 1
+    assert "target column 'target' is blank in every row" in capsys.readouterr().err
+
+
 def test_evaluate_regressor(tmp_path: Path) -> None:
     from bnmodel.evaluate import evaluate_file
 
