@@ -1,7 +1,7 @@
 """Orderly shutdown: signals caught from the first moment, and a gate that drains requests.
 
 A SIGTERM that arrives while Python is still importing gRPC and ONNX Runtime (half a second on a
-busy machine) used to find the default action in place and killed the process with 143 (-15)
+busy machine) would find the default action in place and kill the process with 143 (-15)
 before it could drain. :func:`catch_early_signals` is called by ``bnmodel serve`` before those
 imports; :func:`early_signals` hands what it caught to the event loop's handlers.
 

@@ -26,8 +26,7 @@ clf.export(repository="models", name="wine")
 model = bnmodel.load("wine.onnx")
 print(model.predict(X_test).head())
 
-# Serve the repository (`bnmodel serve --model-repository models` in a shell) and predict
-# the same rows over gRPC: the same numbers.
+# Serve the repository (`bnmodel serve --model-repository models`): over gRPC, the same numbers.
 with spawn_server(["--model-repository", "models"]) as server:
     remote = bnmodel.load(f"grpc://{server.url}/wine")
     served = remote.predict_proba(X_test)
