@@ -174,7 +174,18 @@ def test_evaluate_drops_and_counts_blank_targets(iris: dict[str, Path], tmp_path
     frame.loc[[0, 50, 100], "target"] = None
     frame.to_csv(tmp_path / "blanks.csv", index=False)
     assert (
-        main(["evaluate", str(iris["onnx"]), "--data", str(tmp_path / "blanks.csv"), "--json"]) == 0
+        main(
+            [
+                "evaluate",
+                str(iris["onnx"]),
+                "--data",
+                str(tmp_path / "blanks.csv"),
+                "--json",
+                "--plot",
+                str(tmp_path / "b.png"),
+            ]
+        )
+        == 0
     )
     report = json.loads(capsys.readouterr().out)
     assert report["blank_target_rows"] == 3 and report["rows"] == 147
@@ -185,7 +196,19 @@ def test_evaluate_drops_and_counts_blank_targets(iris: dict[str, Path], tmp_path
     assert report["metrics"]["accuracy"] == pytest.approx(float((probs.argmax(1) == truth).mean()))
     frame["target"] = None
     frame.to_csv(tmp_path / "none.csv", index=False)
-    assert main(["evaluate", str(iris["onnx"]), "--data", str(tmp_path / "none.csv")]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                str(iris["onnx"]),
+                "--data",
+                str(tmp_path / "none.csv"),
+                "--plot",
+                str(tmp_path / "n.png"),
+            ]
+        )
+        == 1
+    )
     assert "target column 'target' is blank in every row" in capsys.readouterr().err
 
 
