@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AlreadyExistsError, InvalidInputError, ModelNotFoundError
+from .errors import AlreadyExistsError, InvalidInputError, ModelNotFoundError, ServeError
 
 __all__ = ["RegionStatus", "SharedMemoryRegistry", "SHM_DIR"]
 
@@ -150,10 +150,10 @@ class SharedMemoryRegistry:
             return sorted(self._regions.values(), key=lambda r: r.name)
         return [self._region(name)]
 
-    def _region(self, name: str) -> RegionStatus:
+    def _region(self, name: str, error: type[ServeError] = ModelNotFoundError) -> RegionStatus:
         found = self._regions.get(name)
         if found is None:
-            raise ModelNotFoundError(
+            raise error(
                 f"Unable to find system shared memory region: {name!r} (registered: "
                 f"{', '.join(map(repr, sorted(self._regions))) or 'none'})"
             )
@@ -162,7 +162,7 @@ class SharedMemoryRegistry:
     def view(self, name: str, offset: int, byte_size: int, where: str) -> memoryview:
         """``byte_size`` bytes at ``offset`` of region ``name``, without a copy."""
         self._sync()
-        region = self._region(name)
+        region = self._region(name, InvalidInputError)  # in a request: a bad argument
         if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
             raise InvalidInputError(
                 f"{where}: Invalid offset + byte size for shared memory region {name!r}: "
