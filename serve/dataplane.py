@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +25,14 @@ from .batching import BatchingOptions
 from .codec import encode_raw
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError, ServeError
 from .model import Model, ModelVersion, load_model
-from .repository import MAX_NAME_LENGTH, ModelRepository, SingleModelRepository, cause
+from .repository import (
+    MAX_NAME_LENGTH,
+    LoadOverride,
+    ModelRepository,
+    SingleModelRepository,
+    cause,
+    override_source,
+)
 from .session import SessionFactory
 from .shared_memory import SharedMemoryRegistry
 from .statistics import VersionStats
@@ -183,8 +192,9 @@ class DataPlane:
         if name not in self._models and name not in self.repository.names():
             raise self._not_found(name)
 
-    async def load(self, name: str) -> Model:
-        """(Re)load ``name`` from the repository; the new model replaces the old one at once.
+    async def load(self, name: str, override: LoadOverride | None = None) -> Model:
+        """(Re)load ``name`` from the repository, or as ``override`` has it (RepositoryModelLoad's
+        parameters); the new model replaces the old one at once.
 
         Any failure (a bad config or file, or an error nobody foresaw) fails this model alone:
         one log line, the reason kept for RepositoryIndex and NOT_FOUND answers.
@@ -194,13 +204,13 @@ class DataPlane:
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
             try:
-                model = await loop.run_in_executor(self.executor, self._build, name)
+                model = await loop.run_in_executor(self.executor, self._build, name, override)
             except Exception as exc:  # noqa: BLE001 -- whatever it is, only this model fails
                 error = exc
                 if not isinstance(exc, ServeError):
                     error = ModelLoadError(f"{name}: unexpected error while loading ({cause(exc)})")
-                if not isinstance(error, ModelNotFoundError):
-                    self._failures[name] = str(error)
+                if not isinstance(error, ModelNotFoundError | InvalidInputError):
+                    self._failures[name] = str(error)  # the model's fault, not the request's
                 detail = f" [{error.detail}]" if error.detail else ""
                 log.warning("failed to load model %s: %s%s", quote(name), error, detail, extra=ONCE)
                 if isinstance(error, ModelNotFoundError):
@@ -213,8 +223,19 @@ class DataPlane:
             log.info("%s in %.0f ms", _describe(model), elapsed, extra=ONCE)
             return model
 
-    def _build(self, name: str) -> Model:
-        return load_model(self.repository.source(name), self.factory, self.executor, self.batching)
+    def _build(self, name: str, override: LoadOverride | None = None) -> Model:
+        if override is None:
+            source = self.repository.source(name)
+            return load_model(source, self.factory, self.executor, self.batching)
+        base = None if override.files else self.repository.source(name)
+        with tempfile.TemporaryDirectory(prefix=f"bnmodel-load-{name[:32]}-") as folder:
+            source = override_source(name, override, base, Path(folder))
+            try:  # sessions read the files now: the folder may go afterwards
+                return load_model(source, self.factory, self.executor, self.batching)
+            except ModelLoadError as exc:  # the client's config or files: say so
+                raise InvalidInputError(
+                    f"{exc} (with the RepositoryModelLoad parameters)"
+                ) from None
 
     async def unload(self, name: str) -> None:
         """Stop serving ``name``: new requests get NOT_FOUND at once; returns once the requests

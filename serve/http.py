@@ -17,6 +17,8 @@ otherwise), an idle keep-alive connection is closed after ``idle_timeout``, a bo
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import contextlib
 import logging
@@ -42,7 +44,7 @@ from .http_codec import (
     encode_infer_response,
     json_object,
 )
-from .repository import check_model_name
+from .repository import check_model_name, load_override
 from .security import LogLimiter, SecurityError, TLSFiles, model_control_refusal, token_matches
 from .shutdown import DrainGate
 from .statistics import version_statistics
@@ -297,10 +299,10 @@ class HttpApp:
 
     def _control(self, action: str, model: str) -> Callable[[_Request], Awaitable[HttpResponse]]:
         async def call(request: _Request) -> HttpResponse:
-            if request.body:
-                json_object(request.body)  # parameters are accepted and not used, as over gRPC
+            body = json_object(request.body) if request.body else {}
             if action == "load":
-                await self.dataplane.load(check_model_name(model))
+                name = check_model_name(model)
+                await self.dataplane.load(name, load_override(name, _load_parameters(name, body)))
             else:
                 await self.dataplane.unload(check_model_name(model))
             return _EMPTY_OK
@@ -402,6 +404,28 @@ class HttpApp:
         return HttpResponse(
             200, body, "application/octet-stream", ((HEADER_LENGTH, str(header_length)),)
         )
+
+
+def _load_parameters(name: str, body: dict) -> dict[str, tuple[str, object]]:
+    """A load request's JSON "parameters" as {name: (kind, value)}: file: contents are base64."""
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError(f"RepositoryModelLoad {name!r}: 'parameters' must be an object")
+    found: dict[str, tuple[str, object]] = {}
+    for key, value in parameters.items():
+        if key.startswith("file:") and isinstance(value, str):
+            try:
+                found[key] = ("bytes", base64.b64decode(value, validate=True))
+            except binascii.Error:
+                raise InvalidInputError(
+                    f"RepositoryModelLoad {name!r}: parameter {key[:64]!r} is not base64"
+                ) from None
+        else:
+            kind = {str: "string", bool: "bool", int: "int64"}.get(
+                type(value), type(value).__name__
+            )
+            found[key] = (kind, value)
+    return found
 
 
 class _Connection(asyncio.Protocol):

@@ -24,7 +24,7 @@ from .codec import encode_raw
 from .dataplane import DataPlane, InferResponse
 from .errors import DeadlineExceededError, InvalidInputError, ServeError, status_for
 from .proto import grpc_service_pb2 as pb
-from .repository import check_model_name
+from .repository import check_model_name, load_override
 from .security import MODEL_CONTROL_METHODS, LogLimiter, model_control_refusal
 from .shutdown import DrainGate
 from .statistics import version_statistics
@@ -186,7 +186,12 @@ class InferenceServicer:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load(check_model_name(request.model_name))
+        name = check_model_name(request.model_name)
+        parameters = {}
+        for key, param in request.parameters.items():
+            kind = param.WhichOneof("parameter_choice") or ""
+            parameters[key] = (kind.removesuffix("_param"), getattr(param, kind) if kind else None)
+        await self.dataplane.load(name, load_override(name, parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def SystemSharedMemoryStatus(

@@ -4,6 +4,7 @@ shared-memory region registered through one worker is used through whichever get
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +23,10 @@ def examples(tmp_path_factory):
         yield server
 
 
-def _run(server, scenario: str) -> dict:
-    import json
-
+def _run(server, scenario: str, *args: str) -> dict:
     script = Path(__file__).with_name("triton_examples.py")
     result = subprocess.run(
-        [sys.executable, str(script), server.url, server.http_url, scenario],
+        [sys.executable, str(script), server.url, server.http_url, scenario, *args],
         capture_output=True,
         text=True,
         timeout=90,
@@ -100,3 +99,32 @@ def test_errors_in_tritons_words_and_codes(examples):
     assert "contents field must not be specified when using raw_input_contents" in message
     for key in ("extensions", "http extensions"):
         assert set(EXTENSIONS + ["system_shared_memory"]) <= set(found[key]), found[key]
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+    root = write_example_repository(tmp_path_factory.mktemp("control"))
+    with run_server("--model-repository", str(root), "--allow-model-control") as server:
+        yield server, root
+
+
+@pytest.mark.parametrize("scenario", ["control-grpc", "control-http"])
+def test_load_parameters_config_override_and_files(controlled, scenario):
+    server, root = controlled
+    found = _run(server, scenario, str(root))
+    assert found["max_batch_size"] == 4  # the override applied
+    invalid = "400" if scenario.endswith("http") else "StatusCode.INVALID_ARGUMENT"
+    phrases = {
+        "malformed": "parameter 'config' is not a model configuration in JSON",
+        "backend": "backend 'tensorrt'",
+        "unknown field": 'no field named "max_batchsize"',
+        "bad dims": "input 'INPUT0' is INT32 [3]",
+        "files without config": "need a 'config' parameter too",
+    }
+    for case, phrase in phrases.items():
+        status, message = found[case]
+        assert status == invalid and phrase in message, (case, found[case])
+        assert message.startswith("failed to load 'simple'"), message
+    assert found["still ready"]  # a refused override leaves the model served
+    assert found["file versions"] == ["2"] and found["file datatype"] == "INT8"
+    assert found["reloaded datatype"] == "INT32"  # a plain load reads the repository again

@@ -9,6 +9,7 @@ Scenarios (each as the example of that name does it, written anew for these test
   int8-grpc             simple on INT8 (simple_grpc_infer_client with INT8 tensors)
   dtypes                every datatype typed (gRPC), raw (gRPC), JSON and binary (HTTP)
   errors                the error texts and codes Triton's clients check
+  control-grpc REPO, control-http REPO    simple_{grpc,http}_model_control: load parameters
 Prints JSON on stdout; the test asserts on it. Its own process: tritonclient's generated
 protobuf modules cannot share one with ours.
 """
@@ -224,6 +225,50 @@ def dtypes(grpc_client, http_client) -> dict:
     return found
 
 
+def control(client, module, repository: str) -> dict:
+    """simple_{grpc,http}_model_control: load with a config override, a bad one, and files."""
+    name = "simple"
+    as_json = {} if module is httpclient else {"as_json": True}
+    found = {}
+    client.load_model(name, config=json.dumps({"max_batch_size": 4}))
+    config = client.get_model_config(name, **as_json)
+    found["max_batch_size"] = int(config.get("config", config)["max_batch_size"])
+    for case, text in {
+        "malformed": '{"max_batch_size": ',
+        "backend": '{"backend": "tensorrt"}',
+        "unknown field": '{"max_batchsize": 4}',
+        "bad dims": json.dumps(
+            {"input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [3]},
+                       {"name": "INPUT1", "data_type": "TYPE_INT32", "dims": [3]}],
+             "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [3]},
+                        {"name": "OUTPUT1", "data_type": "TYPE_INT32", "dims": [3]}]}
+        ),
+    }.items():  # fmt: skip
+        found[case] = _error(lambda text=text: client.load_model(name, config=text))
+    found["still ready"] = client.is_model_ready(name)
+    with open(f"{repository}/simple_int8/1/model.onnx", "rb") as f:
+        int8 = f.read()
+    override = {
+        "max_batch_size": 8,
+        "input": [
+            {"name": n, "data_type": "TYPE_INT8", "dims": [16]} for n in ("INPUT0", "INPUT1")
+        ],
+        "output": [
+            {"name": n, "data_type": "TYPE_INT8", "dims": [16]} for n in ("OUTPUT0", "OUTPUT1")
+        ],
+    }
+    client.load_model(name, config=json.dumps(override), files={"file:2/model.onnx": int8})
+    metadata = client.get_model_metadata(name, **as_json)
+    found["file versions"] = metadata["versions"]
+    found["file datatype"] = metadata["inputs"][0]["datatype"]
+    found["files without config"] = _error(
+        lambda: client.load_model(name, files={"file:1/model.onnx": int8})
+    )
+    client.load_model(name)  # back to the repository's
+    found["reloaded datatype"] = client.get_model_metadata(name, **as_json)["inputs"][0]["datatype"]
+    return found
+
+
 def errors(grpc_client, http_client) -> dict:
     a = np.zeros((1, 16), dtype=np.int32)
     tensors = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
@@ -245,7 +290,7 @@ def errors(grpc_client, http_client) -> dict:
 
 
 if __name__ == "__main__":
-    grpc_url, http_url, scenario = sys.argv[1:]
+    grpc_url, http_url, scenario, *rest = sys.argv[1:]
     grpc_client = grpcclient.InferenceServerClient(grpc_url)
     http_client = httpclient.InferenceServerClient(http_url.removeprefix("http://"))
     if scenario == "shm-grpc":
@@ -256,6 +301,10 @@ if __name__ == "__main__":
         result = add_sub(grpc_client, "simple_string", np.int32, "BYTES")
     elif scenario == "int8-grpc":
         result = add_sub(grpc_client, "simple_int8", np.int8, "INT8")
+    elif scenario == "control-grpc":
+        result = control(grpc_client, grpcclient, *rest)
+    elif scenario == "control-http":
+        result = control(http_client, httpclient, *rest)
     elif scenario == "dtypes":
         result = dtypes(grpc_client, http_client)
     else:
