@@ -14,6 +14,7 @@ maps the objects itself, re-reading the file when it changed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -32,6 +33,17 @@ SHM_DIR = Path("/dev/shm")
 # One registry per server: named by the process that imported this module first (the parent of
 # any workers) and when, so a reused pid never finds an old server's regions.
 _STATE_NAME = f"bnmodel-shm-{os.getpid()}-{time.time_ns()}.json"
+_STATE_OWNER = os.getpid()
+
+
+@atexit.register
+def _remove_state() -> None:
+    """The server's state and lock files go when the process that named them exits (the
+    supervisor, or the one server process); the regions' objects belong to the clients."""
+    if os.getpid() == _STATE_OWNER:
+        state = Path(tempfile.gettempdir()) / _STATE_NAME
+        for path in (state, state.with_suffix(".lock")):
+            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
