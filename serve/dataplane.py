@@ -311,7 +311,7 @@ class DataPlane:
 
     def _from_shared_memory(self, model: str, request: InferRequest) -> InferRequest:
         """Inputs that name a shared-memory region get its bytes as their raw contents."""
-        if not any(t.parameters for t in request.inputs):
+        if not any(p.name == _REGION for t in request.inputs for p in t.parameters):
             return request  # the usual case
         inputs, shared = [], 0
         for tensor in request.inputs:
@@ -344,10 +344,13 @@ class DataPlane:
         return SharedOutput(name, datatype.name, array.shape, region, len(raw))
 
 
+_REGION = "shared_memory_region"  # the parameter that puts a tensor in shared memory
+
+
 def _shared_target(parameters: tuple[Parameter, ...], where: str) -> tuple[str, int, int] | None:
     """(region, byte_size, offset) from a tensor's shared_memory_* parameters, or None."""
     found = {p.name: p for p in parameters if p.name.startswith("shared_memory_")}
-    if "shared_memory_region" not in found:
+    if _REGION not in found:
         return None
     region = found["shared_memory_region"]
     if region.kind != "string_param":
