@@ -28,6 +28,7 @@ __all__ = [
     "element_count",
     "decode_raw",
     "decode_typed",
+    "decode_values",
     "encode_raw",
     "encode_typed",
 ]
@@ -255,8 +256,13 @@ def _typed_values(contents: Any, dt: Datatype) -> Any:
 
 def decode_typed(contents: Any, datatype: str, shape: Sequence[int]) -> np.ndarray:
     """InferTensorContents -> array of ``shape``; checks the field, count and value range."""
+    return decode_values(_typed_values(contents, lookup_datatype(datatype)), datatype, shape)
+
+
+def decode_values(values: Sequence[Any], datatype: str, shape: Sequence[int]) -> np.ndarray:
+    """A flat sequence of typed values (one contents field, or JSON "data") -> array of
+    ``shape``; checks the count and value range."""
     dt = lookup_datatype(datatype)
-    values = _typed_values(contents, dt)
     expected = element_count(shape)
     if len(values) != expected:
         raise InvalidInputError(

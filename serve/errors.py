@@ -1,13 +1,14 @@
-"""Domain errors of the server and the one mapping from them to gRPC status codes.
+"""Domain errors of the server, and the one table from them to each protocol's status.
 
-The data plane raises these; the servicer turns them into a status with :func:`status_code_for`.
-Their messages go to the client as they are, so they name the model, tensor, expected and
-received values, and never carry Python, numpy or ONNX Runtime internals.
+The data plane raises these; the gRPC servicer and the HTTP app look their status up in
+:data:`STATUS` (:func:`status_for`). The errors themselves know no protocol. Their messages go
+to the client as they are, so they name the model, tensor, expected and received values, and
+never carry Python, numpy or ONNX Runtime internals.
 """
 
 from __future__ import annotations
 
-import grpc
+from typing import NamedTuple
 
 __all__ = [
     "ServeError",
@@ -17,8 +18,11 @@ __all__ = [
     "ModelNotReadyError",
     "ResourceExhaustedError",
     "DeadlineExceededError",
-    "STATUS_CODES",
-    "status_code_for",
+    "AlreadyExistsError",
+    "Status",
+    "STATUS",
+    "INTERNAL",
+    "status_for",
 ]
 
 
@@ -34,7 +38,7 @@ class ServeError(Exception):
 
 
 class ModelNotFoundError(ServeError, LookupError):
-    """Unknown model name or version."""
+    """Unknown model name or version, or unknown shared-memory region."""
 
 
 class InvalidInputError(ServeError, ValueError):
@@ -57,22 +61,33 @@ class DeadlineExceededError(ServeError):
     """The client's deadline passed while its request waited; it was not run."""
 
 
-# The one table from domain error to status code; the most specific class wins (checked in MRO
-# order by status_code_for), and anything that is not a ServeError is INTERNAL.
-STATUS_CODES: dict[type[ServeError], grpc.StatusCode] = {
-    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
-    InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
-    ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
-    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+class AlreadyExistsError(ServeError):
+    """A name already taken (a shared-memory region registered twice)."""
+
+
+class Status(NamedTuple):
+    grpc: str  # grpc.StatusCode member name
+    http: int
+
+
+# The one table from domain error to status; the most specific class wins (checked in MRO order
+# by status_for), and anything that is not a ServeError is INTERNAL.
+STATUS: dict[type[ServeError], Status] = {
+    ModelNotFoundError: Status("NOT_FOUND", 404),
+    InvalidInputError: Status("INVALID_ARGUMENT", 400),
+    ModelLoadError: Status("FAILED_PRECONDITION", 400),
+    ModelNotReadyError: Status("UNAVAILABLE", 503),
+    ResourceExhaustedError: Status("RESOURCE_EXHAUSTED", 429),
+    DeadlineExceededError: Status("DEADLINE_EXCEEDED", 504),
+    AlreadyExistsError: Status("ALREADY_EXISTS", 409),
 }
+INTERNAL = Status("INTERNAL", 500)
 
 
-def status_code_for(error: BaseException) -> grpc.StatusCode:
+def status_for(error: BaseException) -> Status:
     """The status a client gets for ``error``: INTERNAL for anything unexpected."""
     for cls in type(error).__mro__:
-        code = STATUS_CODES.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return INTERNAL

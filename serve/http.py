@@ -5,8 +5,8 @@ bodies: no framework, because each route is convert, delegate, convert, as in th
 (serve/servicer.py), and a framework's routing and validation layers cost more per request
 than the model run of a small batch (benchmarks/README.md has the measurement). Everything
 past the bytes is shared with gRPC: the data plane (models, validation, batching, statistics),
-the drain gate, the token check and the model-control switch. Domain errors become the HTTP
-status matching their gRPC code (:data:`HTTP_STATUS`), with the same message, as
+the drain gate, the token check and the model-control switch. Domain errors become their HTTP
+status from serve/errors.py's one table, with the same message as over gRPC, as
 ``{"error": "..."}``; anything unexpected is a 500 whose details go only to the log.
 
 Limits: a request must arrive whole within ``request_timeout`` seconds of its first byte (408
@@ -17,6 +17,8 @@ otherwise), an idle keep-alive connection is closed after ``idle_timeout``, a bo
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import contextlib
 import errno
@@ -33,14 +35,13 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-import grpc
 import httptools
 import orjson
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from .dataplane import DataPlane
-from .errors import InvalidInputError, ServeError, status_code_for
+from .errors import InvalidInputError, ServeError, status_for
 from .http_codec import (
     HEADER_LENGTH,
     binary_outputs,
@@ -48,15 +49,13 @@ from .http_codec import (
     encode_infer_response,
     json_object,
 )
-from .repository import check_model_name
+from .repository import check_model_name, load_override
 from .security import LogLimiter, SecurityError, TLSFiles, model_control_refusal, token_matches
 from .shutdown import DrainGate
 from .statistics import version_statistics
 
 __all__ = [
-    "HTTP_STATUS",
     "JSON_EXPANSION",
-    "http_status_for",
     "HttpResponse",
     "HttpServer",
     "ssl_context",
@@ -65,28 +64,11 @@ __all__ = [
 log = logging.getLogger("bnmodel.serve")
 _rejections = LogLimiter(log)
 
-# The HTTP status of each gRPC code a domain error maps to (serve/errors.py): one table.
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 # A JSON body may be this many times the gRPC message limit: a float written as JSON text takes
 # up to ~24 bytes ("-0.0001234567890123456,") where raw FP32 takes 4.
 JSON_EXPANSION = 6
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers together
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
-
-
-def http_status_for(error: BaseException) -> int:
-    """The HTTP status a client gets for ``error``: 500 for anything unexpected."""
-    return HTTP_STATUS.get(status_code_for(error), 500)
 
 
 @dataclass(frozen=True)
@@ -166,6 +148,15 @@ _MODEL_ROUTE = re.compile(
     r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer|config|stats))?$"
 )
 _REPOSITORY_ROUTE = re.compile(r"^/v2/repository/models/([^/]+)/(load|unload)$")
+# /v2/systemsharedmemory[/region/{name}]/{register,unregister,status}
+_SHM_ROUTE = re.compile(
+    r"^/v2/systemsharedmemory(?:/region/([^/]+))?/(register|unregister|status)$"
+)
+_SHM_NAMES = {
+    "register": "SystemSharedMemoryRegister",
+    "unregister": "SystemSharedMemoryUnregister",
+    "status": "SystemSharedMemoryStatus",
+}
 
 
 class HttpApp:
@@ -229,7 +220,7 @@ class HttpApp:
     @staticmethod
     def _failure(name: str, exc: BaseException) -> HttpResponse:
         if isinstance(exc, ServeError):
-            status = http_status_for(exc)
+            status = status_for(exc).http
             _rejections.warning("HTTP %s rejected: %d: %s", name, status, exc)
             return _error(status, str(exc))
         if not isinstance(exc, Exception):
@@ -283,6 +274,11 @@ class HttpApp:
             if not self.allow_model_control:  # after the token check, as over gRPC
                 refusal = _error(403, model_control_refusal(name))
                 call = lambda r: refusal  # noqa: E731
+        elif match := _SHM_ROUTE.match(path):
+            region, action = unquote(match[1] or ""), match[2]
+            wanted = "GET" if action == "status" else "POST"
+            name = _SHM_NAMES[action]
+            call = self._shared_memory_call(action, region)
         else:
             return _error(
                 404,
@@ -306,15 +302,44 @@ class HttpApp:
 
     def _control(self, action: str, model: str) -> Callable[[_Request], Awaitable[HttpResponse]]:
         async def call(request: _Request) -> HttpResponse:
-            if request.body:
-                json_object(request.body)  # parameters are accepted and not used, as over gRPC
+            body = json_object(request.body) if request.body else {}
             if action == "load":
-                await self.dataplane.load(check_model_name(model))
+                name = check_model_name(model)
+                await self.dataplane.load(name, load_override(name, _load_parameters(name, body)))
             else:
                 await self.dataplane.unload(check_model_name(model))
             return _EMPTY_OK
 
         return call
+
+    def _shared_memory_call(self, action: str, region: str) -> Callable[[_Request], HttpResponse]:
+        registry = self.dataplane.shared_memory
+        if action == "status":
+            return lambda r: _json([vars(found) for found in registry.status(region)])
+        if action == "unregister":
+            return lambda r: registry.unregister(region) or _EMPTY_OK
+
+        def register(request: _Request) -> HttpResponse:
+            if not region:
+                raise InvalidInputError(
+                    "SystemSharedMemoryRegister: the region's name goes in the path, "
+                    "/v2/systemsharedmemory/region/NAME/register"
+                )
+            body = json_object(request.body or b"{}", "register request body")
+            where = f"SystemSharedMemoryRegister {region!r}"
+            key = body.get("key")
+            if not isinstance(key, str):
+                raise InvalidInputError(f"{where}: 'key' must be a string")
+            numbers = []
+            for field_name, default in (("offset", 0), ("byte_size", None)):
+                value = body.get(field_name, default)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise InvalidInputError(f"{where}: {field_name!r} must be an integer >= 0")
+                numbers.append(value)
+            registry.register(region, key, *numbers)
+            return _EMPTY_OK
+
+        return register
 
     # -- handlers: convert, delegate, convert ------------------------------------------------
 
@@ -380,6 +405,28 @@ class HttpApp:
         return HttpResponse(
             200, body, "application/octet-stream", ((HEADER_LENGTH, str(header_length)),)
         )
+
+
+def _load_parameters(name: str, body: dict) -> dict[str, tuple[str, object]]:
+    """A load request's JSON "parameters" as {name: (kind, value)}: file: contents are base64."""
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError(f"RepositoryModelLoad {name!r}: 'parameters' must be an object")
+    found: dict[str, tuple[str, object]] = {}
+    for key, value in parameters.items():
+        if key.startswith("file:") and isinstance(value, str):
+            try:
+                found[key] = ("bytes", base64.b64decode(value, validate=True))
+            except binascii.Error:
+                raise InvalidInputError(
+                    f"RepositoryModelLoad {name!r}: parameter {key[:64]!r} is not base64"
+                ) from None
+        else:
+            kind = {str: "string", bool: "bool", int: "int64"}.get(
+                type(value), type(value).__name__
+            )
+            found[key] = (kind, value)
+    return found
 
 
 class _Connection(asyncio.Protocol):

@@ -3,8 +3,8 @@
 An infer request body is a JSON object, optionally followed by binary tensor data (Triton's
 binary tensor data extension): the ``Inference-Header-Content-Length`` header then gives the
 length of the JSON part, and each input with ``parameters.binary_data_size`` takes that many
-bytes of what follows, in the order of the inputs. JSON ``data`` becomes an InferTensorContents
-look-alike and binary data becomes ``raw``, so decoding, validation and their messages are the
+bytes of what follows, in the order of the inputs. JSON ``data`` becomes an input's ``values``
+(a flat array) and binary data its ``raw``, so decoding, validation and their messages are the
 data plane's (serve/validation.py, serve/codec.py), the same as over gRPC. Errors here are
 about the JSON itself: :class:`InvalidInputError` naming the field and the JSON type received.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .codec import BYTES, CONTENT_FIELDS, DATATYPES, datatype_of, encode_raw
+from .codec import BYTES, DATATYPES, datatype_of, encode_raw
 from .dataplane import InferResponse
 from .errors import InvalidInputError
 from .validation import InferInput, InferRequest, Parameter, quote
@@ -92,15 +92,6 @@ def _parameters(document: Mapping, where: str) -> tuple[Parameter, ...]:
     return tuple(found)
 
 
-class _JsonContents:
-    """InferTensorContents' repeated fields, with the JSON values in their datatype's field."""
-
-    def __init__(self, field: str, values: np.ndarray) -> None:
-        for name in CONTENT_FIELDS:
-            setattr(self, name, ())
-        setattr(self, field, values)
-
-
 def _json_strings(data: list, where: str) -> list[str]:
     """A BYTES tensor's JSON "data": strings, flat or nested (row-major), flattened."""
     if all(type(value) is str for value in data):  # the usual case: a flat array
@@ -132,20 +123,20 @@ def _with_nulls(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _json_data(data: Any, datatype: str, where: str) -> _JsonContents:
-    """A tensor's JSON "data" (flat or nested array) as typed contents for serve/codec.py."""
+def _json_data(data: Any, datatype: str, where: str) -> np.ndarray | list[str]:
+    """A tensor's JSON "data" (flat or nested array) as flat values for serve/codec.py."""
     if not isinstance(data, list):
         raise InvalidInputError(f"{where}: 'data' must be an array, got {_json_type(data)}")
     dt = DATATYPES.get(datatype)
     if dt is None:  # validation refuses it, naming the datatype the model expects
-        return _JsonContents("bytes_contents", np.empty(0))
+        return []
     if dt.contents_field is None:
         raise InvalidInputError(
             f"{where}: {datatype} has no JSON form; send it as binary data "
             "(parameters.binary_data_size and the Inference-Header-Content-Length header)"
         )
     if dt is BYTES:
-        return _JsonContents("bytes_contents", _json_strings(data, where))
+        return _json_strings(data, where)
     try:
         values = np.asarray(data)
     except (ValueError, TypeError):
@@ -158,7 +149,7 @@ def _json_data(data: Any, datatype: str, where: str) -> _JsonContents:
         raise InvalidInputError(
             f"{where}: 'data' must hold {expected[dt.dtype.kind]} for {datatype}, got {got}"
         )
-    return _JsonContents(dt.contents_field, values.ravel())
+    return values.ravel()
 
 
 def _shape(tensor: Mapping, where: str) -> tuple[int, ...]:
@@ -185,7 +176,8 @@ def _inputs(model: str, document: Mapping, binary: memoryview) -> tuple[InferInp
         where = f"model {quote(model)} input {quote(name)}"
         datatype = _get(tensor, "datatype", str, where, "")
         shape = _shape(tensor, where)
-        size = dict((p.name, p) for p in _parameters(tensor, where)).get("binary_data_size")
+        parameters = _parameters(tensor, where)
+        size = next((p for p in parameters if p.name == "binary_data_size"), None)
         if size is not None:
             if size.kind != "int64_param" or size.value < 0:
                 raise InvalidInputError(
@@ -200,12 +192,12 @@ def _inputs(model: str, document: Mapping, binary: memoryview) -> tuple[InferInp
                 )
             raw = binary[offset : offset + size.value]
             offset += size.value
-            inputs.append(InferInput(name, datatype, shape, raw=raw))
+            inputs.append(InferInput(name, datatype, shape, raw=raw, parameters=parameters))
         elif tensor.get("data") is not None:
-            contents = _json_data(tensor["data"], datatype, where)
-            inputs.append(InferInput(name, datatype, shape, contents=contents))
-        else:
-            inputs.append(InferInput(name, datatype, shape))  # validation: "no data"
+            values = _json_data(tensor["data"], datatype, where)
+            inputs.append(InferInput(name, datatype, shape, values=values, parameters=parameters))
+        else:  # shared memory, or validation says "no data"
+            inputs.append(InferInput(name, datatype, shape, parameters=parameters))
     if offset != len(binary):
         raise InvalidInputError(
             f"model {quote(model)}: the inputs' binary_data_size add up to {offset} bytes, but "
@@ -285,6 +277,19 @@ def encode_infer_response(
             else:
                 entry["data"] = flat.astype(np.float32) if flat.dtype == np.float16 else flat
         outputs.append(entry)
+    for shared in response.shared:
+        parameters = {
+            "shared_memory_region": shared.region,
+            "shared_memory_byte_size": shared.byte_size,
+        }
+        outputs.append(
+            {
+                "name": shared.name,
+                "datatype": shared.datatype,
+                "shape": list(shared.shape),
+                "parameters": parameters,
+            }
+        )
     document = {
         "model_name": response.model_name,
         "model_version": response.model_version,

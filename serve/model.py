@@ -228,6 +228,13 @@ class Model:
     def version(self, version: str) -> ModelVersion:
         """``version`` ("" = latest) or ModelNotFoundError listing the versions served."""
         found = self.versions.get(version or self.latest)
+        if found is None and not (version.isascii() and version.isdigit()):
+            shown = version[:32]
+            raise InvalidInputError(  # Triton's words and code for a version that is no number
+                f"failed to get model version from specified version string {shown!r} "
+                f"(details: not a number), version should be an integer; model {self.name!r} "
+                f"serves versions {', '.join(self.versions)}"
+            )
         if found is None:
             shown = version[:32]
             raise ModelNotFoundError(
@@ -238,8 +245,9 @@ class Model:
 
 
 def _example_inputs(signature: ModelSignature):
-    """rows -> zero inputs (empty strings for BYTES) of that many rows (to time the model), or
-    None when a non-batch dimension is variable (the cost depends on what clients send)."""
+    """rows -> zero inputs ("0" for BYTES: valid for a categorical input and for one holding
+    numbers) of that many rows (to time the model), or None when a non-batch dimension is
+    variable (the cost depends on what clients send)."""
     if any(-1 in spec.dims for spec in signature.inputs):
         return None
     batched = signature.max_batch_size > 0
@@ -248,7 +256,7 @@ def _example_inputs(signature: ModelSignature):
         return {
             spec.name: np.full(
                 ((rows,) if batched else ()) + spec.dims,
-                "" if spec.datatype is BYTES else 0,
+                "0" if spec.datatype is BYTES else 0,
                 spec.datatype.dtype,
             )
             for spec in signature.inputs
@@ -280,18 +288,25 @@ def load_model(
             raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
         check_session(signature, session, where)
         runner = ModelRunner(session, output_names)
-        try:  # times the model on zero inputs: a graph that loads may still fail to run
+        options = batching or BatchingOptions()
+        example = _example_inputs(signature)
+        try:  # times the model on example inputs, to choose the batches run on the loop
             timed = with_inline_runs(
-                policy,
-                runner.run,
-                _example_inputs(signature),
-                signature.max_batch_size,
-                (batching or BatchingOptions()).max_inline_us,
+                policy, runner.run, example, signature.max_batch_size, options.max_inline_us
             )
         except Exception as exc:  # noqa: BLE001 -- ORT raises several pybind types
-            raise ModelLoadError(
-                f"{where}: fails when run on zero inputs at load ({cause(exc)})"
-            ) from None
+            # Example inputs are only a guess at what the model accepts (a string input may
+            # have to hold numbers, say): a model that fails on them still loads, its batches
+            # all run on the executor threads, and real requests decide.
+            log.warning(
+                "model %r version %s: the timing run on example inputs failed (%s); every batch "
+                "runs on the executor threads",
+                source.name,
+                version,
+                cause(exc),
+                extra={"once": True},
+            )
+            timed = policy
         scheduler = Scheduler(runner.run, executor, timed, VersionStats(), signature.batched)
         versions[version] = ModelVersion(version, runner, scheduler, signature.batched)
     return Model(source.name, source.config, signature, versions)

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 
 from bnmodel.contract import parameters_from_metadata
 
@@ -43,6 +43,9 @@ __all__ = [
     "default_model_name",
     "json_parameter",
     "cause",
+    "LoadOverride",
+    "override_source",
+    "load_override",
 ]
 
 CONFIG_FILE = "config.pbtxt"
@@ -263,6 +266,96 @@ def config_from_onnx(path: Path, name: str, max_batch_size: int) -> model_config
     for key, value in parameters_from_metadata(signature.metadata).items():
         config.parameters[key].string_value = value
     return config
+
+
+@dataclass(frozen=True)
+class LoadOverride:
+    """RepositoryModelLoad's parameters: a ModelConfig in Triton's JSON form, and files
+    ("1/model.onnx" -> bytes) that make up the model folder to load instead of the repository's."""
+
+    config: str | None = None
+    files: tuple[tuple[str, bytes], ...] = ()
+
+
+def load_override(name: str, parameters: dict[str, tuple[str, object]]) -> LoadOverride | None:
+    """RepositoryModelLoad's parameters ({name: (kind, value)}, kind "string", "bytes", ...)
+    -> the override, or None without config or file: parameters (others are ignored, as Triton
+    passes them on)."""
+    config, files = None, []
+    for key, (kind, value) in parameters.items():
+        if key == "config":
+            if kind != "string":
+                raise InvalidInputError(
+                    f"RepositoryModelLoad {name!r}: parameter 'config' must be a string (the "
+                    f"model configuration in JSON), got {kind or 'no value'}"
+                )
+            config = value
+        elif key.startswith("file:"):
+            if kind != "bytes":
+                raise InvalidInputError(
+                    f"RepositoryModelLoad {name!r}: parameter {key[:64]!r} must hold the file's "
+                    f"bytes, got {kind or 'no value'}"
+                )
+            files.append((key.removeprefix("file:"), value))
+    if config is None and not files:
+        return None
+    return LoadOverride(config, tuple(files))
+
+
+def _override_config(name: str, text: str, base: model_config_pb2.ModelConfig | None):
+    where = f"RepositoryModelLoad {name!r}: parameter 'config'"
+    try:
+        config = json_format.Parse(text, model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInputError(f"{where} is not a model configuration in JSON: {first}") from None
+    if config.name and config.name != name:
+        raise InvalidInputError(f"{where}: name {config.name!r} does not match the model {name!r}")
+    if config.backend not in ("", "onnxruntime") or config.platform not in ("", ONNX_PLATFORM):
+        raise InvalidInputError(
+            f"{where}: backend {config.backend!r} / platform {config.platform!r} is not "
+            f"supported; this server runs ONNX models (backend 'onnxruntime', platform "
+            f"{ONNX_PLATFORM!r})"
+        )
+    if base is not None and not config.input and not config.output:
+        # As Triton completes a config from the model: tensors the override leaves out
+        config.input.extend(base.input)
+        config.output.extend(base.output)
+    config.name, config.platform = name, ONNX_PLATFORM
+    return config
+
+
+def override_source(
+    name: str, override: LoadOverride, base: ModelSource | None, folder: Path
+) -> ModelSource:
+    """The model to load for ``override``: its config (checked: INVALID_ARGUMENT naming what is
+    wrong) and, with files, version folders written under the empty ``folder``."""
+    if override.files and override.config is None:
+        raise InvalidInputError(
+            f"RepositoryModelLoad {name!r}: 'file:' parameters need a 'config' parameter too "
+            "(the files form the whole model folder)"
+        )
+    config = _override_config(name, override.config, None if override.files else base.config)
+    if not override.files:
+        return ModelSource(name, config, base.versions)
+    filename = config.default_model_filename or DEFAULT_MODEL_FILE
+    for path, content in override.files:
+        version, _, file = path.partition("/")
+        if not (version.isascii() and version.isdigit()) or file in ("", ".", "..") or "/" in file:
+            raise InvalidInputError(
+                f"RepositoryModelLoad {name!r}: parameter 'file:{path[:64]}' must name "
+                "VERSION/FILE (for example 'file:1/model.onnx')"
+            )
+        (folder / version).mkdir(exist_ok=True)
+        (folder / version / file).write_bytes(content)
+    available = [int(v.name) for v in folder.iterdir() if (v / filename).is_file()]
+    chosen = select_versions(available, config.version_policy)
+    if not chosen:
+        raise InvalidInputError(
+            f"RepositoryModelLoad {name!r}: no 'file:VERSION/{filename}' parameter matches the "
+            f"version policy (versions given: {sorted(available) or 'none'})"
+        )
+    return ModelSource(name, config, {str(v): folder / str(v) / filename for v in chosen})
 
 
 def json_parameter(config: model_config_pb2.ModelConfig, key: str) -> list[str] | None:

@@ -23,9 +23,9 @@ from google.protobuf.message import DecodeError
 from .batching import set_request_deadline
 from .codec import encode_raw
 from .dataplane import DataPlane, InferResponse
-from .errors import DeadlineExceededError, InvalidInputError, ServeError, status_code_for
+from .errors import DeadlineExceededError, InvalidInputError, ServeError, status_for
 from .proto import grpc_service_pb2 as pb
-from .repository import check_model_name
+from .repository import check_model_name, load_override
 from .security import MODEL_CONTROL_METHODS, LogLimiter, model_control_refusal
 from .shutdown import DrainGate
 from .statistics import version_statistics
@@ -67,21 +67,27 @@ def decode_infer_request(data: bytes) -> InferRequest:
             "or a string field that is not UTF-8)"
         ) from None
     raw = message.raw_input_contents
-    inputs = tuple(
-        InferInput(
-            name=tensor.name,
-            datatype=tensor.datatype,
-            shape=tuple(tensor.shape),
-            raw=raw[i] if i < len(raw) else None,
-            contents=tensor.contents if tensor.HasField("contents") else None,
+    inputs, index = [], 0
+    for tensor in message.inputs:
+        parameters = _parameters(tensor.parameters)
+        shared = any(p.name == "shared_memory_region" for p in parameters)
+        inputs.append(
+            InferInput(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=tuple(tensor.shape),
+                # raw_input_contents hold the inputs not in shared memory, in order
+                raw=raw[index] if not shared and index < len(raw) else None,
+                contents=tensor.contents if tensor.HasField("contents") else None,
+                parameters=parameters,
+            )
         )
-        for i, tensor in enumerate(message.inputs)
-    )
+        index += not shared
     return InferRequest(
         model_name=message.model_name,
         model_version=message.model_version,
         id=message.id,
-        inputs=inputs,
+        inputs=tuple(inputs),
         outputs=tuple(output.name for output in message.outputs),
         raw_count=len(raw),
         parameters=_parameters(message.parameters),
@@ -102,6 +108,10 @@ def encode_infer_response(response: InferResponse) -> bytes:
         datatype, raw = encode_raw(array)
         message.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
         message.raw_output_contents.append(raw)
+    for shared in response.shared:  # after the others: raw_output_contents align with those
+        tensor = message.outputs.add(name=shared.name, datatype=shared.datatype, shape=shared.shape)
+        tensor.parameters["shared_memory_region"].string_param = shared.region
+        tensor.parameters["shared_memory_byte_size"].int64_param = shared.byte_size
     return message.SerializeToString()
 
 
@@ -180,8 +190,37 @@ class InferenceServicer:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load(check_model_name(request.model_name))
+        name = check_model_name(request.model_name)
+        parameters = {}
+        for key, param in request.parameters.items():
+            kind = param.WhichOneof("parameter_choice") or ""
+            parameters[key] = (kind.removesuffix("_param"), getattr(param, kind) if kind else None)
+        await self.dataplane.load(name, load_override(name, parameters))
         return pb.RepositoryModelLoadResponse()
+
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.shared_memory.status(request.name):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(**vars(region))
+            )
+        return response
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.dataplane.shared_memory.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.dataplane.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest
@@ -205,7 +244,7 @@ def _guarded(method: str, call: Callable[[Any], Awaitable[Any]], gate: DrainGate
             try:
                 return await call(request)
             except ServeError as exc:
-                code, message = status_code_for(exc), str(exc)
+                code, message = grpc.StatusCode[status_for(exc).grpc], str(exc)
                 if not isinstance(exc, DeadlineExceededError):  # the client gave up: not news
                     _rejections.warning("%s rejected: %s: %s", method, code.name, message)
             except Exception:

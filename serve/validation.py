@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .codec import decode_raw, decode_typed
+from .codec import decode_raw, decode_typed, decode_values
 from .errors import InvalidInputError
 from .model import Model, ModelSignature, TensorSpec
 
@@ -30,27 +30,30 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class InferInput:
-    """One input tensor as the client sent it, not yet decoded.
-
-    Exactly one of ``raw`` (bytes from raw_input_contents) and ``contents`` (an object with
-    InferTensorContents' repeated fields) is set for a well-formed request.
-    """
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    raw: bytes | None = None
-    contents: Any = None
-
-
-@dataclass(frozen=True)
 class Parameter:
     """One InferParameter: ``kind`` is the set oneof field ("int64_param"), "" when none is."""
 
     name: str
     kind: str
     value: Any = None
+
+
+@dataclass(frozen=True)
+class InferInput:
+    """One input tensor as the client sent it, not yet decoded.
+
+    Exactly one of ``raw`` (bytes from raw_input_contents, HTTP binary data or a shared-memory
+    region), ``contents`` (gRPC's InferTensorContents) and ``values`` (JSON "data": a flat
+    numpy array, or a list of str for BYTES) is set for a well-formed request.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes | memoryview | None = None
+    contents: Any = None
+    values: Any = None
+    parameters: tuple[Parameter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,12 @@ def _where(model_name: str) -> str:
 def _check_content_kinds(request: InferRequest, where: str) -> None:
     if request.raw_count == 0:
         return
-    typed = [t.name for t in request.inputs if t.contents is not None]
+    typed = [t.name for t in request.inputs if t.contents is not None or t.values is not None]
     if typed:
         raise InvalidInputError(
-            f"{where}: request has both raw_input_contents and typed contents "
-            f"(input {quote(typed[0])}); use one or the other"
+            f"{where}: contents field must not be specified when using raw_input_contents "
+            f"for {quote(typed[0])}: the request has both raw_input_contents and typed "
+            "contents; use one or the other"
         )
     if request.raw_count != len(request.inputs):
         raise InvalidInputError(
@@ -158,6 +162,8 @@ def _decode(tensor: InferInput, where: str) -> np.ndarray:
             return decode_raw(tensor.raw, tensor.datatype, tensor.shape)
         if tensor.contents is not None:
             return decode_typed(tensor.contents, tensor.datatype, tensor.shape)
+        if tensor.values is not None:
+            return decode_values(tensor.values, tensor.datatype, tensor.shape)
     except InvalidInputError as exc:
         raise InvalidInputError(f"{where} input {quote(tensor.name)}: {exc}") from None
     where = f"{where} input {quote(tensor.name)}"

@@ -246,7 +246,12 @@ def _infer_cases() -> list[Case]:
     big = b"\0" * (5 * 1024 * 1024)
     return [
         Case("valid request (control)", _bytes(_request()), OK, "", check=_answer()),
-        Case("unknown model", _bytes(_request(model="nope")), NOT_FOUND, "unknown model 'nope'"),
+        Case(
+            "unknown model",
+            _bytes(_request(model="nope")),
+            NOT_FOUND,
+            "Request for unknown model: 'nope' is not found",
+        ),
         Case(
             "unknown version",
             _bytes(_request(model_version="9")),
@@ -256,20 +261,20 @@ def _infer_cases() -> list[Case]:
         Case(
             "non-numeric version",
             _bytes(_request(model_version="latest\n")),
-            NOT_FOUND,
-            "has no version 'latest\\n'",
+            INVALID,
+            "version string 'latest\\n'",
         ),
         Case(
             "model that failed to load",
             _bytes(_request(model="broken")),
             NOT_FOUND,
-            "model 'broken' is not loaded",
+            "model: 'broken' is not loaded: failed to load",
         ),
         Case(
             "path-like model name",
             _bytes(_request(model="../clf")),
             NOT_FOUND,
-            "unknown model '../clf'",
+            "unknown model: '../clf'",
         ),
         Case("empty model name", _bytes(_request(model="")), INVALID, "model name is empty"),
         Case(
@@ -405,7 +410,7 @@ def _infer_cases() -> list[Case]:
             "raw and typed contents both set",
             _with(_request(), lambda r: r.inputs[0].contents.fp32_contents.extend(X.ravel())),
             INVALID,
-            "both raw_input_contents and typed contents (input 'features')",
+            "contents field must not be specified when using raw_input_contents for 'features'",
         ),
         Case(
             "typed contents in the wrong field",
@@ -547,7 +552,7 @@ def _control_cases() -> list[Case]:
             "ModelMetadata of an unknown model",
             _bytes(pb.ModelMetadataRequest(name="nope")),
             NOT_FOUND,
-            "unknown model 'nope'",
+            "Request for unknown model: 'nope' is not found",
             method="ModelMetadata",
         ),
         Case(
@@ -717,10 +722,10 @@ def http_cases() -> list[HttpCase]:
         HttpCase("unknown route", 404, "unknown route '/nowhere'", "GET", "/nowhere"),
         HttpCase("wrong method", 405, "takes GET, not DELETE", "DELETE", "/v2/models/clf"),
         HttpCase("GET on infer", 405, "takes POST, not GET", "GET", infer),
-        HttpCase("unknown model", 404, "unknown model 'nope'", "GET", "/v2/models/nope"),
+        HttpCase("unknown model", 404, "unknown model: 'nope'", "GET", "/v2/models/nope"),
         HttpCase("unknown version", 404, "version", "GET", "/v2/models/clf/versions/9"),
         HttpCase("model not loaded", 404, "is not loaded", "GET", "/v2/models/broken"),
-        HttpCase("infer unknown model", 404, "unknown model 'nope'", path="/v2/models/nope/infer"),
+        HttpCase("infer unknown model", 404, "unknown model: 'nope'", path="/v2/models/nope/infer"),
         HttpCase("malformed JSON", 400, "is not valid JSON", body=b"{not json"),
         HttpCase("empty body", 400, "is not valid JSON"),
         HttpCase("JSON not an object", 400, "must be a JSON object, got an array", body=b"[1]"),

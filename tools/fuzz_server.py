@@ -275,7 +275,11 @@ def expect(payload: bytes) -> Expected:
         return Expected(INVALID)
     if not m.model_name or len(m.model_name) > 255:
         return Expected(INVALID)
-    if m.model_name not in SPECS or m.model_version not in ("", "1"):
+    if m.model_name not in SPECS:
+        return Expected(NOT_FOUND)
+    if not (m.model_version.isascii() and m.model_version.isdigit()) and m.model_version:
+        return Expected(INVALID)  # a version that is not a number, as Triton answers it
+    if m.model_version not in ("", "1"):
         return Expected(NOT_FOUND)
     outputs = [o.name for o in m.outputs]
     if len(set(outputs)) != len(outputs) or not set(outputs) <= set(OUTPUTS):
@@ -507,9 +511,9 @@ def _http_input(document: dict, model: str, binary: bytes) -> np.ndarray | None:
         data = [v for row in data for v in row]
     if len(data) != shape[0] * FEATURES:
         return None
-    if not all(type(v) in (int, float) for v in data):
-        return None  # strings, nulls, lists; booleans are not numbers for FP32
-    return np.array(data, dtype).reshape(shape)
+    if not all(v is None or type(v) in (int, float) for v in data):
+        return None  # strings, lists; booleans are not numbers for FP32
+    return np.array(data, dtype).reshape(shape)  # null: a missing value, NaN
 
 
 def _http_parameters_ok(document: dict) -> bool:

@@ -118,7 +118,9 @@ def test_missing_duplicate_and_mixed_inputs(plane):
 
 def test_unknown_model_and_version(plane):
     plane, loop, _ = plane
-    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'; loaded models: 'clf'"):
+    with pytest.raises(
+        ModelNotFoundError, match="unknown model: 'nope' is not found; loaded models: 'clf'"
+    ):
         loop.run_until_complete(plane.infer(InferRequest("nope")))
     with pytest.raises(ModelNotFoundError, match="no version '7'; versions served: 1"):
         loop.run_until_complete(plane.infer(InferRequest("clf", model_version="7")))

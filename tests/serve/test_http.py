@@ -85,7 +85,9 @@ def test_tritonclient_http_control_plane(server):
     assert isinstance(result["stats"]["model_stats"][0]["inference_count"], int)
     assert result["index"] == ["clf", "half", "raw", "reg"]
     assert result["ready_after_unload"] is False and result["ready_after_load"] is True
-    assert result["missing_model"].startswith("404 unknown model 'no-such-model'")
+    assert result["missing_model"].startswith(
+        "404 Request for unknown model: 'no-such-model' is not found"
+    )
 
 
 def test_plain_json_matches_grpc_beside_it(server, repository):
@@ -173,7 +175,9 @@ def test_infer_command_over_http(server, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert missing.returncode == 1 and "HTTP 404: unknown model 'nope'" in missing.stderr
+    assert (
+        missing.returncode == 1 and "HTTP 404: Request for unknown model: 'nope'" in missing.stderr
+    )
 
 
 class _NoModels:

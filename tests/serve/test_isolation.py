@@ -24,7 +24,6 @@ BROKEN = {
     "bad_enum": ("data_type 99: not a DataType", "data_type"),
     "not_utf8": ("a byte that is not UTF-8 in config.pbtxt", "UnicodeDecodeError"),
     "superscript": ('only a version folder "²" (isdigit, but no int)', "no version folder"),
-    "fails_to_run": ("a graph that loads but fails when run", "fails when run"),
     "huge": ("dims [100000000]: more than a gRPC message holds", "gRPC's largest message"),
     "garbage_onnx": ("model.onnx is not ONNX", "could not be loaded"),
     "empty_config": ("config.pbtxt is empty", "no input or no output"),
@@ -74,7 +73,9 @@ def test_broken_models_fail_alone_and_the_rest_is_served(mixed_repository, tmp_p
     args = ("--model-repository", str(mixed_repository), "--workers", "2", "--device", "cpu")
     with run_server(*args) as server:
         ready = server.ready_line
-        assert "models: fixed, good;" in ready, ready
+        # A graph that fails on the load-time timing run still loads (one warning): the
+        # example inputs are a guess, and real requests decide.
+        assert "models: fails_to_run, fixed, good;" in ready, ready
         assert all(name in ready.split("NOT loaded:")[1] for name in BROKEN), ready
         rng = np.random.default_rng(0)
         cases = {
@@ -109,6 +110,8 @@ def test_broken_models_fail_alone_and_the_rest_is_served(mixed_repository, tmp_p
         lines = [line for line in log.splitlines() if f"failed to load model '{name}'" in line]
         assert len(lines) == 1, (fault, lines)  # once, though two workers loaded it
         assert name in lines[0] and word in lines[0], lines[0]
+    warned = [line for line in log.splitlines() if "the timing run on example inputs" in line]
+    assert len(warned) == 1 and "'fails_to_run'" in warned[0], warned
     assert "Traceback" not in log
 
 
@@ -116,7 +119,7 @@ def test_exit_on_error_stops_at_the_first_broken_model(mixed_repository):
     args = ("--model-repository", str(mixed_repository), "--exit-on-error", "--device", "cpu")
     with pytest.raises(ServerStartError, match="exited with 1") as info, run_server(*args):
         pass
-    assert "--exit-on-error: 10 model(s) failed to load" in str(info.value)
+    assert "--exit-on-error: 9 model(s) failed to load" in str(info.value)
 
 
 def test_an_empty_repository_shows_the_layout_it_expects(tmp_path):

@@ -113,7 +113,12 @@ def _bad_requests() -> list[tuple[str, pb.ModelInferRequest | bytes, grpc.Status
     extra.raw_input_contents.append(x.tobytes())
     invalid, notfound = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
     return [
-        ("unknown model", request(model="nope"), notfound, "unknown model 'nope'"),
+        (
+            "unknown model",
+            request(model="nope"),
+            notfound,
+            "Request for unknown model: 'nope' is not found",
+        ),
         (
             "unknown version",
             pb.ModelInferRequest(model_name="clf", model_version="9"),
