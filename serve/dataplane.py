@@ -199,7 +199,14 @@ class DataPlane:
         Any failure (a bad config or file, or an error nobody foresaw) fails this model alone:
         one log line, the reason kept for RepositoryIndex and NOT_FOUND answers.
         """
-        self._known(name)
+        try:
+            self._known(name)
+        except ModelNotFoundError:  # Triton's words for this case, which its clients look for
+            held = ", ".join(map(quote, sorted(self.repository.names()))) or "none"
+            raise ModelNotFoundError(
+                f"failed to load {quote(name)}, failed to poll from model repository: it holds "
+                f"no model of that name; models in the repository: {held}"
+            ) from None
         async with self._load_locks.setdefault(name, asyncio.Lock()):
             loop = asyncio.get_running_loop()
             start = time.perf_counter()

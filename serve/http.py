@@ -51,6 +51,7 @@ from .http_codec import (
 )
 from .repository import check_model_name, load_override
 from .security import LogLimiter, SecurityError, TLSFiles, model_control_refusal, token_matches
+from .shared_memory import NO_CUDA_SHARED_MEMORY
 from .shutdown import DrainGate
 from .statistics import version_statistics
 
@@ -88,6 +89,17 @@ def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ())
 
 
 _EMPTY_OK = HttpResponse(200, b"")
+
+
+def _cuda_shared_memory_call(action: str, region: str) -> Callable[[Any], HttpResponse]:
+    """CUDA shared memory: none can be registered; status lists none, unregister does nothing."""
+    if action == "status":
+        return lambda r: _json(NO_CUDA_SHARED_MEMORY.status(region))
+    if action == "unregister":
+        return lambda r: NO_CUDA_SHARED_MEMORY.unregister(region) or _EMPTY_OK
+    return lambda r: NO_CUDA_SHARED_MEMORY.register(region)
+
+
 _NOT_READY = HttpResponse(400, b"")  # Triton answers a not-ready probe with 400 and no body
 
 
@@ -148,15 +160,10 @@ _MODEL_ROUTE = re.compile(
     r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer|config|stats))?$"
 )
 _REPOSITORY_ROUTE = re.compile(r"^/v2/repository/models/([^/]+)/(load|unload)$")
-# /v2/systemsharedmemory[/region/{name}]/{register,unregister,status}
+# /v2/{system,cuda}sharedmemory[/region/{name}]/{register,unregister,status}
 _SHM_ROUTE = re.compile(
-    r"^/v2/systemsharedmemory(?:/region/([^/]+))?/(register|unregister|status)$"
+    r"^/v2/(system|cuda)sharedmemory(?:/region/([^/]+))?/(register|unregister|status)$"
 )
-_SHM_NAMES = {
-    "register": "SystemSharedMemoryRegister",
-    "unregister": "SystemSharedMemoryUnregister",
-    "status": "SystemSharedMemoryStatus",
-}
 
 
 class HttpApp:
@@ -275,10 +282,13 @@ class HttpApp:
                 refusal = _error(403, model_control_refusal(name))
                 call = lambda r: refusal  # noqa: E731
         elif match := _SHM_ROUTE.match(path):
-            region, action = unquote(match[1] or ""), match[2]
+            kind, region, action = match[1], unquote(match[2] or ""), match[3]
             wanted = "GET" if action == "status" else "POST"
-            name = _SHM_NAMES[action]
-            call = self._shared_memory_call(action, region)
+            name = f"{kind.capitalize()}SharedMemory{action.capitalize()}"  # the gRPC method
+            if kind == "system":
+                call = self._shared_memory_call(action, region)
+            else:
+                call = _cuda_shared_memory_call(action, region)
         else:
             return _error(
                 404,

@@ -27,6 +27,7 @@ from .errors import DeadlineExceededError, InvalidInputError, ServeError, status
 from .proto import grpc_service_pb2 as pb
 from .repository import check_model_name, load_override
 from .security import MODEL_CONTROL_METHODS, LogLimiter, model_control_refusal
+from .shared_memory import NO_CUDA_SHARED_MEMORY
 from .shutdown import DrainGate
 from .statistics import version_statistics
 from .validation import InferInput, InferRequest, Parameter
@@ -221,6 +222,24 @@ class InferenceServicer:
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         self.dataplane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        NO_CUDA_SHARED_MEMORY.status(request.name)
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        NO_CUDA_SHARED_MEMORY.register(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        NO_CUDA_SHARED_MEMORY.unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest

@@ -4,7 +4,9 @@ A client creates a shared-memory object (``shm_open``: the file /dev/shm/KEY), r
 region of it under a NAME, then names the region in an infer request's input or output
 ``parameters`` (``shared_memory_region``, ``shared_memory_byte_size``, ``shared_memory_offset``)
 instead of sending the tensor bytes: the server reads inputs from, and writes outputs to, the
-mapped memory. CUDA shared memory is not implemented.
+mapped memory. CUDA shared memory is not implemented: registering a CUDA region is refused,
+while its status and unregister calls answer as for a server holding none (Triton's client
+examples clear CUDA regions before they start).
 
 The registry lives in a JSON file that every worker process of one server reads (the name is
 fixed at import, before the workers fork), so a region registered through one worker is known
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from .errors import AlreadyExistsError, InvalidInputError, ModelNotFoundError, ServeError
 
-__all__ = ["RegionStatus", "SharedMemoryRegistry", "SHM_DIR"]
+__all__ = ["NO_CUDA_SHARED_MEMORY", "RegionStatus", "SharedMemoryRegistry", "SHM_DIR"]
 
 SHM_DIR = Path("/dev/shm")
 # One registry per server: named by the process that imported this module first (the parent of
@@ -202,3 +204,27 @@ class _Lock:
     def __exit__(self, *exc) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
+
+
+class _NoCudaSharedMemory:
+    """The CUDA shared-memory extension of a server that holds no CUDA regions."""
+
+    def register(self, name: str) -> None:
+        raise InvalidInputError(
+            f"CUDA shared memory region {name!r}: CUDA shared memory is not supported by this "
+            "server; register system shared memory (/v2/systemsharedmemory) instead"
+        )
+
+    def unregister(self, name: str = "") -> None:
+        """Nothing to forget: no CUDA region can be registered."""
+
+    def status(self, name: str = "") -> list[RegionStatus]:
+        if name:
+            raise ModelNotFoundError(
+                f"Unable to find cuda shared memory region: {name!r} (CUDA shared memory is "
+                "not supported by this server)"
+            )
+        return []
+
+
+NO_CUDA_SHARED_MEMORY = _NoCudaSharedMemory()

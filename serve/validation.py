@@ -85,9 +85,9 @@ def _check_content_kinds(request: InferRequest, where: str) -> None:
     typed = [t.name for t in request.inputs if t.contents is not None or t.values is not None]
     if typed:
         raise InvalidInputError(
-            f"{where}: contents field must not be specified when using raw_input_contents "
-            f"for {quote(typed[0])}: the request has both raw_input_contents and typed "
-            "contents; use one or the other"
+            "contents field must not be specified when using raw_input_contents for "
+            f"{quote(typed[0])} for {where}: the request has both raw_input_contents and "
+            "typed contents; use one or the other"
         )
     if request.raw_count != len(request.inputs):
         raise InvalidInputError(

@@ -96,7 +96,18 @@ def test_errors_in_tritons_words_and_codes(examples):
         assert "version should be an integer" in message
     status, message = found["raw and typed"]
     assert status == "StatusCode.INVALID_ARGUMENT"
-    assert "contents field must not be specified when using raw_input_contents" in message
+    assert message.startswith(  # the whole phrase Triton's explicit-content example checks
+        "contents field must not be specified when using raw_input_contents for 'INPUT0' "
+        "for model 'simple'"
+    ), message
+    assert found["cuda unregister grpc"] and found["cuda unregister http"]
+    assert found["cuda status grpc"] in ({}, {"regions": {}}) and found["cuda status http"] == []
+    for key, code in (
+        ("cuda register grpc", "StatusCode.INVALID_ARGUMENT"),
+        ("cuda register http", "400"),
+    ):
+        status, message = found[key]
+        assert status == code and "CUDA shared memory is not supported" in message, found[key]
     for key in ("extensions", "http extensions"):
         assert set(EXTENSIONS + ["system_shared_memory"]) <= set(found[key]), found[key]
 
@@ -126,5 +137,9 @@ def test_load_parameters_config_override_and_files(controlled, scenario):
         assert status == invalid and phrase in message, (case, found[case])
         assert message.startswith("failed to load 'simple'"), message
     assert found["still ready"]  # a refused override leaves the model served
+    status, message = found["unknown model"]  # Triton's model-control examples check the phrase
+    assert status == ("404" if scenario.endswith("http") else "StatusCode.NOT_FOUND"), status
+    assert message.startswith("failed to load 'wrong_model_name', failed to poll from model")
+    assert "models in the repository: " in message and "'simple'" in message
     assert found["file versions"] == ["2"] and found["file datatype"] == "INT8"
     assert found["reloaded datatype"] == "INT32"  # a plain load reads the repository again

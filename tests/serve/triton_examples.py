@@ -16,6 +16,7 @@ protobuf modules cannot share one with ours.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -230,6 +231,7 @@ def control(client, module, repository: str) -> dict:
     name = "simple"
     as_json = {} if module is httpclient else {"as_json": True}
     found = {}
+    found["unknown model"] = _error(lambda: client.load_model("wrong_model_name"))
     client.load_model(name, config=json.dumps({"max_batch_size": 4}))
     config = client.get_model_config(name, **as_json)
     found["max_batch_size"] = int(config.get("config", config)["max_batch_size"])
@@ -278,12 +280,24 @@ def errors(grpc_client, http_client) -> dict:
     typed._get_tensor().contents.int_contents.extend([0] * 16)
     raw = grpcclient.InferInput("INPUT1", [1, 16], "INT32")
     raw.set_data_from_numpy(a)
+    handle = base64.b64encode(b"a CUDA IPC handle")
     return {
         "unknown model grpc": _error(lambda: grpc_client.infer("nope", tensors)),
         "unknown model http": _error(lambda: http_client.get_model_metadata("nope")),
         "bad version grpc": _error(lambda: grpc_client.infer("simple", tensors, "abc")),
         "bad version http": _error(lambda: http_client.get_model_metadata("simple", "abc")),
         "raw and typed": _error(lambda: grpc_client.infer("simple", [typed, raw])),
+        # the shared-memory examples clear CUDA regions before they start
+        "cuda unregister grpc": grpc_client.unregister_cuda_shared_memory() is None,
+        "cuda unregister http": http_client.unregister_cuda_shared_memory() is None,
+        "cuda status grpc": grpc_client.get_cuda_shared_memory_status(as_json=True),
+        "cuda status http": http_client.get_cuda_shared_memory_status(),
+        "cuda register grpc": _error(
+            lambda: grpc_client.register_cuda_shared_memory("gpu", handle, 0, 64)
+        ),
+        "cuda register http": _error(
+            lambda: http_client.register_cuda_shared_memory("gpu", handle, 0, 64)
+        ),
         "extensions": grpc_client.get_server_metadata(as_json=True)["extensions"],
         "http extensions": http_client.get_server_metadata()["extensions"],
     }
