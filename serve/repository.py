@@ -341,10 +341,16 @@ def override_source(
     filename = config.default_model_filename or DEFAULT_MODEL_FILE
     for path, content in override.files:
         version, _, file = path.partition("/")
-        if not (version.isascii() and version.isdigit()) or file in ("", ".", "..") or "/" in file:
+        if (
+            not (version.isascii() and version.isdigit())
+            or file in ("", ".", "..")
+            or "/" in file
+            or max(len(version), len(file.encode())) > MAX_NAME_LENGTH
+        ):  # "Invalid file path": Triton's words
             raise InvalidInputError(
-                f"RepositoryModelLoad {name!r}: parameter 'file:{path[:64]}' must name "
-                "VERSION/FILE (for example 'file:1/model.onnx')"
+                f"RepositoryModelLoad {name!r}: Invalid file path: parameter "
+                f"'file:{path[:64]}' must name VERSION/FILE, each at most {MAX_NAME_LENGTH} bytes "
+                "(for example 'file:1/model.onnx')"
             )
         (folder / version).mkdir(exist_ok=True)
         (folder / version / file).write_bytes(content)

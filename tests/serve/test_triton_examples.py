@@ -131,6 +131,7 @@ def test_load_parameters_config_override_and_files(controlled, scenario):
         "unknown field": 'no field named "max_batchsize"',
         "bad dims": "input 'INPUT0' is INT32 [3]",
         "files without config": "need a 'config' parameter too",
+        "long file path": "Invalid file path",
     }
     for case, phrase in phrases.items():
         status, message = found[case]

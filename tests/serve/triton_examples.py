@@ -263,6 +263,9 @@ def control(client, module, repository: str) -> dict:
     metadata = client.get_model_metadata(name, **as_json)
     found["file versions"] = metadata["versions"]
     found["file datatype"] = metadata["inputs"][0]["datatype"]
+    found["long file path"] = _error(  # one component over NAME_MAX: refused, server up
+        lambda: client.load_model(name, config="{}", files={"file:" + "A" * 256: b"a"})
+    )
     found["files without config"] = _error(
         lambda: client.load_model(name, files={"file:1/model.onnx": int8})
     )
