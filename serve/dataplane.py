@@ -290,6 +290,8 @@ class DataPlane:
                 check_finite(model, inputs)
             outputs = check_outputs(model, request.outputs)
             targets = _shared_targets(request.output_parameters, f"model {quote(model.name)}")
+            if version.stats.categories is not None:  # valid inputs only, as the graph sees them
+                version.stats.categories.add(inputs)
             results = await version.execute(inputs)
             shared = tuple(
                 self._to_shared_memory(name, results[name], *targets[name], model.name)

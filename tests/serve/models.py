@@ -193,8 +193,10 @@ def raw_model(
     layers: int = 1,
     classes: int = CLASSES,
     seed: int = 0,
+    preprocessing: bool = False,
 ) -> onnx.ModelProto:
-    """A raw-row model as export writes one.
+    """A raw-row model as export writes one (``preprocessing``: with the bnmodel.preprocessing
+    metadata holding the vocabularies, as export writes it; else the contract has none).
 
     features FP32 [batch, F] (NaN: missing) and one string [batch, 1] input per categorical
     column -> first layer = MatMul(Where(IsNaN(x), means, x), W) + MatMul(Cast(IsNaN(x)), W_ind)
@@ -287,6 +289,11 @@ def raw_model(
             "bnmodel.feature_names": json.dumps(numeric),
             "bnmodel.categorical_columns": json.dumps(list(vocabularies)),
             **({"bnmodel.class_labels": json.dumps(labels)} if task == "classification" else {}),
+            **(
+                {"bnmodel.preprocessing": json.dumps({"vocabularies": vocabularies})}
+                if preprocessing
+                else {}
+            ),
         },
     )
     onnx.checker.check_model(model, full_check=True)
