@@ -320,6 +320,35 @@ def raw_reference(
     return total
 
 
+def raw_other_slots(model: onnx.ModelProto, cells: dict[str, list[str]]) -> dict[str, int]:
+    """Per column, how many of ``cells`` the graph's own LabelEncoder sends to the "other" slot
+    (its index output, exposed as a graph output, run by ONNX Runtime)."""
+    import onnxruntime as ort
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    for column in cells:
+        exposed.graph.output.append(
+            helper.make_tensor_value_info(f"{column}_index", TensorProto.INT64, ["batch", 1])
+        )
+    session = ort.InferenceSession(exposed.SerializeToString())
+    rows = len(next(iter(cells.values())))
+    feeds = {c: np.array(v, dtype=object).reshape(-1, 1) for c, v in cells.items()}
+    for tensor in model.graph.input:
+        if tensor.name == "features":  # numerics play no part in the slots
+            width = tensor.type.tensor_type.shape.dim[1].dim_value
+            feeds["features"] = np.zeros((rows, width), np.float32)
+    slots = session.run([f"{c}_index" for c in cells], feeds)
+    other = {  # the "other" slot is the index after the vocabulary's
+        n.input[0]: len(helper.get_attribute_value(a))
+        for n in model.graph.node
+        if n.op_type == "LabelEncoder"
+        for a in n.attribute
+        if a.name == "keys_strings"
+    }
+    return {c: int(np.count_nonzero(s == other[c])) for c, s in zip(cells, slots, strict=True)}
+
+
 def raw_config_text(
     name: str,
     task: str = "classification",

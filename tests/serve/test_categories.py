@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 
@@ -24,7 +22,7 @@ from bnmodel.serve.metrics import (  # noqa: E402
     StatsCollector,
 )
 from bnmodel.serve.statistics import VersionStats  # noqa: E402
-from models import RAW_VOCABULARIES, raw_model  # noqa: E402
+from models import RAW_VOCABULARIES, raw_model, raw_other_slots  # noqa: E402
 
 from bnmodel.contract import ModelContract  # noqa: E402
 from bnmodel.unseen import UnseenText  # noqa: E402
@@ -46,28 +44,12 @@ def _inputs(cells: dict[str, list[str]]) -> dict[str, np.ndarray]:
     return {c: np.array(v, dtype=object).reshape(-1, 1) for c, v in cells.items()}
 
 
-def _graph_other_slots(model: onnx.ModelProto, cells: dict[str, list[str]]) -> dict[str, int]:
-    """Per column, the cells the graph's own LabelEncoder sends to the "other" slot."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    for column in cells:
-        exposed.graph.output.append(
-            helper.make_tensor_value_info(f"{column}_index", TensorProto.INT64, ["batch", 1])
-        )
-    session = ort.InferenceSession(exposed.SerializeToString())
-    rows = len(next(iter(cells.values())))
-    feeds = {"features": np.zeros((rows, 3), np.float32), **_inputs(cells)}
-    names = [f"{c}_index" for c in cells]
-    slots = dict(zip(cells, session.run(names, feeds), strict=True))
-    return {c: int(np.count_nonzero(slots[c] == len(RAW_VOCABULARIES[c]))) for c in cells}
-
-
 def test_unseen_cells_are_exactly_those_the_graph_sends_to_the_other_slot():
     model = raw_model(seed=4, preprocessing=True)
     counts = _counts(model)
     counts.add(_inputs(CELLS))
     counts.add(_inputs(CELLS))
-    graph = _graph_other_slots(model, CELLS)
+    graph = raw_other_slots(model, CELLS)
     assert graph == {"color": 7, "size": 5}  # the test cells are what they claim to be
     for column in counts.columns:
         assert column.cells == 2 * len(CELLS[column.name])
