@@ -9,10 +9,11 @@ Two copies of one raw-row model (6 numeric columns, 3 categorical BYTES inputs o
 values, 20% of cells unseen) in one in-process data plane: "counted" has vocabularies in its
 contract (the server counts its cells for bnmodel_category_*_total), "uncounted" has none (no
 counting). Each request is a decoded-from-raw-bytes ModelInfer as gRPC hands it over, run
-through ``DataPlane.infer`` (validation, decoding, the count, the model run, no network). Rounds
-alternate the models; the table gives medians over rounds of the per-request median and the
-ratio counted/uncounted, and the time of ``CategoryCounts.add`` alone. No network: the share
-the count takes of a real request (gRPC or HTTP around it) is smaller still. ``--grpc`` times
+through ``DataPlane.infer`` (validation, decoding, the count, the model run, no network); both
+get the same cells. Rounds alternate which model goes first; the table gives medians over
+rounds of the per-request median and of the ratio counted/uncounted, and the time of
+``CategoryCounts.add`` alone. No network: the share the count takes of a real request (gRPC or
+HTTP around it) is smaller still. ``--grpc`` times
 whole requests instead: the same repository behind `bnmodel serve --workers 1`, our gRPC client
 sending raw contents on one connection.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -141,9 +143,9 @@ def grpc_main(args: argparse.Namespace) -> None:
                 for m in MODELS:  # warm up
                     for _ in range(50):
                         client.infer(m, inputs)
-                for _ in range(args.rounds):
+                for i in range(args.rounds):
                     point = {}
-                    for m in MODELS:
+                    for m in MODELS if i % 2 == 0 else MODELS[::-1]:
                         times = []
                         for _ in range(args.requests):
                             start = time.perf_counter()
@@ -178,13 +180,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{'add() us':>9} {'add share':>9}"
         )
         for rows in args.batches:
-            reqs = {m: request(m, rows, rng) for m in MODELS}
+            one = request("counted", rows, rng)  # the same cells for both models
+            reqs = {m: dataclasses.replace(one, model_name=m) for m in MODELS}
             for m in MODELS:  # warm up
                 time_infer(plane, reqs[m], 50)
             medians = {m: [] for m in MODELS}
             ratios, adds = [], []
-            for _ in range(args.rounds):
-                point = {m: time_infer(plane, reqs[m], args.requests) for m in MODELS}
+            for i in range(args.rounds):
+                order = MODELS if i % 2 == 0 else MODELS[::-1]  # neither always goes first
+                point = {m: time_infer(plane, reqs[m], args.requests) for m in order}
                 for m in MODELS:
                     medians[m].append(point[m])
                 ratios.append(point["counted"] / point["uncounted"])

@@ -33,7 +33,6 @@ log = logging.getLogger("bnmodel.serve")
 
 WINDOW_CELLS = 1000  # cells a column's share is judged over before a log line
 LOG_INTERVAL_S = 60.0  # at most one log line per column this often
-TRACKED_VALUES = 20  # distinct unseen values remembered per window (an ID column has millions)
 SHOWN_VALUES = 3
 SHOWN_CHARS = 40
 
@@ -46,7 +45,8 @@ class CategoryColumn:
     known: frozenset[str]  # text with a slot of its own
     cells: int = 0
     unseen: int = 0  # cells in the "other" slot
-    # The log line's window: the counts where it began, its unseen values, the last line.
+    # The log line's window: the counts where it began, its unseen values (at most a window
+    # and a request of them), the time of the last line.
     window_cells: int = 0
     window_unseen: int = 0
     values: Counter[str] = field(default_factory=Counter)
@@ -72,7 +72,7 @@ class CategoryCounts:
             unseen = list(filterfalse(column.known.__contains__, cells))
             if unseen:
                 column.unseen += len(unseen)
-                _remember(column.values, unseen)
+                column.values.update(unseen)  # C-counted, hashes cached: cleared every window
             if column.cells - column.window_cells >= WINDOW_CELLS:
                 self._end_window(column)
 
@@ -99,13 +99,6 @@ class CategoryCounts:
             )
         column.window_cells, column.window_unseen = column.cells, column.unseen
         column.values.clear()
-
-
-def _remember(values: Counter[str], unseen: list[str]) -> None:
-    """Count a request's first unseen values, enough to name the frequent ones in a log line."""
-    for value in unseen[:TRACKED_VALUES]:
-        if value in values or len(values) < TRACKED_VALUES:
-            values[value] += 1
 
 
 def category_counts(

@@ -112,7 +112,7 @@ def test_a_high_unseen_share_is_logged_once_per_column_per_minute(caplog, monkey
         (record,) = caplog.records
         text = record.getMessage()
         assert "model 'raw' version 1 column 'color'" in text
-        assert "30% of the last 1000 cells (300)" in text and "'Blue' (20)" in text
+        assert "30% of the last 1000 cells (300)" in text and "e.g. 'Blue' (300)" in text
         _window(counts, unseen=500)  # within the minute: quiet
         assert len(caplog.records) == 1
         now[0] += 61
