@@ -124,6 +124,14 @@ def arrays(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {t.name: decode_raw(t.raw, t.datatype, t.shape) for t in req.inputs}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def grpc_main(args: argparse.Namespace) -> None:
     from bnmodel.serve.client import InferenceClient
 
@@ -134,6 +142,7 @@ def grpc_main(args: argparse.Namespace) -> None:
         root = Path(folder)
         write_models(root, max(args.batches))
         serve = ("--model-repository", str(root), "--workers", "1", "--no-http")
+        serve += ("--metrics-port", str(free_port()))  # counting is on with metrics only
         with spawn_server(serve) as server, InferenceClient(server.url) as client:
             print(f"{'batch':>6} {'counted us':>11} {'uncounted us':>13} {'ratio':>6}  (gRPC)")
             for rows in args.batches:
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(folder)
         write_models(root, max(args.batches))
         plane = DataPlane(ModelRepository(root), SessionFactory("cpu", 1), executor)
+        plane.count_categories = True  # as --metrics-port sets it
         asyncio.run_coroutine_threadsafe(plane.load_all(), LOOP).result()
         assert plane.model("counted")[1].stats.categories is not None
         assert plane.model("uncounted")[1].stats.categories is None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,33 @@ def test_counting_leaves_the_inputs_as_they_were(rows):
     counts.add(inputs)
     assert all(np.array_equal(inputs[c], before[c]) for c in inputs)
     assert [c.cells for c in counts.columns] == [rows, rows]
+
+
+def test_the_data_plane_counts_only_when_metrics_are_served(tmp_path):
+    from bnmodel.serve.codec import encode_raw
+    from bnmodel.serve.dataplane import DataPlane
+    from bnmodel.serve.repository import ModelRepository
+    from bnmodel.serve.session import SessionFactory
+    from bnmodel.serve.validation import InferInput, InferRequest
+    from models import raw_config_text, write_model
+
+    write_model(tmp_path, "raw", raw_model(seed=4, preprocessing=True), raw_config_text("raw"))
+    inputs = {"features": np.zeros((11, 3), np.float32), **_inputs(CELLS)}
+    tensors = []
+    for name, array in inputs.items():
+        datatype, raw = encode_raw(array)
+        tensors.append(InferInput(name, datatype.name, array.shape, raw=raw))
+    request = InferRequest("raw", inputs=tuple(tensors), raw_count=len(tensors))
+    with ThreadPoolExecutor(1) as executor:
+        plane = DataPlane(ModelRepository(tmp_path), SessionFactory("cpu", 1), executor)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(plane.load_all())
+            counts = plane.model("raw")[1].stats.categories
+            loop.run_until_complete(plane.infer(request))  # no --metrics-port: not counted
+            assert [c.cells for c in counts.columns] == [0, 0]
+            plane.count_categories = True
+            loop.run_until_complete(plane.infer(request))
+        finally:
+            loop.close()
+    assert [(c.cells, c.unseen) for c in counts.columns] == [(11, 7), (11, 5)]
