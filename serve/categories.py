@@ -5,8 +5,9 @@ as sent (not trimmed, not case-folded) that is in the column's vocabulary gets i
 anything else (text training never saw or saw too rarely, a blank cell) the shared "other"
 slot. That costs accuracy without any error, so the server counts those cells with the same
 rule, one set lookup per decoded cell, and exposes ``bnmodel_category_cells_total`` and
-``bnmodel_category_unseen_total`` per model, version and column. The vocabularies are the
-version's own (its ONNX metadata, what its graph was built from), else config.pbtxt's.
+``bnmodel_category_unseen_total`` per model, version and column (only with --metrics-port:
+``DataPlane.count_categories``). The vocabularies are the version's own (its ONNX metadata,
+what its graph was built from), else config.pbtxt's.
 
 When more than ``UNSEEN_SHARE`` of a column's last ``WINDOW_CELLS`` (or more) cells were unseen,
 one log line names the model, column and the most frequent unseen values, at most once a
