@@ -125,6 +125,9 @@ class DataPlane:
         self._load_locks: dict[str, asyncio.Lock] = {}
         self.shared_memory = SharedMemoryRegistry()
         self.reject_non_finite = False  # --reject-non-finite: NaN/inf inputs are refused
+        # --metrics-port: count categorical cells in the "other" slot (a hash per cell, paid
+        # only where /metrics shows the counts)
+        self.count_categories = False
         self._ready = False
 
     # -- health and metadata ------------------------------------------------------------------
@@ -297,6 +300,9 @@ class DataPlane:
                 check_finite(model, inputs)
             outputs = check_outputs(model, request.outputs)
             targets = _shared_targets(request.output_parameters, f"model {quote(model.name)}")
+            categories = version.stats.categories
+            if self.count_categories and categories is not None:  # valid inputs, as decoded
+                categories.add(inputs)
             results = await version.execute(inputs)
             shared = tuple(
                 self._to_shared_memory(name, results[name], *targets[name], model.name)

@@ -4,7 +4,10 @@ Nothing is counted twice: a collector turns each version's :class:`~.statistics.
 into samples when Prometheus scrapes, so the request path pays nothing for metrics. Samples carry
 Triton's exact names (``nv_inference_count{model="m",version="1"}``); they are exposed untyped
 because prometheus-client's text format would rename a counter to ``..._total``. The latency
-histogram is ours: ``bnmodel_inference_request_duration_seconds``.
+histogram is ours: ``bnmodel_inference_request_duration_seconds``, and so are the counters of a
+raw-row model's categorical cells (``serve/categories.py``): ``bnmodel_category_cells_total``
+and ``bnmodel_category_unseen_total`` (cells in the "other" slot), by model, version and column;
+a model without categorical columns (or vocabularies in its contract) has none.
 
 With several worker processes each process serves its own counters on its own port
 (``--metrics-port`` + worker index): scrape them all and sum by model and version.
@@ -16,11 +19,23 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import start_http_server
-from prometheus_client.core import CollectorRegistry, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from .statistics import LATENCY_BUCKETS_S, VersionStats
 
-__all__ = ["COUNTERS", "LATENCY_METRIC", "StatsCollector", "start_metrics_server"]
+__all__ = [
+    "CATEGORY_CELLS_METRIC",
+    "CATEGORY_UNSEEN_METRIC",
+    "COUNTERS",
+    "LATENCY_METRIC",
+    "StatsCollector",
+    "start_metrics_server",
+]
 
 Source = Callable[[], list[tuple[str, str, VersionStats]]]
 
@@ -57,6 +72,8 @@ COUNTERS: tuple[tuple[str, str, Callable[[VersionStats], float]], ...] = (
     ),
 )
 LATENCY_METRIC = "bnmodel_inference_request_duration_seconds"
+CATEGORY_CELLS_METRIC = "bnmodel_category_cells_total"
+CATEGORY_UNSEEN_METRIC = "bnmodel_category_unseen_total"
 
 
 class StatsCollector:
@@ -73,6 +90,7 @@ class StatsCollector:
                 metric.add_sample(name, {"model": model, "version": version}, float(value(stats)))
             yield metric
         yield self._latency(entries)
+        yield from self._categories(entries)
 
     @staticmethod
     def _latency(entries) -> HistogramMetricFamily:
@@ -90,6 +108,25 @@ class StatsCollector:
             total_s = (stats.success.ns + stats.fail.ns) / 1e9
             family.add_metric([model, version], buckets, sum_value=total_s)
         return family
+
+    @staticmethod
+    def _categories(entries) -> Iterator[CounterMetricFamily]:
+        labels = ["model", "version", "column"]
+        cells = CounterMetricFamily(
+            CATEGORY_CELLS_METRIC, "categorical cells received", labels=labels
+        )
+        unseen = CounterMetricFamily(
+            CATEGORY_UNSEEN_METRIC,
+            'categorical cells in the "other" slot: text not in the vocabulary, or blank',
+            labels=labels,
+        )
+        for model, version, stats in entries:
+            for column in stats.categories.columns if stats.categories else ():
+                cells.add_metric([model, version, column.name], column.cells)
+                unseen.add_metric([model, version, column.name], column.unseen)
+        if cells.samples:  # no categorical model loaded: not even the HELP lines
+            yield cells
+            yield unseen
 
 
 def start_metrics_server(host: str, port: int, source: Source) -> Any:

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batching import BatchingOptions, Scheduler, batch_policy, with_inline_runs
+from .categories import category_counts
 from .codec import BYTES, Datatype, datatype_from_config, datatype_from_ort
 from .errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .proto import model_config_pb2
 from .repository import ModelSource, cause
-from .session import SessionFactory, session_signature
+from .session import OnnxSignature, SessionFactory, session_signature
 from .settings import MAX_MESSAGE_BYTES
 from .statistics import VersionStats
 
@@ -143,8 +144,8 @@ def _protocol_name(ort_type: str) -> str:
         return ort_type
 
 
-def check_session(signature: ModelSignature, session, where: str) -> None:
-    """Refuse a model file whose graph does not match its config.pbtxt."""
+def check_session(signature: ModelSignature, session, where: str) -> OnnxSignature:
+    """Refuse a model file whose graph does not match its config.pbtxt; returns the graph's."""
     graph = session_signature(session)
     graph_inputs = {name: (t, s) for name, t, s in graph.inputs}
     graph_outputs = {name: (t, s) for name, t, s in graph.outputs}
@@ -169,6 +170,7 @@ def check_session(signature: ModelSignature, session, where: str) -> None:
                     f"{signature.shape(spec)} in config.pbtxt but {graph_type} "
                     f"{[-1 if d is None else d for d in shape]} in the graph"
                 )
+    return graph
 
 
 class ModelRunner:
@@ -279,6 +281,8 @@ def load_model(
     signature = signature_from_config(source.config)
     policy = batch_policy(source.config, batching or BatchingOptions())
     output_names = tuple(spec.name for spec in signature.outputs)
+    parameters = {k: p.string_value for k, p in source.config.parameters.items()}
+    string_inputs = frozenset(s.name for s in signature.inputs if s.datatype is BYTES)
     versions = {}
     for version, path in sorted(source.versions.items(), key=lambda item: int(item[0])):
         where = f"{source.name}/{version}/{path.name}"
@@ -286,7 +290,7 @@ def load_model(
             session = factory.create(path)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
-        check_session(signature, session, where)
+        graph = check_session(signature, session, where)
         runner = ModelRunner(session, output_names)
         options = batching or BatchingOptions()
         example = _example_inputs(signature)
@@ -307,6 +311,10 @@ def load_model(
                 extra={"once": True},
             )
             timed = policy
-        scheduler = Scheduler(runner.run, executor, timed, VersionStats(), signature.batched)
+        categories = category_counts(
+            source.name, version, graph.metadata, parameters, string_inputs
+        )
+        stats = VersionStats(categories=categories)
+        scheduler = Scheduler(runner.run, executor, timed, stats, signature.batched)
         versions[version] = ModelVersion(version, runner, scheduler, signature.batched)
     return Model(source.name, source.config, signature, versions)

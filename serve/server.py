@@ -94,6 +94,7 @@ class InferenceServer:
         # Counts inference RPCs in flight for the drain, and caps them.
         self.gate = DrainGate(limit=settings.max_concurrent_rpcs)
         self.dataplane.reject_non_finite = settings.reject_non_finite
+        self.dataplane.count_categories = bool(settings.metrics_port)
         self.port = 0
         self.http = None  # serve/http.py's HttpServer, unless --no-http
         self.http_port = 0

@@ -14,7 +14,10 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .categories import CategoryCounts
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -70,6 +73,8 @@ class VersionStats:
     batches: dict[int, BatchStats] = field(default_factory=dict)  # rows -> runs of that size
     # Request latency histogram: counts per LATENCY_BUCKETS_S bucket (+ one for larger).
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(_BUCKETS_NS) + 1))
+    # Categorical cells received and in the "other" slot (a raw-row model's; else None).
+    categories: CategoryCounts | None = None
 
     def record_success(self, elapsed_ns: int) -> None:
         self.success.add(elapsed_ns)

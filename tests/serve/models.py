@@ -193,8 +193,10 @@ def raw_model(
     layers: int = 1,
     classes: int = CLASSES,
     seed: int = 0,
+    preprocessing: bool = False,
 ) -> onnx.ModelProto:
-    """A raw-row model as export writes one.
+    """A raw-row model as export writes one (``preprocessing``: with the bnmodel.preprocessing
+    metadata holding the vocabularies, as export writes it; else the contract has none).
 
     features FP32 [batch, F] (NaN: missing) and one string [batch, 1] input per categorical
     column -> first layer = MatMul(Where(IsNaN(x), means, x), W) + MatMul(Cast(IsNaN(x)), W_ind)
@@ -287,6 +289,11 @@ def raw_model(
             "bnmodel.feature_names": json.dumps(numeric),
             "bnmodel.categorical_columns": json.dumps(list(vocabularies)),
             **({"bnmodel.class_labels": json.dumps(labels)} if task == "classification" else {}),
+            **(
+                {"bnmodel.preprocessing": json.dumps({"vocabularies": vocabularies})}
+                if preprocessing
+                else {}
+            ),
         },
     )
     onnx.checker.check_model(model, full_check=True)
@@ -311,6 +318,35 @@ def raw_reference(
         rows = [keys.index(v) if v in keys else len(keys) for v in values.ravel()]
         total += w[f"w_{column}"][rows]
     return total
+
+
+def raw_other_slots(model: onnx.ModelProto, cells: dict[str, list[str]]) -> dict[str, int]:
+    """Per column, how many of ``cells`` the graph's own LabelEncoder sends to the "other" slot
+    (its index output, exposed as a graph output, run by ONNX Runtime)."""
+    import onnxruntime as ort
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    for column in cells:
+        exposed.graph.output.append(
+            helper.make_tensor_value_info(f"{column}_index", TensorProto.INT64, ["batch", 1])
+        )
+    session = ort.InferenceSession(exposed.SerializeToString())
+    rows = len(next(iter(cells.values())))
+    feeds = {c: np.array(v, dtype=object).reshape(-1, 1) for c, v in cells.items()}
+    for tensor in model.graph.input:
+        if tensor.name == "features":  # numerics play no part in the slots
+            width = tensor.type.tensor_type.shape.dim[1].dim_value
+            feeds["features"] = np.zeros((rows, width), np.float32)
+    slots = session.run([f"{c}_index" for c in cells], feeds)
+    other = {  # the "other" slot is the index after the vocabulary's
+        n.input[0]: len(helper.get_attribute_value(a))
+        for n in model.graph.node
+        if n.op_type == "LabelEncoder"
+        for a in n.attribute
+        if a.name == "keys_strings"
+    }
+    return {c: int(np.count_nonzero(s == other[c])) for c, s in zip(cells, slots, strict=True)}
 
 
 def raw_config_text(
