@@ -573,8 +573,8 @@ def _control_cases() -> list[Case]:
             "unimplemented RPC",
             b"",
             grpc.StatusCode.UNIMPLEMENTED,
-            "CudaSharedMemoryRegister is not implemented",
-            method="CudaSharedMemoryRegister",
+            "TraceSetting is not implemented",
+            method="TraceSetting",
         ),
     ]
 
