@@ -442,32 +442,25 @@ def _is_date(series: Any) -> bool:
 
 def _date_seconds(loaded: tables.LoadedTable, names: list[str], path: Path) -> np.ndarray:
     """(N, D) float64 seconds since 1970 of the date columns, by the reader's cell rules."""
-    try:
-        return np.stack([loaded.date_seconds(n) for n in names], axis=1)
-    except tables.TableError as exc:  # the message names the file, column, row and cell
-        raise DataError(str(exc)) from None
+    columns = []
+    for name in names:
+        try:
+            columns.append(loaded.date_seconds(name))
+        except tables.TableError as exc:  # the message names the file, column, row and cell
+            raise DataError(f"{exc}; or pass --categorical {name}") from None
+    return np.stack(columns, axis=1)
 
 
 def _all_dates(filled: Any) -> bool:
-    """Typed dates, or text cells that are all ISO dates or numbers (seconds, as the reader
-    takes them), more than half of them dates."""
+    """Typed dates, or text cells more than half of which are ISO dates (the reader takes
+    numbers as seconds, and a cell that is neither is an error naming it)."""
     first = filled.iloc[0]
     if isinstance(first, (datetime.date, np.datetime64)):
         return all(isinstance(v, (datetime.date, np.datetime64)) for v in filled)
     if not all(isinstance(v, str) for v in filled):
         return False
     dates = sum(bool(ISO_DATE.fullmatch(v.strip())) for v in filled)
-    return dates > len(filled) / 2 and all(
-        ISO_DATE.fullmatch(v.strip()) or _number(v) for v in filled
-    )
-
-
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return dates > len(filled) * NUMERIC_SHARE  # a stray word is then an error naming it
 
 
 def _is_text(series: Any, path: Path, name: str) -> bool:
