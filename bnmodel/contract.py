@@ -8,6 +8,8 @@ under, so local predict, evaluate, ``bnmodel infer`` and the server agree on the
     inputs   "features"  FP32 [N, F]: the numeric columns ``feature_names`` in order (NaN =
                          missing; only a model that ``imputes`` accepts it)
              COLUMN      BYTES [N, 1]: one per categorical column, named after it
+             COLUMN      FP64 [N, 1]: one per date column, named after it: seconds since
+                         1970-01-01 UTC (NaN = missing); the graph computes its features
     outputs  "probabilities" [N, C] (classifier, C = len(class_labels)) or "predictions" [N, T]
     columns  classifier: the label column (the target's name, else "class"), then p_LABEL
              regressor:  the target names (else "predictions", or predictions_i for several)
@@ -42,7 +44,14 @@ LABEL_FALLBACK = "class"  # a classifier's label column when the target has no n
 # The contract's keys, spelled as config.pbtxt parameters (ONNX metadata adds the prefix).
 # "preprocessing" (imputation values, vocabularies) is ONNX-only: the graph applies it, and a
 # config says only that the model imputes.
-CONTRACT_KEYS = ("task", "class_labels", "feature_names", "categorical_columns", "target_name")
+CONTRACT_KEYS = (
+    "task",
+    "class_labels",
+    "feature_names",
+    "categorical_columns",
+    "date_columns",
+    "target_name",
+)
 _IMPUTES = "imputes"
 _PREPROCESSING = "preprocessing"
 _VOCABULARIES = "vocabularies"
@@ -65,6 +74,7 @@ class ModelContract:
     # Per categorical column, the values with a slot of their own (anything else falls into
     # the "other" slot); None when not recorded. Used to report unseen text, not to encode.
     vocabularies: tuple[tuple[str, ...], ...] | None = None
+    date_columns: tuple[str, ...] = ()  # one FP64 [N, 1] input of seconds each, in order
 
     def __post_init__(self) -> None:
         if self.task not in (CLASSIFICATION, REGRESSION):
@@ -78,9 +88,16 @@ class ModelContract:
                 f"{len(self.vocabularies)} vocabularies for {len(self.categorical_columns)} "
                 "categorical columns"
             )
-        clash = set(self.feature_names) & set(self.categorical_columns)
-        if clash:
-            raise ContractError(f"column(s) {sorted(clash)} are both numeric and categorical")
+        kinds = {
+            "numeric": self.feature_names,
+            "categorical": self.categorical_columns,
+            "date": self.date_columns,
+        }
+        for i, (kind, names) in enumerate(kinds.items()):
+            for other, others in list(kinds.items())[i + 1 :]:
+                clash = set(names) & set(others)
+                if clash:
+                    raise ContractError(f"column(s) {sorted(clash)} are both {kind} and {other}")
 
     # ----------------------------------------------------------------------------------------
     # Names
@@ -96,8 +113,8 @@ class ModelContract:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Every input column a table must hold: numeric, then categorical."""
-        return (*self.feature_names, *self.categorical_columns)
+        """Every input column a table must hold: numeric, categorical, then dates."""
+        return (*self.feature_names, *self.categorical_columns, *self.date_columns)
 
     @property
     def target_name(self) -> str | None:
@@ -167,6 +184,8 @@ class ModelContract:
         }
         if self.categorical_columns:
             params["categorical_columns"] = json.dumps(list(self.categorical_columns))
+        if self.date_columns:
+            params["date_columns"] = json.dumps(list(self.date_columns))
         if self.target_names:  # clients head their output columns with it
             params["target_name"] = ",".join(self.target_names)
         if self.imputes is not None:
@@ -200,6 +219,7 @@ class ModelContract:
                 target_names=tuple(t.strip() for t in target.split(",")) if target else (),
                 imputes=_flag(parameters.get(_IMPUTES)),
                 vocabularies=_vocabularies(parameters, source),
+                date_columns=tuple(_json_list(parameters, "date_columns", source)),
             )
         except ContractError as exc:
             raise ContractError(f"{source}: {exc}") from None

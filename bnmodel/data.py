@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from bnmodel import table as tables
+from bnmodel.dates import feature_names as date_feature_names
 
 __all__ = [
     "DataError",
@@ -60,6 +61,10 @@ class Dataset:
     categorical_names: list[str] = field(default_factory=list)
     blank_target_rows: int = 0  # rows dropped because their target cell was blank
     warnings: list[str] = field(default_factory=list)  # printed and written to data.json
+    # Date columns as seconds since 1970-01-01 UTC, NaN for a missing cell (N, D) float64;
+    # the encoder turns them into numeric features (bnmodel/dates.py).
+    dates: np.ndarray | None = None
+    date_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -77,13 +82,18 @@ class Dataset:
 
     @property
     def needs_encoding(self) -> bool:
-        """Categorical columns or missing numerics: the model gets an Encode layer."""
-        return bool(self.categorical_names) or self.has_missing
+        """Categorical or date columns, or missing numerics: the model gets an Encode layer."""
+        return bool(self.categorical_names) or bool(self.date_names) or self.has_missing
 
     def subset(self, index: np.ndarray) -> Dataset:
         categories = None if self.categories is None else self.categories[index]
+        dates = None if self.dates is None else self.dates[index]
         return replace(
-            self, features=self.features[index], targets=self.targets[index], categories=categories
+            self,
+            features=self.features[index],
+            targets=self.targets[index],
+            categories=categories,
+            dates=dates,
         )
 
 
@@ -262,12 +272,14 @@ def _load_table(
     frame = frame if keep is None else frame.loc[keep].reset_index(drop=True)
     if not [c for c in columns if c not in names]:
         raise DataError(f"data file {path}: no feature columns besides target {target!r}")
-    feature_names, cat_names = _column_kinds(frame, columns, names, categorical, path)
+    feature_names, cat_names, date_names = _column_kinds(frame, columns, names, categorical, path)
     numeric = [_numeric_column(frame[c], path, c) for c in feature_names]
     features = np.stack(numeric, axis=1) if numeric else np.empty((len(frame), 0))
     categories = _categorical_text(loaded, cat_names) if cat_names else None
-    if categories is not None and keep is not None:
-        categories = categories[keep]  # the reader's text holds every row, blank targets too
+    dates = _date_seconds(loaded, date_names, path) if date_names else None
+    if keep is not None:  # the reader's columns hold every row, blank targets too
+        categories = None if categories is None else categories[keep]
+        dates = None if dates is None else dates[keep]
     warnings = id_like_columns(features, feature_names, categories, cat_names)
     if len(names) > 1:
         targets, labels, task, why = _several_targets(frame, names, path, task, classes)
@@ -288,6 +300,8 @@ def _load_table(
         cat_names,
         0 if keep is None else int((~keep).sum()),
         warnings,
+        dates,
+        date_names,
     )
 
 
@@ -379,8 +393,8 @@ RESERVED_NAMES = ("features", "logits", "probabilities", "predictions")
 
 def _column_kinds(
     frame: Any, columns: list[str], targets: list[str], categorical: tuple[str, ...], path: Path
-) -> tuple[list[str], list[str]]:
-    """(numeric columns, categorical columns), each in file order."""
+) -> tuple[list[str], list[str], list[str]]:
+    """(numeric, categorical, date columns), each in file order."""
     import pandas as pd
 
     unknown = [c for c in categorical if c not in columns or c in targets]
@@ -389,25 +403,26 @@ def _column_kinds(
         raise DataError(
             f"data file {path}: --categorical column {unknown[0]!r} {what}; columns are {columns}"
         )
-    numeric, cats = [], []
+    numeric, cats, dates = [], [], []
     for name in (c for c in columns if c not in targets):
         series = frame[name]
         kind = series.dtype.kind
-        if name not in categorical:
-            _refuse_dates(series, path, name)
-        if name in categorical or kind == "b" or isinstance(series.dtype, pd.CategoricalDtype):
+        if name not in categorical and _is_date(series):
+            dates.append(name)
+        elif name in categorical or kind == "b" or isinstance(series.dtype, pd.CategoricalDtype):
             cats.append(name)
         elif kind in "OSU" or pd.api.types.is_string_dtype(series.dtype):
             (cats if _is_text(series, path, name) else numeric).append(name)
         else:
             numeric.append(name)
-    taken = [c for c in cats if c in RESERVED_NAMES]
+    taken = [c for c in (*cats, *dates) if c in RESERVED_NAMES]
     if taken:
+        kind = "categorical" if taken[0] in cats else "date"
         raise DataError(
-            f"data file {path}: a categorical column may not be named {taken[0]!r} (the "
+            f"data file {path}: a {kind} column may not be named {taken[0]!r} (the "
             f"exported model's inputs and outputs include {list(RESERVED_NAMES)}); rename it"
         )
-    return numeric, cats
+    return numeric, cats, dates
 
 
 # ISO 8601 dates and datetimes as text: 2024-01-31, 2024-01-31T08:15, 2024-01-31 08:15:00.5+02:00.
@@ -416,28 +431,36 @@ ISO_DATE = re.compile(
 )
 
 
-def _refuse_dates(series: Any, path: Path, name: str) -> None:
-    """A date or datetime column (a timestamp or date type, or text whose first TEXT_SAMPLE
-    filled cells are all ISO dates) is an error saying what to pass instead: the model has no
-    date features, and as categories every new date would be unseen."""
+def _is_date(series: Any) -> bool:
+    """A date or datetime column: a timestamp or date type, or text whose first TEXT_SAMPLE
+    filled cells are all ISO dates. It becomes date features (as categories, every new date
+    would be unseen)."""
     kind = series.dtype.kind
     filled = series.dropna().iloc[:TEXT_SAMPLE]
-    if kind in "Mm" or (kind == "O" and len(filled) and _all_dates(filled)):
-        example = filled.iloc[0] if len(filled) else "?"
-        raise DataError(
-            f"data file {path}: column {name!r} holds dates (e.g. {str(example)!r}), which "
-            f"bnmodel does not take as a feature: convert it to numbers (epoch seconds, hour, "
-            f"day of week, month, ...) in the table, or pass --drop {name}"
-        )
+    return kind == "M" or (kind == "O" and len(filled) > 0 and _all_dates(filled))
+
+
+def _date_seconds(loaded: tables.LoadedTable, names: list[str], path: Path) -> np.ndarray:
+    """(N, D) float64 seconds since 1970 of the date columns, by the reader's cell rules."""
+    columns = []
+    for name in names:
+        try:
+            columns.append(loaded.date_seconds(name))
+        except tables.TableError as exc:  # the message names the file, column, row and cell
+            raise DataError(f"{exc}; or pass --categorical {name}") from None
+    return np.stack(columns, axis=1)
 
 
 def _all_dates(filled: Any) -> bool:
+    """Typed dates, or text cells more than half of which are ISO dates (the reader takes
+    numbers as seconds, and a cell that is neither is an error naming it)."""
     first = filled.iloc[0]
     if isinstance(first, (datetime.date, np.datetime64)):
         return all(isinstance(v, (datetime.date, np.datetime64)) for v in filled)
-    return isinstance(first, str) and all(
-        isinstance(v, str) and ISO_DATE.fullmatch(v.strip()) for v in filled
-    )
+    if not all(isinstance(v, str) for v in filled):
+        return False
+    dates = sum(bool(ISO_DATE.fullmatch(v.strip())) for v in filled)
+    return dates > len(filled) * NUMERIC_SHARE  # a stray word is then an error naming it
 
 
 def _is_text(series: Any, path: Path, name: str) -> bool:
@@ -937,6 +960,14 @@ def summarize(
         }
     if full.categorical_names:
         summary["categorical"] = list(full.categorical_names)
+    if full.date_names:
+        summary["dates"] = {
+            name: {
+                "missing_cells": int(np.isnan(full.dates[:, i]).sum()),
+                "features": list(date_feature_names([name])),
+            }
+            for i, name in enumerate(full.date_names)
+        }
     missing = np.isnan(full.features).sum(axis=0)
     if missing.any():
         summary["missing_cells"] = {
@@ -987,6 +1018,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("missing_cells"):
         cells = ", ".join(f"{k} {v}" for k, v in summary["missing_cells"].items())
         lines.append(f"  missing numeric cells (imputed): {cells}")
+    for name, info in summary.get("dates", {}).items():
+        missing = f", {info['missing_cells']} missing (imputed)" if info["missing_cells"] else ""
+        parts = ", ".join(f.rsplit(".", 1)[-1] for f in info["features"])
+        lines.append(
+            f"  date column {name}: features {parts} computed in the model from seconds since "
+            f"1970 UTC{missing}"
+        )
     for warning in summary.get("warnings", []):
         lines.append(f"  warning: {warning}")
     if summary.get("blank_target_rows"):

@@ -9,9 +9,11 @@ export and predict need nothing else. Everything here is numpy and pandas; the m
     categorical column   exact text -> index in its vocabulary (most frequent first); "" (a blank
                          cell), a rare value and a value never seen in training -> the "other"
                          slot, index len(vocabulary)
+    date column          seconds since 1970 -> five numeric features (bnmodel/dates.py), which
+                         then impute and standardize as numeric columns
 
 The model's raw input is one float32 row per table row: the numeric columns (NaN = missing),
-then each categorical column's slot index as a float (exact below 2**24).
+the date features, then each categorical column's slot index as a float (exact below 2**24).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from bnmodel import dates as date_math
 
 __all__ = [
     "IMPUTE_STRATEGIES",
@@ -43,16 +47,23 @@ class EncodingError(ValueError):
 class Preprocessing:
     numeric: tuple[str, ...]  # the `features` columns, in order
     impute: str  # "mean" or "median" of the training rows
-    impute_values: tuple[float, ...]  # one per numeric column
-    indicators: tuple[str, ...]  # numeric columns with a missing indicator (subset, in order)
+    impute_values: tuple[float, ...]  # one per model numeric column (``model_numeric``)
+    indicators: tuple[str, ...]  # model numeric columns with a missing indicator (in order)
     categorical: tuple[str, ...]  # one string input each, in order
     vocabularies: tuple[tuple[str, ...], ...]  # per categorical column; "other" is index len()
     min_count: int = 1  # a value needs this many training rows to get its own slot
     max_size: int = 0  # at most this many values per vocabulary (0: no limit)
+    dates: tuple[str, ...] = ()  # one float64 input of seconds since 1970 each, in order
+    date_origins: tuple[float, ...] = ()  # per date column: its first training day
+
+    @property
+    def model_numeric(self) -> tuple[str, ...]:
+        """The model's numeric block: the ``features`` columns, then the date features."""
+        return (*self.numeric, *date_math.feature_names(self.dates))
 
     @property
     def indicator_index(self) -> tuple[int, ...]:
-        return tuple(self.numeric.index(name) for name in self.indicators)
+        return tuple(self.model_numeric.index(name) for name in self.indicators)
 
     @property
     def category_sizes(self) -> tuple[int, ...]:
@@ -70,21 +81,29 @@ class Preprocessing:
             out[:, i] = np.where(index < 0, len(vocab), index)
         return out
 
-    def model_input(self, numeric: np.ndarray, categories: np.ndarray | None) -> np.ndarray:
-        """(N, F + C) float32: numeric values (NaN kept: the model imputes), then slot indices."""
+    def model_input(
+        self, numeric: np.ndarray, categories: np.ndarray | None, dates: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N, F + 5 D + C) float32: numeric values (NaN kept: the model imputes), the date
+        features of ``dates`` (N, D) seconds, then slot indices."""
         numeric = np.asarray(numeric, dtype=np.float32).reshape(len(numeric), len(self.numeric))
-        if not self.categorical:
-            return numeric
-        if categories is None:
-            raise EncodingError(f"categorical columns {list(self.categorical)} are missing")
-        codes = self.codes(categories).astype(np.float32)
-        return np.concatenate([numeric, codes], axis=1)
+        parts = [numeric]
+        if self.dates:
+            if dates is None:
+                raise EncodingError(f"date columns {list(self.dates)} are missing")
+            parts.append(date_math.date_features(dates, self.date_origins))
+        if self.categorical:
+            if categories is None:
+                raise EncodingError(f"categorical columns {list(self.categorical)} are missing")
+            parts.append(self.codes(categories).astype(np.float32))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: lists and strings (checkpoints, ONNX metadata ``bnmodel.preprocessing``)."""
         d = asdict(self)
-        for key in ("numeric", "impute_values", "indicators", "categorical"):
+        for key in ("numeric", "impute_values", "indicators", "categorical", "dates"):
             d[key] = list(d[key])
+        d["date_origins"] = list(self.date_origins)
         d["vocabularies"] = {
             c: list(v) for c, v in zip(self.categorical, self.vocabularies, strict=True)
         }
@@ -103,6 +122,8 @@ class Preprocessing:
             vocabularies=tuple(tuple(vocabularies[c]) for c in categorical),
             min_count=int(d.get("min_count", 1)),
             max_size=int(d.get("max_size", 0)),
+            dates=tuple(d.get("dates", ())),
+            date_origins=tuple(float(v) for v in d.get("date_origins", ())),
         )
 
 
@@ -201,16 +222,30 @@ def fit_preprocessing(
     indicators: bool = True,
     min_count: int = 1,
     max_size: int = 0,
+    dates: np.ndarray | None = None,
+    date_names: Sequence[str] = (),
 ) -> Preprocessing:
-    """Imputation values, indicator columns and vocabularies from the TRAINING rows.
+    """Imputation values, indicator columns, vocabularies and date origins from the TRAINING
+    rows.
 
-    numeric (N, F) float with NaN for missing cells; categories (N, C) text with "" for missing.
+    numeric (N, F) float with NaN for missing cells; categories (N, C) text with "" for missing;
+    dates (N, D) float64 seconds since 1970, NaN for missing.
     """
     if impute not in IMPUTE_STRATEGIES:
         raise EncodingError(f"--impute must be one of {IMPUTE_STRATEGIES}, got {impute!r}")
     numeric = np.asarray(numeric).reshape(len(numeric), len(numeric_names))
-    values = _impute_values(numeric, numeric_names, impute) if len(numeric_names) else np.empty(0)
-    missing = np.isnan(numeric).any(axis=0) if indicators else np.zeros(len(numeric_names), bool)
+    origins = _date_origins(dates, date_names)
+    blocks = [(numeric, list(numeric_names))]
+    if date_names:
+        derived = date_math.date_features(dates, origins)  # (N, 5 D) float32, small
+        blocks.append((derived, list(date_math.feature_names(date_names))))
+    names = [n for _, block_names in blocks for n in block_names]
+    values = np.concatenate([_impute_values(x, n, impute) if n else np.empty(0) for x, n in blocks])
+    missing = (
+        np.concatenate([np.isnan(x).any(axis=0) for x, _ in blocks])
+        if indicators
+        else np.zeros(len(names), bool)
+    )
     vocabularies = tuple(
         _vocabulary(np.asarray(categories)[:, i], name, min_count, max_size)
         for i, name in enumerate(categorical_names)
@@ -219,9 +254,25 @@ def fit_preprocessing(
         numeric=tuple(numeric_names),
         impute=impute,
         impute_values=tuple(float(v) for v in values),
-        indicators=tuple(n for n, m in zip(numeric_names, missing, strict=True) if m),
+        indicators=tuple(n for n, m in zip(names, missing, strict=True) if m),
         categorical=tuple(categorical_names),
         vocabularies=vocabularies,
         min_count=min_count,
         max_size=max_size,
+        dates=tuple(date_names),
+        date_origins=origins,
     )
+
+
+def _date_origins(dates: np.ndarray | None, names: Sequence[str]) -> tuple[float, ...]:
+    """Per date column, its first training day (whole days since 1970)."""
+    if not names:
+        return ()
+    seconds = np.asarray(dates, dtype=np.float64).reshape(-1, len(names))
+    origins = tuple(date_math.origin_day(seconds[:, i]) for i in range(len(names)))
+    for name, origin in zip(names, origins, strict=True):
+        if np.isnan(origin):
+            raise EncodingError(
+                f"date column {name!r} is missing in every training row; drop the column"
+            )
+    return origins

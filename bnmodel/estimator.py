@@ -272,13 +272,15 @@ class _BNMLP(BaseEstimator):
             from bnmodel.predict import table_columns
 
             ckpt = self.checkpoint_
-            numeric, categories = table_columns(
+            dates = (ckpt.preprocessing or {}).get("dates", ())
+            numeric, categories, seconds = table_columns(
                 self._frame(X, reset=False),
                 ckpt.feature_names,
                 ckpt.categorical_columns,
                 allow_missing=ckpt.preprocessing is not None,
+                dates=dates,
             )
-            rows = Rows(numeric, categories) if ckpt.preprocessing is not None else numeric
+            rows = numeric if ckpt.preprocessing is None else Rows(numeric, categories, seconds)
         return export_checkpoint(
             self.checkpoint_,
             output=output,

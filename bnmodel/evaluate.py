@@ -83,6 +83,7 @@ def _collect(
         categorical=model.categorical_columns,
         allow_missing=model.imputes,
         role="data",
+        dates=model.contract.date_columns,
     )
     for x, y in chunks:
         unseen.add(x)

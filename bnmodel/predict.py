@@ -205,12 +205,17 @@ def iter_chunks(
     categorical: Sequence[str] = (),
     allow_missing: bool = False,
     role: str = "input",
+    dates: Sequence[str] = (),
 ) -> Iterator[tuple[np.ndarray | dict[str, np.ndarray], np.ndarray | None]]:
     """(model inputs, raw target cells or None) for consecutive rows of ``source``, read by
     ``bnmodel.table`` (its cell rules). The inputs are (n, F) float32 for a model without
-    categorical columns, else {"features": (n, F), column: (n, 1) object, ...}."""
+    categorical or date columns, else {"features": (n, F), column: (n, 1), ...}."""
     contract = ModelContract(
-        "regression", tuple(feature_names), tuple(categorical), imputes=allow_missing
+        "regression",
+        tuple(feature_names),
+        tuple(categorical),
+        imputes=allow_missing,
+        date_columns=tuple(dates),
     )
     try:
         for chunk in table.iter_chunks(
@@ -221,8 +226,9 @@ def iter_chunks(
             chunk_rows=chunk_rows,
             allow_missing=allow_missing,
             role=role,
+            dates=dates,
         ):
-            feed = chunk.inputs(contract) if categorical else chunk.features
+            feed = chunk.inputs(contract) if categorical or dates else chunk.features
             yield feed, chunk.targets
     except PredictError:
         raise
@@ -237,6 +243,7 @@ def _feeds(contract: ModelContract, x: Any, chunk_rows: int) -> Iterator[Any]:
         chunk_rows,
         categorical=contract.categorical_columns,
         allow_missing=bool(contract.imputes),
+        dates=contract.date_columns,
     )
     for feed, _ in chunks:
         yield feed
@@ -411,6 +418,7 @@ def predict_file(
             chunk_rows,
             categorical=model.categorical_columns,
             allow_missing=model.imputes,
+            dates=model.contract.date_columns,
         )
         for x, _ in _prefetched(_counted(chunks, unseen)):
             table = _table(model, model.run(x))
@@ -449,14 +457,19 @@ def table_columns(
     categorical: Sequence[str] = (),
     *,
     allow_missing: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(numeric (N, F) float32, categorical text (N, C) object or None) of a DataFrame, a
-    pyarrow Table, an (N, F) array or a file, read by ``bnmodel.table`` as every path reads."""
+    dates: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(numeric (N, F) float32, categorical text (N, C) object or None, date seconds (N, D)
+    float64 or None) of a DataFrame, a pyarrow Table, an (N, F) array or a file, read by
+    ``bnmodel.table`` as every path reads."""
     chunks = list(
-        table.iter_chunks(x, list(feature_names), tuple(categorical), allow_missing=allow_missing)
+        table.iter_chunks(
+            x, list(feature_names), tuple(categorical), allow_missing=allow_missing, dates=dates
+        )
     )
     if not chunks:
         raise PredictError(f"input {_name(x)} has no data rows")
     numeric = np.concatenate([c.features for c in chunks])
     categories = np.concatenate([c.categories for c in chunks]) if categorical else None
-    return numeric, categories
+    seconds = np.concatenate([c.dates for c in chunks]) if dates else None
+    return numeric, categories, seconds

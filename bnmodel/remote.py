@@ -180,7 +180,10 @@ class RemoteModel:
         of inputs, or the array alone for a one-input model), or one row shaped as the
         model's dims for a model without a batch axis."""
         numeric, strings = _inputs(self.config)
-        names = self._numeric_names(numeric, strings, x, role)
+        dates = [t for t in numeric if t.name in self.contract.date_columns]
+        numeric = [t for t in numeric if t.name not in self.contract.date_columns]
+        named = [*strings, *dates]  # inputs read from a column of the same name
+        names = self._numeric_names(numeric, named, x, role)
         dtype = (
             np.float16
             if numeric and numeric[0].data_type == model_config_pb2.TYPE_FP16
@@ -197,13 +200,15 @@ class RemoteModel:
                 chunk_rows=max(batch, 1) * 64,
                 allow_missing=allow_missing,
                 role=role,
+                dates=[t.name for t in dates],
             )
             for chunk in chunks:
                 inputs = {} if not numeric else {numeric[0].name: chunk.features.astype(dtype)}
                 inputs.update(
                     {t.name: chunk.categories[:, i : i + 1] for i, t in enumerate(strings)}
                 )
-                if not strings:  # a one-input model: the array alone
+                inputs.update({t.name: chunk.dates[:, i : i + 1] for i, t in enumerate(dates)})
+                if not named:  # a one-input model: the array alone
                     inputs = inputs[numeric[0].name]
                 if batch:
                     yield from _slices(inputs, batch)

@@ -15,6 +15,10 @@ The cell rules, the same on every path:
     categorical     text as written (after trimming), unicode kept; the bool spellings
                     true/True/TRUE and false/False/FALSE are "True" and "False", as a typed
                     bool column casts
+    date            seconds since 1970-01-01 00:00 UTC (float64, NaN for missing): ISO 8601
+                    text (2024-01-31, 2024-01-31 08:15, 2024-01-31T08:15:00.5+02:00; a time
+                    with a zone offset or Z is converted to UTC, one without is taken as
+                    written), a typed date or timestamp, or a number (already seconds)
     quoting         CSV quoting: "red, or so" is one cell
 
 ``iter_chunks`` gives ``Chunk``s (features, categorical text, raw targets); ``Chunk.inputs``
@@ -49,6 +53,7 @@ __all__ = [
     "TableError",
     "category_text",
     "csv_layout",
+    "date_seconds",
     "file_format",
     "is_missing",
     "iter_chunks",
@@ -303,6 +308,122 @@ def category_text(column: Any) -> np.ndarray:
     return text
 
 
+# A cell of a date column that is a number holds seconds since 1970 already; a time followed by
+# Z or an offset is converted to UTC (pyarrow parses the two kinds by different casts).
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_ZONED = r"\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)$"
+DATE_FORMS = (
+    "ISO 8601 (2024-01-31, 2024-01-31 08:15:00, optionally with Z or an offset such as "
+    "+02:00) or seconds since 1970-01-01 UTC"
+)
+
+
+def date_seconds(
+    column: Any,
+    name: str,
+    where: str,
+    first_row: int = 0,
+    *,
+    allow_missing: bool,
+    line0: int | None = None,
+) -> np.ndarray:
+    """A date column as (n,) float64 seconds since 1970-01-01 UTC by the cell rules: NaN for a
+    missing cell where allowed; a cell that is no date is an error naming its row."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = _clean_text(column).cast(pa.string())
+        seconds = _text_seconds(text, name, where, first_row, line0)
+    elif pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        tz = getattr(kind, "tz", None)  # an aware timestamp's integers are UTC already
+        micros = column.cast(pa.timestamp("us", tz=tz), safe=False).cast(pa.int64())
+        seconds = _as_float(micros) / 1e6
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        seconds = _as_float(column)
+    else:
+        raise TableError(f"{where}: column {name!r} holds {kind}, not dates ({DATE_FORMS})")
+    missing = np.isnan(seconds)
+    if missing.any() and not allow_missing:
+        raise TableError(
+            f"{where}: column {name!r}, {_row(first_row + int(np.argmax(missing)), line0)}: "
+            "value is missing (the model was trained without missing values, so it does not "
+            "impute)"
+        )
+    bad = np.isinf(seconds)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise TableError(
+            f"{where}: column {name!r}, {_row(first_row + row, line0)}: {seconds[row]} is not "
+            "a finite number of seconds"
+        )
+    return seconds
+
+
+def _as_float(array: Any) -> np.ndarray:
+    import pyarrow as pa
+
+    return np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _text_seconds(text: Any, name: str, where: str, first_row: int, line0: int | None) -> Any:
+    """Trimmed text (null = missing) of a date column -> float64 seconds."""
+    import pyarrow as pa
+
+    try:
+        return _parse_dates(text)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        row, cell = _first_bad_date(text)
+        raise TableError(
+            f"{where}: column {name!r}, {_row(first_row + row, line0)}: {cell[:40]!r} is not a "
+            f"date; write {DATE_FORMS} (a blank cell means missing)"
+        ) from None
+
+
+def _parse_dates(text: Any) -> np.ndarray:
+    """Text -> float64 seconds; raises pyarrow's ArrowInvalid at a cell that is no date."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    number = pc.fill_null(pc.match_substring_regex(text, _NUMBER), False)
+    zoned = pc.fill_null(pc.match_substring_regex(text, _ZONED), False)
+    none = pa.scalar(None, pa.string())
+    numbers = _as_float(pc.if_else(number, text, none))
+    local = _timestamps(pc.if_else(pc.or_(number, zoned), none, text), None)
+    utc = _timestamps(pc.if_else(zoned, text, none), "UTC")
+    seconds = np.fmax(local, utc) / 1e6  # each cell is in one of the two, or neither (NaN)
+    return np.where(np.isnan(numbers), seconds, numbers)
+
+
+def _timestamps(text: Any, tz: str | None) -> np.ndarray:
+    """Microseconds as float64 (NaN for null); nanosecond text needs the ns cast."""
+    import pyarrow as pa
+
+    try:
+        stamps = text.cast(pa.timestamp("us", tz=tz))
+    except pa.ArrowInvalid:
+        stamps = text.cast(pa.timestamp("ns", tz=tz)).cast(pa.timestamp("us", tz=tz), safe=False)
+    return _as_float(stamps.cast(pa.int64()))
+
+
+def _first_bad_date(text: Any) -> tuple[int, str]:
+    """(row, text) of the first cell no date cast takes (the error path only)."""
+    import pyarrow as pa
+
+    for row, cell in enumerate(text.to_pylist()):
+        if cell is None:
+            continue
+        try:
+            _parse_dates(pa.array([cell], pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return row, cell
+    return 0, str(text[0])
+
+
 def label_text(value: Any) -> str:
     """A target cell as a class label, the same in training and evaluation: 3, 3.0 and "3"
     are "3"; True is "True"; text is trimmed; None (missing) is ""."""
@@ -334,24 +455,29 @@ def _row(row: int, line0: int | None) -> str:
 @dataclass
 class Chunk:
     """Consecutive rows: ``features`` (n, F) float32 (NaN = missing), ``categories`` (n, C)
-    object text or None, ``targets`` raw target cells (n,) or (n, T) or None."""
+    object text or None, ``targets`` raw target cells (n,) or (n, T) or None, ``dates`` (n, D)
+    float64 seconds since 1970 or None."""
 
     features: np.ndarray
     categories: np.ndarray | None = None
     targets: np.ndarray | None = None
     first_row: int = 0
+    dates: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
     def inputs(self, contract: ModelContract) -> dict[str, np.ndarray]:
-        """The model's input tensors: "features" [n, F] float32 (left out when F is 0) and one
-        [n, 1] object array per categorical column, named after it."""
+        """The model's input tensors: "features" [n, F] float32 (left out when F is 0), one
+        [n, 1] object array per categorical column and one [n, 1] float64 array of seconds per
+        date column, each named after its column."""
         feed: dict[str, np.ndarray] = {}
         if contract.feature_names:
             feed["features"] = self.features
         for i, name in enumerate(contract.categorical_columns):
             feed[name] = self.categories[:, i : i + 1]  # type: ignore[index]
+        for i, name in enumerate(contract.date_columns):
+            feed[name] = self.dates[:, i : i + 1]  # type: ignore[index]
         return feed
 
 
@@ -367,23 +493,37 @@ def iter_chunks(
     chunk_rows: int = CHUNK_ROWS,
     allow_missing: bool = False,
     role: str = "input",
+    dates: Sequence[str] = (),
 ) -> Iterator[Chunk]:
-    """Chunks of ``chunk_rows`` rows (the last may be shorter) of the ``numeric`` and
-    ``categorical`` columns (picked by name; other columns are ignored) and, with ``target``
-    ("a" or "a,b"), the raw target cells. ``role`` starts every message ("input", "data")."""
-    numeric, categorical = list(numeric), list(categorical)
+    """Chunks of ``chunk_rows`` rows (the last may be shorter) of the ``numeric``,
+    ``categorical`` and ``dates`` columns (picked by name; other columns are ignored) and, with
+    ``target`` ("a" or "a,b"), the raw target cells. ``role`` starts every message."""
+    columns = _Columns(list(numeric), list(categorical), list(dates))
     targets = [] if not target else [t.strip() for t in target.split(",")]
     if isinstance(source, np.ndarray):
-        blocks = _ndarray_blocks(source, numeric, categorical, chunk_rows, allow_missing, role)
+        blocks = _ndarray_blocks(source, columns, chunk_rows, allow_missing, role)
     elif isinstance(source, (str, os.PathLike)):
-        blocks = _file_blocks(
-            Path(source), numeric, categorical, targets, allow_missing, role, chunk_rows
-        )
+        blocks = _file_blocks(Path(source), columns, targets, allow_missing, role, chunk_rows)
     else:
-        blocks = _memory_blocks(
-            source, numeric, categorical, targets, allow_missing, role, chunk_rows
-        )
+        blocks = _memory_blocks(source, columns, targets, allow_missing, role, chunk_rows)
     yield from _rechunk(blocks, chunk_rows)
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The columns a reader picks, by kind."""
+
+    numeric: list[str]
+    categorical: list[str]
+    dates: list[str]
+
+    @property
+    def named(self) -> list[str]:
+        """Columns that must be named by a header: a headerless file holds numbers only."""
+        return [*self.categorical, *self.dates]
+
+    def all(self, targets: Sequence[str] = ()) -> list[str]:
+        return [*self.numeric, *self.categorical, *self.dates, *targets]
 
 
 def _rechunk(blocks: Iterator[Chunk], chunk_rows: int) -> Iterator[Chunk]:
@@ -407,7 +547,8 @@ def _rechunk(blocks: Iterator[Chunk], chunk_rows: int) -> Iterator[Chunk]:
 
 def _join(chunks: list[Chunk], first: int) -> Chunk:
     if len(chunks) == 1:
-        return Chunk(chunks[0].features, chunks[0].categories, chunks[0].targets, first)
+        one = chunks[0]
+        return Chunk(one.features, one.categories, one.targets, first, one.dates)
 
     def cat(parts: list[np.ndarray | None]) -> np.ndarray | None:
         return None if parts[0] is None else np.concatenate(parts)
@@ -417,6 +558,7 @@ def _join(chunks: list[Chunk], first: int) -> Chunk:
         cat([c.categories for c in chunks]),
         cat([c.targets for c in chunks]),
         first,
+        cat([c.dates for c in chunks]),
     )
 
 
@@ -425,7 +567,11 @@ def _take(chunk: Chunk, lo: int, hi: int | None) -> Chunk:
         return None if a is None else a[lo:hi]
 
     return Chunk(
-        chunk.features[lo:hi], cut(chunk.categories), cut(chunk.targets), chunk.first_row + lo
+        chunk.features[lo:hi],
+        cut(chunk.categories),
+        cut(chunk.targets),
+        chunk.first_row + lo,
+        cut(chunk.dates),
     )
 
 
@@ -441,8 +587,7 @@ def _check_columns(where: str, header: Sequence[str], names: Sequence[str]) -> N
 
 def _batch_block(
     batch: Any,
-    numeric: list[str],
-    categorical: list[str],
+    columns: _Columns,
     targets: list[str],
     where: str,
     first_row: int,
@@ -451,23 +596,29 @@ def _batch_block(
 ) -> Chunk:
     """A record batch (any column types) as a Chunk, by the cell rules."""
     n = batch.num_rows
-    columns = [
-        numeric_values(
-            batch.column(c), c, where, first_row, allow_missing=allow_missing, line0=line0
-        )
-        for c in numeric
+    cells = {"allow_missing": allow_missing, "line0": line0}
+    numbers = [
+        numeric_values(batch.column(c), c, where, first_row, **cells) for c in columns.numeric
     ]
-    x = np.column_stack(columns) if columns else np.empty((n, 0), np.float32)
+    x = np.column_stack(numbers) if numbers else np.empty((n, 0), np.float32)
     cats = (
-        np.stack([category_text(batch.column(c)) for c in categorical], axis=1)
-        if categorical
+        np.stack([category_text(batch.column(c)) for c in columns.categorical], axis=1)
+        if columns.categorical
+        else None
+    )
+    dates = (
+        np.stack(
+            [date_seconds(batch.column(c), c, where, first_row, **cells) for c in columns.dates],
+            axis=1,
+        )
+        if columns.dates
         else None
     )
     y = None
     if targets:  # (n,) for one target, (n, T) for several; text trimmed, None for missing
         cols = [_target_cells(batch.column(t)) for t in targets]
         y = cols[0] if len(cols) == 1 else np.stack(cols, axis=1)
-    return Chunk(x, cats, y, first_row)
+    return Chunk(x, cats, y, first_row, dates)
 
 
 def _target_cells(column: Any) -> np.ndarray:
@@ -482,8 +633,7 @@ def _target_cells(column: Any) -> np.ndarray:
 
 def _file_blocks(
     path: Path,
-    numeric: list[str],
-    categorical: list[str],
+    columns: _Columns,
     targets: list[str],
     allow_missing: bool,
     role: str,
@@ -494,19 +644,20 @@ def _file_blocks(
         raise TableError(f"{where} does not exist")
     fmt = file_format(path, role)
     if fmt.kind in ("npz", "npy"):
-        if categorical:
-            raise TableError(
-                f"{where}: the model has categorical columns {categorical[:5]}; give a CSV or "
-                "Parquet file with a header naming the columns"
-            )
-        yield from _array_blocks(path, numeric, chunk_rows, targets, allow_missing, where)
+        _numbers_only(where, columns, "a CSV or Parquet file with a header naming the columns")
+        yield from _array_blocks(path, columns.numeric, chunk_rows, targets, allow_missing, where)
         return
     if fmt.kind == "parquet":
-        yield from _parquet_blocks(
-            path, numeric, categorical, targets, allow_missing, where, chunk_rows
-        )
+        yield from _parquet_blocks(path, columns, targets, allow_missing, where, chunk_rows)
         return
-    yield from _csv_blocks(path, fmt, numeric, categorical, targets, allow_missing, where, role)
+    yield from _csv_blocks(path, fmt, columns, targets, allow_missing, where, role)
+
+
+def _numbers_only(where: str, columns: _Columns, instead: str) -> None:
+    """An array source holds numbers only: a model with text or date columns needs names."""
+    for kind, names in (("categorical", columns.categorical), ("date", columns.dates)):
+        if names:
+            raise TableError(f"{where}: the model has {kind} columns {names[:5]}; give {instead}")
 
 
 def _csv_reader(
@@ -547,8 +698,7 @@ def _csv_reader(
 def _csv_blocks(
     path: Path,
     fmt: FileFormat,
-    numeric: list[str],
-    categorical: list[str],
+    columns: _Columns,
     targets: list[str],
     allow_missing: bool,
     where: str,
@@ -557,14 +707,15 @@ def _csv_blocks(
     import pyarrow as pa
 
     layout = csv_layout(path, fmt, role)
-    wanted = [*numeric, *categorical, *targets]
+    numeric, categorical = columns.numeric, columns.categorical
+    wanted = columns.all(targets)
     if layout.header is None and wanted and set(wanted) <= set(layout.first_row):
         layout = layout.named()  # a header of numbers ("2019,2020") that names the columns
     if layout.header is None:
         # Headerless rows: the model's numeric columns, in order, and nothing else.
-        if categorical or targets or layout.width != len(numeric):
+        if columns.named or targets or layout.width != len(numeric):
             expected = f" ({', '.join(numeric[:8])}{', ...' if len(numeric) > 8 else ''})"
-            if categorical or targets:
+            if columns.named or targets:
                 raise TableError(
                     f"{where}: the first row is no header naming the columns "
                     f"({', '.join(wanted[:8])}{', ...' if len(wanted) > 8 else ''}); add one"
@@ -594,9 +745,7 @@ def _csv_blocks(
                     seen += batch.num_rows
                     continue
                 batch = batch.slice(done - seen) if seen < done else batch
-                yield _batch_block(
-                    batch, numeric, categorical, targets, where, done, allow_missing, line0
-                )
+                yield _batch_block(batch, columns, targets, where, done, allow_missing, line0)
                 done = seen = max(seen, done) + batch.num_rows
             return
         except pa.ArrowInvalid as exc:  # a short or long row, a bad quote; a cell (fast path)
@@ -626,8 +775,7 @@ def _locate_bad_row(path: Path, fmt: FileFormat, layout: CsvLayout, where: str) 
 
 def _parquet_blocks(
     path: Path,
-    numeric: list[str],
-    categorical: list[str],
+    columns: _Columns,
     targets: list[str],
     allow_missing: bool,
     where: str,
@@ -638,21 +786,20 @@ def _parquet_blocks(
     try:
         # Categorical columns as dictionaries where the file stores them so: their text is
         # then built per distinct value, not per row.
-        file = pq.ParquetFile(path, read_dictionary=categorical)
+        file = pq.ParquetFile(path, read_dictionary=columns.categorical)
     except Exception as exc:  # pyarrow raises ArrowInvalid or OSError for a bad file
         raise TableError(f"{where} is not a readable Parquet file: {exc}") from None
-    columns = [*numeric, *categorical, *targets]
-    _check_columns(where, file.schema_arrow.names, columns)
+    names = columns.all(targets)
+    _check_columns(where, file.schema_arrow.names, names)
     row = 0
-    for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
-        yield _batch_block(batch, numeric, categorical, targets, where, row, allow_missing, None)
+    for batch in file.iter_batches(batch_size=chunk_rows, columns=names):
+        yield _batch_block(batch, columns, targets, where, row, allow_missing, None)
         row += batch.num_rows
 
 
 def _memory_blocks(
     source: Any,
-    numeric: list[str],
-    categorical: list[str],
+    columns: _Columns,
     targets: list[str],
     allow_missing: bool,
     role: str,
@@ -661,11 +808,11 @@ def _memory_blocks(
     """A pandas DataFrame or a pyarrow Table / RecordBatch, by the same cell rules."""
     table, kind = _arrow_table(source, role)
     where = f"{role} {kind}"
-    columns = [*numeric, *categorical, *targets]
-    _check_columns(where, table.column_names, columns)
+    names = columns.all(targets)
+    _check_columns(where, table.column_names, names)
     row = 0
-    for batch in table.select(columns).to_batches(max_chunksize=chunk_rows):
-        yield _batch_block(batch, numeric, categorical, targets, where, row, allow_missing, None)
+    for batch in table.select(names).to_batches(max_chunksize=chunk_rows):
+        yield _batch_block(batch, columns, targets, where, row, allow_missing, None)
         row += batch.num_rows
 
 
@@ -698,20 +845,12 @@ def _arrow_column(series: Any) -> Any:
 
 
 def _ndarray_blocks(
-    array: np.ndarray,
-    numeric: list[str],
-    categorical: list[str],
-    chunk_rows: int,
-    allow_missing: bool,
-    role: str,
+    array: np.ndarray, columns: _Columns, chunk_rows: int, allow_missing: bool, role: str
 ) -> Iterator[Chunk]:
     where = f"{role} array"
-    if categorical:
-        raise TableError(
-            f"{where}: the model has categorical columns {categorical[:5]}; give a DataFrame, "
-            "a pyarrow Table or a file with named columns"
-        )
-    yield from _slices(np.atleast_2d(array), len(numeric), chunk_rows, None, allow_missing, where)
+    _numbers_only(where, columns, "a DataFrame, a pyarrow Table or a file with named columns")
+    width = len(columns.numeric)
+    yield from _slices(np.atleast_2d(array), width, chunk_rows, None, allow_missing, where)
 
 
 def _array_blocks(
@@ -803,6 +942,12 @@ class LoadedTable:
         """(N,) categorical text of a column by the cell rules (a CSV cell as written, so
         "007" stays "007" even where the column reads as numbers)."""
         return category_text(self.text.column(name))
+
+    def date_seconds(self, name: str) -> np.ndarray:
+        """(N,) float64 seconds since 1970 of a date column by the cell rules (NaN: missing)."""
+        where = f"data file {self.source}"
+        column = self.text.column(name)
+        return date_seconds(column, name, where, allow_missing=True, line0=self.line0)
 
     def row(self, row: int) -> str:
         return _row(row, self.line0)

@@ -196,14 +196,14 @@ def _load_data(
             categorical=tuple(dataset.categorical_names),
             drop=config.drop,
         )
-        if (test_set.feature_names, test_set.categorical_names) != (
-            dataset.feature_names,
-            dataset.categorical_names,
-        ):
+        kinds = ("feature_names", "categorical_names", "date_names")
+        if any(getattr(test_set, k) != getattr(dataset, k) for k in kinds):
             raise data_mod.DataError(
                 f"--test {config.test}: feature columns {test_set.feature_names[:8]} "
-                f"(categorical {test_set.categorical_names[:8]}) differ from the training "
-                f"data's {dataset.feature_names[:8]} (categorical {dataset.categorical_names[:8]})"
+                f"(categorical {test_set.categorical_names[:8]}, dates "
+                f"{test_set.date_names[:8]}) differ from the training data's "
+                f"{dataset.feature_names[:8]} (categorical {dataset.categorical_names[:8]}, "
+                f"dates {dataset.date_names[:8]})"
             )
     parts = {"train": train_set, "validation": val_set, "test": test_set}
     summary = data_mod.summarize(dataset, parts, config.target, config.test)
@@ -249,24 +249,26 @@ def _fit_encoders(config: TrainConfig, train_set: data_mod.Dataset) -> Any:
             indicators=config.missing_indicators,
             min_count=config.min_category_count,
             max_size=config.max_categories,
+            dates=train_set.dates,
+            date_names=train_set.date_names,
         )
     except EncodingError as exc:
         raise data_mod.DataError(f"data {train_set.source} (training rows): {exc}") from None
 
 
 def _encoded(ds: data_mod.Dataset, prep: Any) -> data_mod.Dataset:
-    """The part with ``features`` = the model's raw input (N, F + C) float32."""
+    """The part with ``features`` = the model's raw input (N, F + 5 D + C) float32."""
     from dataclasses import replace
 
-    return replace(ds, features=prep.model_input(ds.features, ds.categories), categories=None)
+    features = prep.model_input(ds.features, ds.categories, ds.dates)
+    return replace(ds, features=features, categories=None, dates=None)
 
 
 def _build_model(
     config: TrainConfig, train_set: data_mod.Dataset, ctx: DistContext, prep: Any = None
 ) -> BNMLP:
-    model_config = config.model_config(
-        len(train_set.feature_names), train_set.num_outputs, train_set.task, prep
-    )
+    numeric = len(train_set.feature_names) if prep is None else len(prep.model_numeric)
+    model_config = config.model_config(numeric, train_set.num_outputs, train_set.task, prep)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = BNMLP(model_config)
     impute = None

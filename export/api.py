@@ -21,6 +21,7 @@ from torch import nn
 from bnmodel import __version__
 from bnmodel.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from bnmodel.contract import ModelContract
+from bnmodel.dates import DATE_PARTS
 from bnmodel.encoding import Preprocessing
 from bnmodel.errors import UsageError
 from bnmodel.files import atomic_write_bytes
@@ -145,7 +146,15 @@ def _contract(ckpt: Checkpoint) -> ModelContract:
         vocabularies=None
         if ckpt.preprocessing is None
         else tuple(tuple(ckpt.preprocessing["vocabularies"][c]) for c in ckpt.categorical_columns),
+        date_columns=tuple((ckpt.preprocessing or {}).get("dates", ())),
     )
+
+
+def _feature_width(ckpt: Checkpoint) -> int:
+    """Columns of the "features" input: the model's numeric inputs less the date features,
+    which the graph computes from the date inputs."""
+    dates = (ckpt.preprocessing or {}).get("dates", ())
+    return ckpt.model_config.in_features - len(DATE_PARTS) * len(dates)
 
 
 def _metadata(
@@ -207,8 +216,10 @@ def _data(ckpt: Checkpoint, given: np.ndarray | Rows | None) -> _Data:
     train_rows = None if features is None else np.asarray(features, np.float32)
     validation = np.asarray(val.features, np.float32)
     if ckpt.preprocessing is not None:
-        validation = Rows(validation, getattr(val, "categories", None))
-        train_rows = Rows(train_rows, getattr(train, "categories", None))
+        validation = Rows(validation, getattr(val, "categories", None), getattr(val, "dates", None))
+        train_rows = Rows(
+            train_rows, getattr(train, "categories", None), getattr(train, "dates", None)
+        )
     return _Data(
         train_rows,
         validation,
@@ -251,6 +262,11 @@ def _encoder_notes(ckpt: Checkpoint) -> list[str]:
         for c, v in zip(prep.categorical, prep.vocabularies, strict=True)
     ]
     parts = [f"{len(prep.numeric)} numeric column(s) imputed with the training {prep.impute}"]
+    if prep.dates:
+        parts.append(
+            f"date features ({', '.join(DATE_PARTS)}) computed from the seconds of "
+            + ", ".join(prep.dates)
+        )
     if prep.indicators:
         parts.append(f"missing indicators for {', '.join(prep.indicators)}")
     if columns:
@@ -273,6 +289,7 @@ def _graph(
         opset=opset,
         metadata=metadata,
         categorical=categorical,
+        dates=[] if prep is None else list(zip(prep.dates, prep.date_origins, strict=True)),
     )
     check_onnx(proto)
     return proto
@@ -311,6 +328,7 @@ def _raw_rows(path: str | os.PathLike[str], prep: Preprocessing) -> Rows:
                 prep.categorical,
                 allow_missing=True,
                 role="calibration data",
+                dates=prep.dates,
             )
         )
     except table.TableError as exc:
@@ -319,7 +337,10 @@ def _raw_rows(path: str | os.PathLike[str], prep: Preprocessing) -> Rows:
         raise Int8Error(f"calibration data {path} has no data rows")
     numeric = np.concatenate([c.features for c in chunks])
     cats = [c.categories for c in chunks if c.categories is not None]
-    return Rows(numeric, np.concatenate(cats) if cats else None)
+    dates = [c.dates for c in chunks if c.dates is not None]
+    return Rows(
+        numeric, np.concatenate(cats) if cats else None, np.concatenate(dates) if dates else None
+    )
 
 
 def _int8(
@@ -357,8 +378,8 @@ def _int8(
     if prep is not None:  # the graphs' inputs: "features" and one string tensor per column
         notes.append("int8 graph: imputation and categorical lookups stay in float")
         numeric = bool(ckpt.feature_names)
-        calibration = calibration.feed(prep.categorical, numeric)
-        rows = None if rows is None else rows.feed(prep.categorical, numeric)
+        calibration = calibration.feed(prep.categorical, numeric, prep.dates)
+        rows = None if rows is None else rows.feed(prep.categorical, numeric, prep.dates)
     if any(isinstance(m, Standardize) for m in folded.net):
         notes.append(
             "int8 graph: the input standardization stays a float Sub/Div ahead of the first "
@@ -457,7 +478,7 @@ def export_checkpoint(
             graphs[True].SerializeToString(),
             graphs[False].SerializeToString(),
             task=ckpt.task,
-            in_features=ckpt.model_config.in_features,
+            in_features=_feature_width(ckpt),
             validation_rows=data.validation,
             fp16=fp16,
             batch_sizes=BATCH_SIZES,
@@ -495,7 +516,7 @@ def _write(
         outputs = [(o.name, o.type.tensor_type.shape.dim[1].dim_value) for o in proto.graph.output]
         config = model_config(
             name,
-            in_features=ckpt.model_config.in_features,
+            in_features=_feature_width(ckpt),
             outputs=outputs,
             fp16=fp16,
             max_batch_size=max_batch_size,

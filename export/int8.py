@@ -208,7 +208,9 @@ def quantize_int8(
     from .onnx_export import INPUT_NAME
 
     keep_float = [
-        n.name for n in model.graph.node if n.op_type in _FLOAT_OPS or n.name.startswith("encode/")
+        n.name
+        for n in model.graph.node
+        if n.op_type in _FLOAT_OPS or n.name.startswith(("encode/", "dates/"))
     ] + list(keep_float)
     if not isinstance(calibration, dict):
         calibration = {INPUT_NAME: np.asarray(calibration, np.float32)}

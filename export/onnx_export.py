@@ -18,6 +18,12 @@ the first Gemm for a small vocabulary, a Gather of the folded table for a large 
 Why these inputs: one float tensor keeps the numeric path as fast as today's models, NaN is
 the natural "missing" of a float, and a string per categorical column is what a client has
 (no vocabulary in the client, no training/serving skew).
+
+A date column is one DOUBLE input [batch, 1] named as the column: seconds since 1970-01-01
+UTC, NaN for missing. float64 because float32 holds today's epoch seconds only to 128 s. The
+graph computes its five features (bnmodel/dates.py: days since the training origin, hour,
+weekday, month, day of month) with the same float64 steps training used, casts them to the
+model's float type and appends them to the numeric columns, which then impute and fold as any.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from bnmodel import dates as date_math
 from bnmodel.files import atomic_write_bytes
 from bnmodel.model import Encode, Standardize, TargetScale
 
@@ -104,24 +111,92 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
         return name
 
+    def double(self, name: str, value: float) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, np.float64), name))
+        return name
+
+
+class _GraphArithmetic:
+    """``bnmodel.dates.Arithmetic`` as float64 ONNX nodes: the date features in the graph."""
+
+    def __init__(self, g: _Graph, prefix: str) -> None:
+        self.g, self.prefix, self.count = g, prefix, 0
+
+    def _name(self, op: str) -> str:
+        self.count += 1
+        return f"{self.prefix}/{op}_{self.count}"
+
+    def _value(self, b: str | float) -> str:
+        return b if isinstance(b, str) else self.g.double(self._name("c"), b)
+
+    def _binary(self, op: str, a: str, b: str | float) -> str:
+        return self.g.op(op, [a, self._value(b)], self._name(op))
+
+    def add(self, a: str, b: str | float) -> str:
+        return self._binary("Add", a, b)
+
+    def sub(self, a: str, b: str | float) -> str:
+        return self._binary("Sub", a, b)
+
+    def mul(self, a: str, b: str | float) -> str:
+        return self._binary("Mul", a, b)
+
+    def div(self, a: str, b: str | float) -> str:
+        return self._binary("Div", a, b)
+
+    def floor(self, a: str) -> str:
+        return self.g.op("Floor", [a], self._name("Floor"))
+
+    def below(self, a: str, limit: float, yes: str, no: str) -> str:
+        less = self.g.op("Less", [a, self._value(limit)], self._name("Less"))
+        return self.g.op("Where", [less, yes, no], self._name("Where"))
+
+
+def _emit_dates(g: _Graph, dates: Sequence[tuple[str, float]], numeric: str | None) -> str:
+    """[batch, F + 5 D]: the "features" input (when present), then each date input's features
+    cast to the model's float type."""
+    parts = [] if numeric is None else [numeric]
+    for column, origin in dates:
+        ops = _GraphArithmetic(g, f"dates/{column}")
+        values = date_math.date_parts(column, float(origin), ops)
+        joined = g.op("Concat", values, f"dates/{column}/Concat", axis=1)  # [batch, 5] double
+        parts.append(g.op("Cast", [joined], f"dates/{column}/features", to=g.elem))
+    return parts[0] if len(parts) == 1 else g.op("Concat", parts, "dates/numeric", axis=1)
+
 
 class _Raw:
     """The raw-row front of a graph: imputed numerics, indicators, and per categorical column
     its slot indices (batch,), each emitted once."""
 
-    def __init__(self, g: _Graph, encode: Encode, categorical: Sequence[tuple[str, Sequence[str]]]):
+    def __init__(
+        self,
+        g: _Graph,
+        encode: Encode,
+        categorical: Sequence[tuple[str, Sequence[str]]],
+        dates: Sequence[tuple[str, float]] = (),
+    ):
         if len(categorical) != len(encode.category_sizes):
             raise ExportError(
                 f"the model has {len(encode.category_sizes)} categorical inputs, the export "
                 f"was given vocabularies for {len(categorical)}"
             )
         self.g, self.encode, self.categorical = g, encode, list(categorical)
+        self.dates = list(dates)
+        self.num_features = encode.num_numeric - len(date_math.DATE_PARTS) * len(self.dates)
+        if self.num_features < 0:
+            raise ExportError(
+                f"the model has {encode.num_numeric} numeric inputs, fewer than the "
+                f"{len(self.dates)} date column(s) give"
+            )
         self.numeric: str | None = None
         self.indicators: str | None = None
         if encode.num_numeric:
-            missing = g.op("IsNaN", [INPUT_NAME], "encode/IsNaN")
+            raw = INPUT_NAME
+            if self.dates:
+                raw = _emit_dates(g, self.dates, INPUT_NAME if self.num_features else None)
+            missing = g.op("IsNaN", [raw], "encode/IsNaN")
             impute = g.const("encode.impute", encode.impute)
-            self.numeric = g.op("Where", [missing, impute, INPUT_NAME], "encode/impute")
+            self.numeric = g.op("Where", [missing, impute, raw], "encode/impute")
             if encode.indicators.numel():
                 picked = g.op(
                     "Gather",
@@ -151,15 +226,19 @@ class _Raw:
         axes = self.g.ints(f"encode.{name}.axes", [1])
         return self.g.op("Squeeze", [index, axes], f"encode/{name}/slot")
 
-    def inputs(self, elem: int, in_features: int) -> list[onnx.ValueInfoProto]:
+    def inputs(self, elem: int) -> list[onnx.ValueInfoProto]:
         values = []
-        if self.encode.num_numeric:
+        if self.num_features:
             values.append(
-                helper.make_tensor_value_info(INPUT_NAME, elem, [BATCH_AXIS, in_features])
+                helper.make_tensor_value_info(INPUT_NAME, elem, [BATCH_AXIS, self.num_features])
             )
         values += [
             helper.make_tensor_value_info(name, TensorProto.STRING, [BATCH_AXIS, 1])
             for name, _ in self.categorical
+        ]
+        values += [
+            helper.make_tensor_value_info(name, TensorProto.DOUBLE, [BATCH_AXIS, 1])
+            for name, _ in self.dates
         ]
         return values
 
@@ -286,10 +365,13 @@ def build_onnx(
     opset: int = DEFAULT_OPSET,
     metadata: Mapping[str, str] | None = None,
     categorical: Sequence[tuple[str, Sequence[str]]] = (),
+    dates: Sequence[tuple[str, float]] = (),
 ) -> onnx.ModelProto:
     """The ONNX model of ``layers`` (named eval-mode modules run in order) under the contract.
 
-    ``categorical``: (column, vocabulary) per categorical input of a raw-row model, in order.
+    ``categorical``: (column, vocabulary) per categorical input of a raw-row model, in order;
+    ``dates``: (column, origin day) per date input, in order (its features are the last of
+    the ``in_features`` numeric columns).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {opset}")
@@ -298,9 +380,11 @@ def build_onnx(
     g = _Graph(np.dtype(np.float16 if fp16 else np.float32))
     value, inputs = INPUT_NAME, None
     layers = list(layers)
+    if dates and not (layers and isinstance(layers[0][1], Encode)):
+        raise ExportError("a model with date columns starts with an Encode layer")
     if layers and isinstance(layers[0][1], Encode):
-        raw = _Raw(g, layers[0][1], categorical)
-        inputs = raw.inputs(elem, in_features)
+        raw = _Raw(g, layers[0][1], categorical, dates)
+        inputs = raw.inputs(elem)
         folded = first_layer(layers)
         if folded is not None:
             _, split, covered = folded

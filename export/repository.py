@@ -56,17 +56,20 @@ def model_config(
     """The config message; dims omit the batch axis, which Triton adds from max_batch_size.
 
     A raw-row model lists "features" only when it has numeric columns (``in_features`` >= 1),
-    then one TYPE_STRING input of dims [1] per categorical column, in the graph's order. The
+    then one TYPE_STRING input of dims [1] per categorical column and one TYPE_FP64 per date
+    column, in the graph's order. The
     parameters are the model's data contract (``ModelContract.to_parameters``).
     """
     data_type = model_config_pb2.TYPE_FP16 if fp16 else model_config_pb2.TYPE_FP32
     config = model_config_pb2.ModelConfig(
         name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size
     )
-    if in_features >= 1 or not contract.categorical_columns:
+    if in_features >= 1 or not (contract.categorical_columns or contract.date_columns):
         config.input.add(name=input_name, data_type=data_type, dims=[in_features])
     for column in contract.categorical_columns:
         config.input.add(name=column, data_type=model_config_pb2.TYPE_STRING, dims=[1])
+    for column in contract.date_columns:  # seconds since 1970 UTC: float32 would round them
+        config.input.add(name=column, data_type=model_config_pb2.TYPE_FP64, dims=[1])
     for output, width in outputs:
         config.output.add(name=output, data_type=data_type, dims=[width])
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US

@@ -49,33 +49,40 @@ UNSEEN = "\x00never seen in training"  # a categorical value no vocabulary holds
 
 @dataclass(frozen=True)
 class Rows:
-    """Raw rows: numerics (N, F) float32 with NaN for missing, categorical text (N, C) or None."""
+    """Raw rows: numerics (N, F) float32 with NaN for missing, categorical text (N, C) or None,
+    date columns as seconds since 1970 (N, D) float64 or None."""
 
     numeric: np.ndarray
     categories: np.ndarray | None = None
+    dates: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.numeric)
 
     def head(self, n: int) -> Rows:
-        cats = None if self.categories is None else self.categories[:n]
-        return Rows(self.numeric[:n], cats)
+        return self.take(slice(0, n))
 
-    def take(self, index: np.ndarray) -> Rows:
+    def take(self, index: np.ndarray | slice) -> Rows:
         cats = None if self.categories is None else self.categories[index]
-        return Rows(self.numeric[index], cats)
+        dates = None if self.dates is None else self.dates[index]
+        return Rows(self.numeric[index], cats, dates)
 
     def resized(self, n: int) -> Rows:
         """n rows, the given ones repeated as needed."""
         return self.take(np.resize(np.arange(len(self)), n))
 
-    def feed(self, categorical: Sequence[str], numeric: bool = True) -> dict[str, np.ndarray]:
-        """The graph's inputs: "features" (when ``numeric``) and one (N, 1) text per column."""
+    def feed(
+        self, categorical: Sequence[str], numeric: bool = True, dates: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs: "features" (when ``numeric``), one (N, 1) text per categorical
+        column and one (N, 1) float64 of seconds per date column."""
         from .onnx_export import INPUT_NAME
 
         feed = {INPUT_NAME: self.numeric} if numeric else {}
         for i, column in enumerate(categorical):
             feed[column] = self.categories[:, i : i + 1].astype(object)
+        for i, column in enumerate(dates):
+            feed[column] = self.dates[:, i : i + 1].astype(np.float64)
         return feed
 
 
@@ -230,7 +237,7 @@ def _torch_runner(
     def run(rows: Rows) -> Outputs:
         x = rows.numeric
         if preprocessing is not None:
-            x = preprocessing.model_input(rows.numeric, rows.categories)
+            x = preprocessing.model_input(rows.numeric, rows.categories, rows.dates)
         with torch.no_grad():
             out = model(torch.from_numpy(np.asarray(x, np.float64)).to(dtype))
         return _named(out.numpy(), task)
@@ -239,9 +246,14 @@ def _torch_runner(
 
 
 def _ort_runner(
-    model_bytes: bytes, optimize: bool, fp16: bool, categorical: Sequence[str] = ()
+    model_bytes: bytes,
+    optimize: bool,
+    fp16: bool,
+    categorical: Sequence[str] = (),
+    dates: Sequence[str] = (),
 ) -> Callable[[Rows], Outputs]:
-    """ONNX Runtime takes the contract's inputs: "features" and one string tensor per column."""
+    """ONNX Runtime takes the contract's inputs: "features", one string tensor per categorical
+    column and one float64 tensor of seconds per date column."""
     import onnxruntime as ort
 
     from .onnx_export import INPUT_NAME
@@ -256,10 +268,9 @@ def _ort_runner(
     dtype = np.float16 if fp16 else np.float32
 
     def run(rows: Rows) -> Outputs:
-        typed = Rows(rows.numeric.astype(dtype), rows.categories)
-        return dict(
-            zip(names, session.run(None, typed.feed(categorical, takes_numeric)), strict=True)
-        )
+        typed = Rows(rows.numeric.astype(dtype), rows.categories, rows.dates)
+        outputs = session.run(None, typed.feed(categorical, takes_numeric, dates))
+        return dict(zip(names, outputs, strict=True))
 
     return run
 
@@ -352,19 +363,33 @@ def _random_categories(preprocessing: Any, n: int, seed: int) -> np.ndarray | No
     return np.stack(columns, axis=1)
 
 
+def _random_dates(preprocessing: Any, n: int, seed: int) -> np.ndarray | None:
+    """(n, D) seconds: any time of the three years from each date column's origin."""
+    if preprocessing is None or not preprocessing.dates:
+        return None
+    rng = np.random.default_rng(seed + 3)
+    origins = np.asarray(preprocessing.date_origins, np.float64)
+    days = origins + rng.uniform(0.0, 3 * 365.0, (n, len(origins)))
+    return np.round(days * 86400.0, 3)  # milliseconds, as clients send them
+
+
 def blanks_and_unseen(rows: Rows, seed: int = 0) -> Rows:
-    """The rows with about a quarter of the numeric cells missing (NaN) and of the categorical
-    cells blank ("") or a value no vocabulary holds: what the encoders must get right."""
+    """The rows with about a quarter of the numeric and date cells missing (NaN) and of the
+    categorical cells blank ("") or a value no vocabulary holds: what the encoders must get
+    right."""
     rng = np.random.default_rng(seed + 2)
     numeric = rows.numeric.copy()
     numeric[rng.random(numeric.shape) < 0.25] = np.nan
-    cats = None
+    cats = dates = None
     if rows.categories is not None:
         cats = rows.categories.copy()
         draw = rng.random(cats.shape)
         cats[draw < 0.125] = ""
         cats[(draw >= 0.125) & (draw < 0.25)] = UNSEEN
-    return Rows(numeric, cats)
+    if rows.dates is not None:
+        dates = rows.dates.copy()
+        dates[rng.random(dates.shape) < 0.25] = np.nan
+    return Rows(numeric, cats, dates)
 
 
 def _row_sources(
@@ -383,9 +408,12 @@ def _row_sources(
             raise ValueError(
                 f"validation rows: expected shape (N >= 1, {in_features}), got {numeric.shape}"
             )
-        sources["validation"] = Rows(numeric, rows.categories).resized(n)  # repeats if N < n
+        # repeats if N < n
+        sources["validation"] = Rows(numeric, rows.categories, rows.dates).resized(n)
     random = Rows(
-        random_rows(model, n, in_features, seed), _random_categories(preprocessing, n, seed)
+        random_rows(model, n, in_features, seed),
+        _random_categories(preprocessing, n, seed),
+        _random_dates(preprocessing, n, seed),
     )
     sources["random"] = random
     if preprocessing is not None:
@@ -421,9 +449,10 @@ def verify_equivalence(
         ("PyTorch folded", "fp32", _torch_runner(folded, task, torch.float32, prep)),
     ]
     categorical = () if prep is None else prep.categorical
+    dates = () if prep is None else prep.dates
     for label, model_bytes in (("folded", onnx_folded), ("unfolded", onnx_unfolded)):
         for optimize in (False, True):
-            run = _ort_runner(model_bytes, optimize, fp16, categorical)
+            run = _ort_runner(model_bytes, optimize, fp16, categorical, dates)
             switch = "on" if optimize else "off"
             candidates.append((f"ONNX Runtime {label}, graph opt {switch}", precision, run))
     reference_run = _torch_runner(unfolded, task, torch.float64, prep)
@@ -432,7 +461,8 @@ def verify_equivalence(
         unfolded, validation_rows, in_features, max(batch_sizes), seed, prep
     ).items():
         if fp16:  # every candidate sees the rows the fp16 graph sees
-            rows = Rows(rows.numeric.astype(np.float16).astype(np.float32), rows.categories)
+            numeric = rows.numeric.astype(np.float16).astype(np.float32)
+            rows = Rows(numeric, rows.categories, rows.dates)
         reference = reference_run(rows)
         for candidate in candidates:
             comparisons += _compare(candidate, rows_name, rows, reference, batch_sizes)

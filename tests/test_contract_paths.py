@@ -1,7 +1,8 @@
 """One awkward CSV through every path: train-time reading, local predict, gRPC and HTTP infer.
 
 The file holds padded text, every missing token, quoted delimiters, unicode, bool spellings, a
-categorical column and numeric columns with blanks. Every path must build the same model inputs
+categorical column, numeric columns with blanks and a date column written every way ISO 8601
+allows (and as epoch seconds). Every path must build the same model inputs
 from it (the one reader, bnmodel/table.py) and get the same outputs under the same column
 names (the one contract, bnmodel/contract.py), against a real `bnmodel serve` process.
 """
@@ -9,6 +10,7 @@ names (the one contract, bnmodel/contract.py), against a real `bnmodel serve` pr
 from __future__ import annotations
 
 import csv
+import datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +28,30 @@ from bnmodel.train import TrainConfig, train
 COLORS = ["red", " red", "red ", "blue", "  blue ", "grün", "日本", "red, or so", "", "NA"]
 FLAGS = ["True", "true", "TRUE", "False", " false", "FALSE", ""]
 MISSING = sorted(table.MISSING_TOKENS)
+# (cell, seconds since 1970 UTC): each ISO form, padded, zoned, fractional, and plain seconds.
+_T = datetime.datetime(2024, 2, 29, 23, 59, 30, tzinfo=datetime.UTC).timestamp()
+WHEN = [
+    ("2024-02-29", _T - 86370),
+    ("2024-02-29T23:59:30", _T),
+    (" 2024-02-29 23:59:30.25 ", _T + 0.25),
+    ("2024-03-01T01:59:30+02:00", _T),
+    ("2024-02-29T23:59:30Z", _T),
+    ("2024-02-29 18:29:30-0530", _T),
+    (f"{_T:.0f}", _T),
+    ("", float("nan")),
+    ("NULL", float("nan")),
+    ("1969-12-31 23:00", -3600.0),
+]
 
 
 def _awkward_rows(n: int, seed: int = 0) -> list[list[str]]:
     """(header, rows) with a learnable label: 'hi' when a + b > 0, padded as ' hi ' at times."""
     rng = np.random.default_rng(seed)
-    rows = [["a", "color", "b", "flag", "label"]]
+    rows = [["a", "color", "b", "flag", "when", "label"]]
     for i in range(n):
         a, b = rng.normal(size=2)
         cells = [f"{a:.4f}", COLORS[i % len(COLORS)], f" {b:.4f} ", FLAGS[i % len(FLAGS)]]
+        cells.append(WHEN[i % len(WHEN)][0])
         if i % 7 == 3:  # every missing token, padded or not, in both numeric columns
             cells[0] = MISSING[i % len(MISSING)]
             cells[2] = f"  {MISSING[(i + 5) % len(MISSING)]} "
@@ -74,6 +91,7 @@ def _local_inputs(model, path: Path) -> dict[str, np.ndarray]:
             model.contract.feature_names,
             model.contract.categorical_columns,
             allow_missing=True,
+            dates=model.contract.date_columns,
         )
     )
     feeds = [c.inputs(model.contract) for c in chunks]
@@ -90,6 +108,9 @@ def test_the_awkward_file_reads_as_the_cell_rules_say(awkward):
     assert set(ds.categories[:, 1]) == {"True", "False", ""}  # every bool spelling
     missing = np.isnan(ds.features).any(axis=1)
     assert missing.sum() == 240 // 7 + (240 % 7 > 3)  # each row that holds missing tokens
+    assert ds.date_names == ["when"]
+    expected = [WHEN[i % len(WHEN)][1] for i in range(240)]
+    np.testing.assert_array_equal(ds.dates[:, 0], expected)  # NaN where missing
 
 
 def test_train_time_reading_and_local_predict_build_the_same_inputs(awkward):
@@ -99,6 +120,8 @@ def test_train_time_reading_and_local_predict_build_the_same_inputs(awkward):
     np.testing.assert_array_equal(inputs["features"], ds.features)  # NaN where NaN
     for i, column in enumerate(ds.categorical_names):
         assert inputs[column][:, 0].tolist() == ds.categories[:, i].tolist()
+    assert inputs["when"].dtype == np.float64
+    np.testing.assert_array_equal(inputs["when"], ds.dates)
     # The trained encoder sees the same slots: the model's input is identical.
     from bnmodel.checkpoint import load_checkpoint
 

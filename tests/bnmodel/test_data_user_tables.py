@@ -98,19 +98,59 @@ def _dated(n: int = 40) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("form", ["iso-date", "iso-datetime", "parquet-timestamp", "parquet-date"])
-def test_date_columns_are_refused_with_what_to_pass(tmp_path: Path, form: str) -> None:
+def test_date_columns_become_seconds_in_every_form(tmp_path: Path, form: str) -> None:
     frame = _dated()
+    expected = (frame["when"] - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy()
     if form == "iso-date":
         frame["when"] = frame["when"].dt.strftime("%Y-%m-%d")
+        expected = np.floor(expected / 86400) * 86400
     elif form == "iso-datetime":
         frame["when"] = frame["when"].dt.strftime("%Y-%m-%dT%H:%M:%S")
     elif form == "parquet-date":
         frame["when"] = frame["when"].dt.date
+        expected = np.floor(expected / 86400) * 86400
     path = tmp_path / ("t.csv" if form.startswith("iso") else "t.parquet")
     frame.to_csv(path, index=False) if path.suffix == ".csv" else frame.to_parquet(path)
-    with pytest.raises(DataError, match=r"column 'when' holds dates .*epoch seconds.*--drop when$"):
+    ds = load_file(path)
+    assert ds.date_names == ["when"] and ds.feature_names == ["a"] and ds.needs_encoding
+    np.testing.assert_array_equal(ds.dates[:, 0], expected)
+    assert load_file(path, drop=("when",)).date_names == []
+
+
+def test_a_date_column_with_a_stray_word_names_the_cell(tmp_path: Path) -> None:
+    frame = _dated()
+    frame["when"] = frame["when"].dt.strftime("%Y-%m-%d").astype(object)
+    frame.loc[30, "when"] = "soon"
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"column 'when', row 31 \(line 32\): 'soon' is not a date"):
         load_file(path)
-    assert load_file(path, drop=("when",)).feature_names == ["a"]
+
+
+def test_blank_targets_a_date_and_an_id_train_with_default_flags(tmp_path: Path) -> None:
+    """Each is said: rows dropped, the date's features, the id warned about; and the date
+    features carry the signal (the target is the weekend)."""
+    n = 600
+    when = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(n) * 9.5, unit="h")
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "a": np.random.default_rng(0).normal(size=n),
+            "when": when.strftime("%Y-%m-%d %H:%M"),
+            "y": np.where(when.dayofweek >= 5, "weekend", "weekday"),
+        }
+    )
+    frame.loc[[5, 9], "when"] = ""
+    frame.loc[[3, 70, 71], "y"] = None
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    result = train(TrainConfig(data=str(path), target="y", out_dir=tmp_path / "run", device="cpu"))
+    summary = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert summary["blank_target_rows"] == 3
+    assert summary["dates"]["when"]["missing_cells"] == 2
+    assert summary["dates"]["when"]["features"][2] == "when.weekday"
+    assert any("'id' looks like a row id" in w for w in summary["warnings"])
+    assert result.best_metrics["val_accuracy"] > 0.9  # weekday is a feature; 'a' is noise
 
 
 def test_text_that_only_starts_like_a_date_is_categorical(tmp_path: Path) -> None:
