@@ -270,18 +270,20 @@ def with_inline_runs(
     )
 
 
+@dataclass(eq=False, slots=True)
 class _Pending:
-    __slots__ = ("inputs", "rows", "nbytes", "future", "enqueued_ns", "deadline_ns")
+    """A queued request; what :func:`next_batch` reads of it are :class:`Queued`'s fields."""
 
-    def __init__(
-        self, inputs, rows: int, nbytes: int, future: asyncio.Future, enqueued_ns: int
-    ) -> None:
-        self.inputs = inputs
-        self.rows = rows
-        self.nbytes = nbytes
-        self.future = future
-        self.enqueued_ns = enqueued_ns
-        self.deadline_ns = _deadline_ns.get()
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    nbytes: int
+    future: asyncio.Future
+    enqueued_ns: int
+    deadline_ns: int | None = dataclasses.field(default_factory=_deadline_ns.get)
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
 
 
 def _run_batch(run: Run, inputs: list[Mapping[str, np.ndarray]], batched: bool = True):
@@ -422,8 +424,7 @@ class Scheduler:
         queue = self._queue
         while queue and self._running < self.policy.slots:
             now = time.perf_counter_ns()
-            leading = (Queued(p.rows, p.enqueued_ns, p.deadline_ns, p.future.done()) for p in queue)
-            decision = next_batch(leading, self._queued_rows, self.policy, now, idle)
+            decision = next_batch(queue, self._queued_rows, self.policy, now, idle)
             if decision.wait_ns > 0:
                 if self._timer is None:
                     self._timer = self._loop.call_later(decision.wait_ns / 1e9, self._on_timer)
