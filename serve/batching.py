@@ -117,24 +117,21 @@ def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions)
         and config.max_batch_size > 0
         and (dynamic or options.max_queue_delay_us is not None)
     )
+    alone = BatchPolicy(
+        0,
+        0,
+        queue_size or DEFAULT_MAX_QUEUE_SIZE,
+        max(options.runs, 1),
+        max_queue_bytes=options.max_queue_bytes,
+    )
     if not enabled:
-        return BatchPolicy(
-            0,
-            0,
-            queue_size or DEFAULT_MAX_QUEUE_SIZE,
-            max(options.runs, 1),
-            max_queue_bytes=options.max_queue_bytes,
-        )
+        return alone
     delay_us = options.max_queue_delay_us
     if delay_us is None:
         delay_us = config.dynamic_batching.max_queue_delay_microseconds
     # One run at a time: requests pile up behind it and leave as one batch.
-    return BatchPolicy(
-        config.max_batch_size,
-        delay_us * 1000,
-        queue_size or DEFAULT_MAX_QUEUE_SIZE,
-        1,
-        max_queue_bytes=options.max_queue_bytes,
+    return dataclasses.replace(
+        alone, max_rows=config.max_batch_size, delay_ns=delay_us * 1000, slots=1
     )
 
 
