@@ -542,14 +542,8 @@ class _Connection(asyncio.Protocol):
         request = self.request
         request.method = self.parser.get_method().decode("latin-1")
         length = request.headers.get("content-length")
-        limit = self.server.body_limit
-        if length is not None and length.isdigit() and int(length) > limit:
-            self._fail(
-                413,
-                f"request body of {length} bytes exceeds this server's limit of {limit} "
-                "bytes (sized for max_batch_size rows of the largest model)",
-            )
-            raise httptools.HttpParserError("body too large")
+        if length is not None and length.isdigit() and int(length) > self.server.body_limit:
+            self._too_large(f" of {length} bytes")
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             self._fail(
@@ -569,13 +563,15 @@ class _Connection(asyncio.Protocol):
                 request.body = bytearray(request.body)
             request.body += body
         if len(request.body) > self.server.body_limit:
-            limit = self.server.body_limit
-            self._fail(
-                413,
-                f"request body exceeds this server's limit of {limit} bytes "
-                "(sized for max_batch_size rows of the largest model)",
-            )
-            raise httptools.HttpParserError("body too large")
+            self._too_large("")
+
+    def _too_large(self, size: str) -> None:
+        self._fail(
+            413,
+            f"request body{size} exceeds this server's limit of {self.server.body_limit} bytes "
+            "(sized for max_batch_size rows of the largest model)",
+        )
+        raise httptools.HttpParserError("body too large")
 
     def on_message_complete(self) -> None:
         request, self.request = self.request, None
