@@ -31,12 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -157,7 +156,7 @@ class NextBatch(NamedTuple):
 
 
 def next_batch(
-    queue: Iterable[Queued], queued_rows: int, policy: BatchPolicy, now_ns: int, idle: bool
+    queue: Sequence[Queued], queued_rows: int, policy: BatchPolicy, now_ns: int, idle: bool
 ) -> NextBatch:
     """The next batch of a queue (oldest first) holding ``queued_rows`` rows.
 
@@ -167,19 +166,17 @@ def next_batch(
     order up to ``max_rows`` rows (0: batching off, one request per batch); the first always
     fits (one larger than max_rows was refused by validation).
     """
-    queue = iter(queue)
-    head = next(queue, None)
-    if head is None:
+    if not queue:
         return NextBatch()
     max_rows = policy.max_rows
     if not (idle or max_rows == 0 or queued_rows >= max_rows):
-        wait_ns = head.enqueued_ns + policy.delay_ns - now_ns
+        wait_ns = queue[0].enqueued_ns + policy.delay_ns - now_ns
         if wait_ns > 0:
             return NextBatch(wait_ns)
     run: list[int] = []
     expired: list[int] = []
     rows = taken = 0
-    for index, item in enumerate(itertools.chain((head,), queue)):
+    for index, item in enumerate(queue):
         if item.deadline_ns is not None and item.deadline_ns <= now_ns:
             expired.append(index)
         elif not item.done:

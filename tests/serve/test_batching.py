@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -389,4 +390,4 @@ def test_next_batch_takes_leading_requests_up_to_max_rows_and_drops_expired_and_
     assert next_batch([_queued(9)], 9, policy, now, idle=True) == NextBatch(0, 1, (0,))
     gone = [_queued(1, deadline_ns=5), _queued(1, done=True)]
     assert next_batch(gone, 2, policy, now, idle=True) == NextBatch(0, 2, (), (0,))
-    assert next_batch(iter(queue[:1]), 3, policy, now, idle=True) == NextBatch(0, 1, (0,))
+    assert next_batch(deque(queue[:1]), 3, policy, now, idle=True) == NextBatch(0, 1, (0,))
