@@ -35,10 +35,11 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,8 +53,9 @@ __all__ = [
     "BatchingOptions",
     "BatchPolicy",
     "batch_policy",
-    "batch_wait_ns",
-    "plan_batch",
+    "Queued",
+    "NextBatch",
+    "next_batch",
     "calibrate_run_times",
     "rows_within",
     "with_inline_runs",
@@ -114,68 +116,76 @@ def batch_policy(config: model_config_pb2.ModelConfig, options: BatchingOptions)
         and config.max_batch_size > 0
         and (dynamic or options.max_queue_delay_us is not None)
     )
+    alone = BatchPolicy(
+        0,
+        0,
+        queue_size or DEFAULT_MAX_QUEUE_SIZE,
+        max(options.runs, 1),
+        max_queue_bytes=options.max_queue_bytes,
+    )
     if not enabled:
-        return BatchPolicy(
-            0,
-            0,
-            queue_size or DEFAULT_MAX_QUEUE_SIZE,
-            max(options.runs, 1),
-            max_queue_bytes=options.max_queue_bytes,
-        )
+        return alone
     delay_us = options.max_queue_delay_us
     if delay_us is None:
         delay_us = config.dynamic_batching.max_queue_delay_microseconds
     # One run at a time: requests pile up behind it and leave as one batch.
-    return BatchPolicy(
-        config.max_batch_size,
-        delay_us * 1000,
-        queue_size or DEFAULT_MAX_QUEUE_SIZE,
-        1,
-        max_queue_bytes=options.max_queue_bytes,
+    return dataclasses.replace(
+        alone, max_rows=config.max_batch_size, delay_ns=delay_us * 1000, slots=1
     )
 
 
-# -- the scheduler's decisions, as pure functions of what it knows ---------------------------
+# -- the scheduler's decision, a pure function of what it knows --------------------------------
 
 
-def batch_wait_ns(
-    policy: BatchPolicy, queued_rows: int, oldest_enqueued_ns: int, now_ns: int, idle: bool
-) -> int:
-    """How long the next batch waits before it leaves; <= 0: now.
+class Queued(NamedTuple):
+    """What the decision needs to know of one queued request."""
 
-    At once when the request found the scheduler idle (a lone request never waits for a window
-    nobody else will fill), when batching is off, or when the queue fills a batch; otherwise
-    when the oldest queued request has waited the policy's delay.
+    rows: int
+    enqueued_ns: int
+    deadline_ns: int | None  # perf_counter_ns() after which its client has given up
+    done: bool  # answered already (cancelled): it leaves without running
+
+
+class NextBatch(NamedTuple):
+    """What leaves the queue now; ``wait_ns`` > 0: nothing yet, ask again that much later."""
+
+    wait_ns: int = 0
+    taken: int = 0  # leading requests that leave the queue
+    run: tuple[int, ...] = ()  # indices of those that run together, in order
+    expired: tuple[int, ...] = ()  # indices of those whose deadline passed: they fail unrun
+
+
+def next_batch(
+    queue: Sequence[Queued], queued_rows: int, policy: BatchPolicy, now_ns: int, idle: bool
+) -> NextBatch:
+    """The next batch of a queue (oldest first) holding ``queued_rows`` rows.
+
+    It leaves at once when the request found the scheduler idle (a lone request never waits for
+    a window nobody else will fill), when batching is off, or when the queue fills a batch;
+    otherwise when the oldest queued request has waited the policy's delay. It takes requests in
+    order up to ``max_rows`` rows (0: batching off, one request per batch); the first always
+    fits (one larger than max_rows was refused by validation).
     """
-    if idle or policy.max_rows == 0 or queued_rows >= policy.max_rows:
-        return 0
-    return oldest_enqueued_ns + policy.delay_ns - now_ns
-
-
-def plan_batch(
-    queue: Iterable[tuple[int, int | None, bool]], max_rows: int, now_ns: int
-) -> tuple[int, list[int], list[int]]:
-    """The next batch from the queue's leading requests, each (rows, deadline_ns, done).
-
-    Returns (how many leave the queue, indices of those that run, indices of those whose
-    deadline has passed: they fail and never run). Requests already done (cancelled) leave
-    without running. A batch takes requests in order up to ``max_rows`` rows (0: batching off,
-    one request per batch); the first request always fits (one larger than max_rows was
-    refused by validation).
-    """
-    chosen: list[int] = []
+    if not queue:
+        return NextBatch()
+    max_rows = policy.max_rows
+    if not (idle or max_rows == 0 or queued_rows >= max_rows):
+        wait_ns = queue[0].enqueued_ns + policy.delay_ns - now_ns
+        if wait_ns > 0:
+            return NextBatch(wait_ns)
+    run: list[int] = []
     expired: list[int] = []
     rows = taken = 0
-    for index, (item_rows, deadline_ns, done) in enumerate(queue):
-        if deadline_ns is not None and deadline_ns <= now_ns:
+    for index, item in enumerate(queue):
+        if item.deadline_ns is not None and item.deadline_ns <= now_ns:
             expired.append(index)
-        elif not done:
-            if chosen and (max_rows == 0 or rows + item_rows > max_rows):
+        elif not item.done:
+            if run and (max_rows == 0 or rows + item.rows > max_rows):
                 break
-            chosen.append(index)
-            rows += item_rows
+            run.append(index)
+            rows += item.rows
         taken = index + 1
-    return taken, chosen, expired
+    return NextBatch(0, taken, tuple(run), tuple(expired))
 
 
 def set_request_deadline(seconds_left: float | None) -> None:
@@ -254,18 +264,20 @@ def with_inline_runs(
     )
 
 
+@dataclass(eq=False, slots=True)
 class _Pending:
-    __slots__ = ("inputs", "rows", "nbytes", "future", "enqueued_ns", "deadline_ns")
+    """A queued request; what :func:`next_batch` reads of it are :class:`Queued`'s fields."""
 
-    def __init__(
-        self, inputs, rows: int, nbytes: int, future: asyncio.Future, enqueued_ns: int
-    ) -> None:
-        self.inputs = inputs
-        self.rows = rows
-        self.nbytes = nbytes
-        self.future = future
-        self.enqueued_ns = enqueued_ns
-        self.deadline_ns = _deadline_ns.get()
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    nbytes: int
+    future: asyncio.Future
+    enqueued_ns: int
+    deadline_ns: int | None = dataclasses.field(default_factory=_deadline_ns.get)
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
 
 
 def _run_batch(run: Run, inputs: list[Mapping[str, np.ndarray]], batched: bool = True):
@@ -401,46 +413,31 @@ class Scheduler:
             self._check_drained()
 
     def _schedule(self, idle: bool = False) -> None:
-        """Start batches while a run slot is free and a batch is due; else arm the timer."""
-        while self._queue and self._running < self.policy.slots:
-            wait_ns = self._wait_ns(idle)
-            if wait_ns > 0:
-                self._arm_timer(wait_ns)
+        """Start batches while a run slot is free and one is due (:func:`next_batch`), else arm
+        the timer; expired requests fail with DEADLINE_EXCEEDED, cancelled ones just leave."""
+        queue = self._queue
+        while queue and self._running < self.policy.slots:
+            now = time.perf_counter_ns()
+            decision = next_batch(queue, self._queued_rows, self.policy, now, idle)
+            if decision.wait_ns > 0:
+                if self._timer is None:
+                    self._timer = self._loop.call_later(decision.wait_ns / 1e9, self._on_timer)
                 return
-            self._dispatch()
+            items = [queue.popleft() for _ in range(decision.taken)]
+            for item in items:
+                self._queued_rows -= item.rows
+                self._queued_bytes -= item.nbytes
+            for index in decision.expired:
+                _expire(items[index], now)
+            if decision.run:
+                self._dispatch([items[index] for index in decision.run], now)
         self._check_drained()
-
-    def _wait_ns(self, idle: bool) -> int:
-        oldest = self._queue[0].enqueued_ns
-        return batch_wait_ns(self.policy, self._queued_rows, oldest, time.perf_counter_ns(), idle)
-
-    def _arm_timer(self, wait_ns: int) -> None:
-        if self._timer is None:
-            self._timer = self._loop.call_later(wait_ns / 1e9, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._schedule()
 
-    def _take(self) -> list[_Pending]:
-        """The next batch (:func:`plan_batch`); expired requests fail with DEADLINE_EXCEEDED."""
-        now = time.perf_counter_ns()
-        queue = self._queue
-        leading = ((p.rows, p.deadline_ns, p.future.done()) for p in queue)
-        taken, chosen, expired = plan_batch(leading, self.policy.max_rows, now)
-        items = [queue.popleft() for _ in range(taken)]
-        for index in expired:
-            _expire(items[index], now)
-        for item in items:
-            self._queued_rows -= item.rows
-            self._queued_bytes -= item.nbytes
-        return [items[index] for index in chosen]
-
-    def _dispatch(self) -> None:
-        batch = self._take()
-        if not batch:
-            return
-        now = time.perf_counter_ns()
+    def _dispatch(self, batch: list[_Pending], now: int) -> None:
         rows = 0
         for item in batch:
             self.stats.record_queue(now - item.enqueued_ns)

@@ -79,6 +79,7 @@ _LENGTH = struct.Struct("<I")  # the length before each BYTES element in raw con
 _BY_DTYPE = {d.dtype.newbyteorder("="): d for d in DATATYPES.values()}
 _BY_CONFIG = {d.config_name: d for d in DATATYPES.values()}
 _BY_ORT = {d.ort_name: d for d in DATATYPES.values()}
+_SUPPORTED = ", ".join(DATATYPES)
 
 CONTENT_FIELDS = (
     "bool_contents",
@@ -92,18 +93,12 @@ CONTENT_FIELDS = (
 )
 
 
-def _supported() -> str:
-    return ", ".join(DATATYPES)
-
-
 def lookup_datatype(name: str) -> Datatype:
     """The :class:`Datatype` called ``name`` ("FP32"), or InvalidInputError."""
     found = DATATYPES.get(name)
     if found is None:
         shown = repr(name[:32]) if name else "empty"
-        raise InvalidInputError(
-            f"datatype {shown} is not supported; expected one of {_supported()}"
-        )
+        raise InvalidInputError(f"datatype {shown} is not supported; expected one of {_SUPPORTED}")
     return found
 
 
@@ -114,7 +109,7 @@ def datatype_of(array: np.ndarray) -> Datatype:
         return BYTES
     if found is None:
         raise InvalidInputError(
-            f"numpy dtype {array.dtype} has no protocol datatype; use one of {_supported()}"
+            f"numpy dtype {array.dtype} has no protocol datatype; use one of {_SUPPORTED}"
         )
     return found
 

@@ -103,10 +103,6 @@ def _cuda_shared_memory_call(action: str, region: str) -> Callable[[Any], HttpRe
 _NOT_READY = HttpResponse(400, b"")  # Triton answers a not-ready probe with 400 and no body
 
 
-def _always() -> bool:
-    return True
-
-
 _INT64_TYPES = frozenset(
     (
         FieldDescriptor.TYPE_INT64,
@@ -239,16 +235,16 @@ class HttpApp:
 
     def _health(self, method: str, path: str) -> HttpResponse:
         if path == "/v2/health/live":
-            check = _always  # answering at all is being live (as gRPC's ServerLive)
+            up = True  # answering at all is being live (as gRPC's ServerLive)
         elif path == "/v2/health/ready":
-            check = self.dataplane.ready
+            up = self.dataplane.ready()
         else:
             return _error(
                 404, f"unknown route {path!r}; health routes: /v2/health/live, /v2/health/ready"
             )
         if method not in ("GET", "HEAD"):
             return _error(405, f"{path} takes GET, not {method}", (("allow", "GET"),))
-        return _EMPTY_OK if check() else _NOT_READY
+        return _EMPTY_OK if up else _NOT_READY
 
     def _route(self, method: str, path: str):
         """(name for logs, handler) or the error response for an unknown route or method."""
@@ -546,14 +542,8 @@ class _Connection(asyncio.Protocol):
         request = self.request
         request.method = self.parser.get_method().decode("latin-1")
         length = request.headers.get("content-length")
-        limit = self.server.body_limit
-        if length is not None and length.isdigit() and int(length) > limit:
-            self._fail(
-                413,
-                f"request body of {length} bytes exceeds this server's limit of {limit} "
-                "bytes (sized for max_batch_size rows of the largest model)",
-            )
-            raise httptools.HttpParserError("body too large")
+        if length is not None and length.isdigit() and int(length) > self.server.body_limit:
+            self._too_large(f" of {length} bytes")
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             self._fail(
@@ -573,13 +563,15 @@ class _Connection(asyncio.Protocol):
                 request.body = bytearray(request.body)
             request.body += body
         if len(request.body) > self.server.body_limit:
-            limit = self.server.body_limit
-            self._fail(
-                413,
-                f"request body exceeds this server's limit of {limit} bytes "
-                "(sized for max_batch_size rows of the largest model)",
-            )
-            raise httptools.HttpParserError("body too large")
+            self._too_large("")
+
+    def _too_large(self, size: str) -> None:
+        self._fail(
+            413,
+            f"request body{size} exceeds this server's limit of {self.server.body_limit} bytes "
+            "(sized for max_batch_size rows of the largest model)",
+        )
+        raise httptools.HttpParserError("body too large")
 
     def on_message_complete(self) -> None:
         request, self.request = self.request, None

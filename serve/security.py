@@ -180,12 +180,6 @@ class LogLimiter:
         self.logger.warning(message, *args)
 
 
-def _method_parts(full_method: str) -> tuple[str, str]:
-    # "/inference.GRPCInferenceService/ModelInfer" -> ("inference.GRPCInferenceService", ...)
-    _, service, method = (full_method.split("/") + ["", ""])[:3]
-    return service, method
-
-
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str):
     """A handler of the same kind as ``handler`` that answers ``code`` and does nothing else."""
 
@@ -217,7 +211,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         self.limiter = limiter or LogLimiter(log)
 
     def _refusal(self, details: grpc.HandlerCallDetails) -> str | None:
-        service, method = _method_parts(details.method)
+        # "/inference.GRPCInferenceService/ModelInfer" -> ("inference.GRPCInferenceService", ...)
+        _, service, method = (details.method.split("/") + ["", ""])[:3]
         if service == HEALTH_SERVICE or token_matches(
             details.invocation_metadata or (), self.token
         ):

@@ -192,10 +192,10 @@ class InferenceServicer:
         self, request: pb.RepositoryModelLoadRequest
     ) -> pb.RepositoryModelLoadResponse:
         name = check_model_name(request.model_name)
-        parameters = {}
-        for key, param in request.parameters.items():
-            kind = param.WhichOneof("parameter_choice") or ""
-            parameters[key] = (kind.removesuffix("_param"), getattr(param, kind) if kind else None)
+        parameters = {
+            p.name: (p.kind.removesuffix("_param"), p.value)
+            for p in _parameters(request.parameters)
+        }
         await self.dataplane.load(name, load_override(name, parameters))
         return pb.RepositoryModelLoadResponse()
 
@@ -293,21 +293,18 @@ def _parsed(request_class, call: Callable[[Any], Awaitable[Any]]):
     return parse_then_call
 
 
-def _refused(method: str, code: grpc.StatusCode, message: str):
+def _refused(method: str, code: grpc.StatusCode, message: str, logged: bool = True):
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
-        _rejections.warning("%s refused: %s: %s", method, code.name, message)
+        if logged:
+            _rejections.warning("%s refused: %s: %s", method, code.name, message)
         await context.abort(code, message)
 
     return handler
 
 
 def _unimplemented(method: str):
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server"
-        )
-
-    return handler
+    message = f"{method} is not implemented by this server"
+    return _refused(method, grpc.StatusCode.UNIMPLEMENTED, message, logged=False)
 
 
 def build_handler(

@@ -105,7 +105,6 @@ def run(settings: ServerSettings, on_ready: Callable[[str], None]) -> int:
     """
     count = settings.workers or default_workers(model_control=settings.allow_model_control)
     if count == 1:
-        from .ready import ready_line
         from .server import serve
 
         return serve(settings, on_ready=lambda info: on_ready(ready_line(info)))

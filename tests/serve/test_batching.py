@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,11 +17,12 @@ import pytest
 from bnmodel.serve.batching import (
     BatchingOptions,
     BatchPolicy,
+    NextBatch,
+    Queued,
     Scheduler,
     batch_policy,
-    batch_wait_ns,
     calibrate_run_times,
-    plan_batch,
+    next_batch,
     rows_within,
     set_request_deadline,
 )
@@ -348,29 +350,44 @@ def test_calibration_keeps_the_largest_power_of_two_batch_within_the_budget():
     assert rows_within({1: 10_000, 2: 900, 4: 800}, 5) == 0  # a slow first size ends the count
 
 
+def _queued(rows, deadline_ns=None, done=False, enqueued_ns=100):
+    return Queued(rows, enqueued_ns, deadline_ns, done)
+
+
 def test_the_batch_leaves_at_once_when_idle_off_or_full_else_after_the_oldest_s_window():
     policy = BatchPolicy(max_rows=8, delay_ns=1_000, max_queue=10, slots=1)
-    assert batch_wait_ns(policy, 2, oldest_enqueued_ns=100, now_ns=400, idle=False) == 700
-    assert batch_wait_ns(policy, 2, 100, 1_500, idle=False) == -400  # window over: now
-    assert batch_wait_ns(policy, 2, 100, 400, idle=True) == 0
-    assert batch_wait_ns(policy, 8, 100, 400, idle=False) == 0  # a full batch
+    queue = [_queued(2, enqueued_ns=100), _queued(0, enqueued_ns=300)]
+    assert next_batch(queue, 2, policy, now_ns=400, idle=False) == NextBatch(wait_ns=700)
+    assert next_batch(queue, 2, policy, 1_500, idle=False) == NextBatch(0, 2, (0, 1))  # window over
+    assert next_batch(queue, 2, policy, 1_100, idle=False) == NextBatch(0, 2, (0, 1))  # exactly
+    assert next_batch(queue, 2, policy, 400, idle=True) == NextBatch(0, 2, (0, 1))
+    full = [_queued(5), _queued(3)]
+    assert next_batch(full, 8, policy, 400, idle=False) == NextBatch(0, 2, (0, 1))
     off = BatchPolicy(max_rows=0, delay_ns=1_000, max_queue=10, slots=2)
-    assert batch_wait_ns(off, 1, 100, 400, idle=False) == 0
+    assert next_batch([_queued(1)], 1, off, 400, idle=False) == NextBatch(0, 1, (0,))
+    assert next_batch([], 0, policy, 400, idle=True) == NextBatch()
+    # An expired request waits with the others and fails when their batch leaves, unrun.
+    expired = [_queued(1, deadline_ns=200), _queued(1)]
+    assert next_batch(expired, 2, policy, 400, idle=False) == NextBatch(wait_ns=700)
+    assert next_batch(expired, 2, policy, 1_100, idle=False) == NextBatch(0, 2, (1,), (0,))
 
 
-def test_plan_batch_takes_leading_requests_up_to_max_rows_and_drops_expired_and_cancelled():
+def test_next_batch_takes_leading_requests_up_to_max_rows_and_drops_expired_and_cancelled():
     now = 1_000
     queue = [
-        (3, None, False),
-        (2, 999, False),
-        (1, None, True),
-        (4, 5_000, False),
-        (2, None, False),
+        _queued(3),
+        _queued(2, deadline_ns=999),
+        _queued(1, done=True),
+        _queued(4, deadline_ns=5_000),
+        _queued(2),
     ]
+    policy = BatchPolicy(max_rows=8, delay_ns=0, max_queue=10, slots=1)
     # 3 rows, an expired one (never runs), a cancelled one, 4 more rows: 7 <= 8; then 2 > 8.
-    assert plan_batch(queue, max_rows=8, now_ns=now) == (4, [0, 3], [1])
+    assert next_batch(queue, 12, policy, now, idle=True) == NextBatch(0, 4, (0, 3), (1,))
     # Batching off: one request per batch; the expired and cancelled ones behind it leave too.
-    assert plan_batch(queue, max_rows=0, now_ns=now) == (3, [0], [1])
-    assert plan_batch([(9, None, False)], max_rows=8, now_ns=now) == (1, [0], [])
-    assert plan_batch([(1, 5, False), (1, None, True)], 8, now) == (2, [], [0])
-    assert plan_batch(iter([]), 8, now) == (0, [], [])
+    off = BatchPolicy(max_rows=0, delay_ns=0, max_queue=10, slots=1)
+    assert next_batch(queue, 12, off, now, idle=True) == NextBatch(0, 3, (0,), (1,))
+    assert next_batch([_queued(9)], 9, policy, now, idle=True) == NextBatch(0, 1, (0,))
+    gone = [_queued(1, deadline_ns=5), _queued(1, done=True)]
+    assert next_batch(gone, 2, policy, now, idle=True) == NextBatch(0, 2, (), (0,))
+    assert next_batch(deque(queue[:1]), 3, policy, now, idle=True) == NextBatch(0, 1, (0,))
