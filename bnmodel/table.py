@@ -236,7 +236,6 @@ def numeric_values(
     an error; text that is no number and infinities are errors. ``where`` names the source,
     ``first_row`` the column's first row (0-based), ``line0`` the file line of row 0."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
@@ -257,19 +256,9 @@ def numeric_values(
             f"{where}: column {name!r}, {_row(first_row + row, line0)}: "
             f"{column[row].as_py()[:32]!r} is not a number"
         ) from None
-    if values.null_count and not allow_missing:
-        row = int(pc.index(pc.is_null(values), True).as_py())
-        raise TableError(
-            f"{where}: column {name!r}, {_row(first_row + row, line0)}: value is missing (the "
-            "model was trained without missing values, so it does not impute)"
-        )
-    out = values.to_numpy(zero_copy_only=False)  # nulls become NaN
-    if not allow_missing and np.isnan(out).any():  # a typed NaN (Parquet, a DataFrame)
-        row = int(np.flatnonzero(np.isnan(out))[0])
-        raise TableError(
-            f"{where}: column {name!r}, {_row(first_row + row, line0)}: value is missing (the "
-            "model was trained without missing values, so it does not impute)"
-        )
+    out = values.to_numpy(zero_copy_only=False)  # nulls become NaN, as typed NaN cells are
+    if not allow_missing:
+        _refuse_missing(out, name, where, first_row, line0)
     bad = np.isinf(out)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -347,13 +336,8 @@ def date_seconds(
         seconds = _as_float(column)
     else:
         raise TableError(f"{where}: column {name!r} holds {kind}, not dates ({DATE_FORMS})")
-    missing = np.isnan(seconds)
-    if missing.any() and not allow_missing:
-        raise TableError(
-            f"{where}: column {name!r}, {_row(first_row + int(np.argmax(missing)), line0)}: "
-            "value is missing (the model was trained without missing values, so it does not "
-            "impute)"
-        )
+    if not allow_missing:
+        _refuse_missing(seconds, name, where, first_row, line0)
     bad = np.isinf(seconds)
     if bad.any():
         row = int(np.argmax(bad))
@@ -364,10 +348,25 @@ def date_seconds(
     return seconds
 
 
+def _refuse_missing(
+    values: np.ndarray, name: str, where: str, first_row: int, line0: int | None
+) -> None:
+    """The first NaN cell is an error, for a model that does not impute."""
+    missing = np.isnan(values)
+    if missing.any():
+        raise TableError(
+            f"{where}: column {name!r}, {_row(first_row + int(np.argmax(missing)), line0)}: "
+            "value is missing (the model was trained without missing values, so it does not "
+            "impute)"
+        )
+
+
 def _as_float(array: Any) -> np.ndarray:
     import pyarrow as pa
 
-    return np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    # Unsafe: microseconds before 1685 or after 2255 exceed 2**53 and round (to under 1 us).
+    values = array.cast(pa.float64(), safe=False)
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def _text_seconds(text: Any, name: str, where: str, first_row: int, line0: int | None) -> Any:
@@ -400,14 +399,13 @@ def _parse_dates(text: Any) -> np.ndarray:
 
 
 def _timestamps(text: Any, tz: str | None) -> np.ndarray:
-    """Microseconds as float64 (NaN for null); nanosecond text needs the ns cast."""
+    """Microseconds as float64 (NaN for null). Digits past the microsecond are cut first: the
+    microsecond cast refuses them, and a nanosecond one would refuse years outside 1677-2262."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    try:
-        stamps = text.cast(pa.timestamp("us", tz=tz))
-    except pa.ArrowInvalid:
-        stamps = text.cast(pa.timestamp("ns", tz=tz)).cast(pa.timestamp("us", tz=tz), safe=False)
-    return _as_float(stamps.cast(pa.int64()))
+    micro = pc.replace_substring_regex(text, r"(\.\d{6})\d+", r"\1")
+    return _as_float(micro.cast(pa.timestamp("us", tz=tz)).cast(pa.int64()))
 
 
 def _first_bad_date(text: Any) -> tuple[int, str]:

@@ -61,6 +61,11 @@ def test_reader_takes_iso_text_typed_dates_and_numbers():
     np.testing.assert_array_equal(got[:4], [t] * 4)
     assert got[4] == pytest.approx(t + 0.123456, abs=1e-6) and got[5] == t
     assert np.isnan(got[6:9]).all() and got[9] == t - 8.25 * 3600
+    # Beyond 2**53 microseconds from 1970, and nanosecond digits beside them.
+    far = _seconds(["1500-03-01", "2400-01-01T00:00:00.123456789"])
+    np.testing.assert_array_equal(
+        far, [(datetime.datetime(1500, 3, 1) - EPOCH).total_seconds(), 13569465600.123456]
+    )
     typed = pa.array([datetime.date(2024, 1, 31), None])
     np.testing.assert_array_equal(
         table.date_seconds(typed, "d", "x", allow_missing=True), [t - 8.25 * 3600, np.nan]
