@@ -1,17 +1,15 @@
 """The Open Inference Protocol over HTTP/1.1, on the gRPC server's event loop and data plane.
 
-An :class:`asyncio.Protocol` fed by httptools (the C parser uvicorn uses) with orjson for the
-bodies: no framework, because each route is convert, delegate, convert, as in the gRPC servicer
-(serve/servicer.py), and a framework's routing and validation layers cost more per request
-than the model run of a small batch (benchmarks/README.md has the measurement). Everything
-past the bytes is shared with gRPC: the data plane (models, validation, batching, statistics),
-the drain gate, the token check and the model-control switch. Domain errors become their HTTP
-status from serve/errors.py's one table, with the same message as over gRPC, as
+An :class:`asyncio.Protocol` fed by httptools (uvicorn's C parser), orjson for the bodies, and no
+framework: each route is convert, delegate, convert, and a framework's routing and validation
+cost more per request than a small batch's model run (docs/benchmarks.md). Everything past the
+bytes is shared with gRPC: data plane, drain gate, token check, model-control switch. Domain
+errors get their HTTP status from serve/errors.py's table and gRPC's message, as
 ``{"error": "..."}``; anything unexpected is a 500 whose details go only to the log.
 
-Limits: a request must arrive whole within ``request_timeout`` seconds of its first byte (408
-otherwise), an idle keep-alive connection is closed after ``idle_timeout``, a body over
-``body_limit`` bytes is refused with 413 before it is read, as are headers past 64 KiB (431).
+Limits: a request must arrive whole within ``request_timeout`` s of its first byte (408), an idle
+keep-alive connection closes after ``idle_timeout``, bodies over ``body_limit`` bytes (413) and
+headers past 64 KiB (431) are refused before they are read.
 """
 
 from __future__ import annotations
