@@ -1,10 +1,8 @@
 """A loaded model: its signature (from config.pbtxt), versions, runners and statistics.
 
-:class:`ModelRunner` is the single place a model executes (``run(inputs) -> outputs``, blocking);
-:meth:`ModelVersion.execute` is the single async call the data plane makes to run it, today on a
-thread pool through the version's :class:`~.batching.Scheduler` (queue and dynamic batching).
-A :class:`Model` is immutable once built:
-loading a new one and swapping the registry entry is atomic for requests in flight.
+:class:`ModelRunner` is the single place a model executes (blocking); :meth:`ModelVersion.execute`
+the single call the data plane makes to run it, through the version's Scheduler. A :class:`Model`
+is immutable once built, so swapping the registry entry is atomic for requests in flight.
 """
 
 from __future__ import annotations
@@ -149,11 +147,10 @@ def check_session(signature: ModelSignature, session, where: str) -> OnnxSignatu
     graph = session_signature(session)
     graph_inputs = {name: (t, s) for name, t, s in graph.inputs}
     graph_outputs = {name: (t, s) for name, t, s in graph.outputs}
-    declared = {spec.name for spec in signature.inputs}
-    if set(graph_inputs) != declared:
+    if set(graph_inputs) != signature.input_names:
         raise ModelLoadError(
             f"{where}: graph inputs {sorted(graph_inputs)} do not match config.pbtxt inputs "
-            f"{sorted(declared)}"
+            f"{sorted(signature.input_names)}"
         )
     for specs, tensors, kind in (
         (signature.inputs, graph_inputs, "input"),
@@ -230,20 +227,19 @@ class Model:
     def version(self, version: str) -> ModelVersion:
         """``version`` ("" = latest) or ModelNotFoundError listing the versions served."""
         found = self.versions.get(version or self.latest)
-        if found is None and not (version.isascii() and version.isdigit()):
-            shown = version[:32]
+        if found is not None:
+            return found
+        shown = version[:32]
+        if not (version.isascii() and version.isdigit()):
             raise InvalidInputError(  # Triton's words and code for a version that is no number
                 f"failed to get model version from specified version string {shown!r} "
                 f"(details: not a number), version should be an integer; model {self.name!r} "
                 f"serves versions {', '.join(self.versions)}"
             )
-        if found is None:
-            shown = version[:32]
-            raise ModelNotFoundError(
-                f"model {self.name!r} has no version {shown!r}; versions served: "
-                f"{', '.join(self.versions)}"
-            )
-        return found
+        raise ModelNotFoundError(
+            f"model {self.name!r} has no version {shown!r}; versions served: "
+            f"{', '.join(self.versions)}"
+        )
 
 
 def _example_inputs(signature: ModelSignature):
@@ -279,8 +275,9 @@ def load_model(
     options) and the config's dynamic_batching decide how each version's requests are queued.
     """
     signature = signature_from_config(source.config)
-    policy = batch_policy(source.config, batching or BatchingOptions())
-    output_names = tuple(spec.name for spec in signature.outputs)
+    options = batching or BatchingOptions()
+    policy = batch_policy(source.config, options)
+    example = _example_inputs(signature)
     parameters = {k: p.string_value for k, p in source.config.parameters.items()}
     string_inputs = frozenset(s.name for s in signature.inputs if s.datatype is BYTES)
     versions = {}
@@ -291,9 +288,7 @@ def load_model(
         except ModelLoadError as exc:
             raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
         graph = check_session(signature, session, where)
-        runner = ModelRunner(session, output_names)
-        options = batching or BatchingOptions()
-        example = _example_inputs(signature)
+        runner = ModelRunner(session, signature.output_names)
         try:  # times the model on example inputs, to choose the batches run on the loop
             timed = with_inline_runs(
                 policy, runner.run, example, signature.max_batch_size, options.max_inline_us

@@ -4,10 +4,6 @@ A SIGTERM that arrives while Python is still importing gRPC and ONNX Runtime (ha
 busy machine) would find the default action in place and kill the process with 143 (-15)
 before it could drain. :func:`catch_early_signals` is called by ``bnmodel serve`` before those
 imports; :func:`early_signals` hands what it caught to the event loop's handlers.
-
-:class:`DrainGate` counts the inference RPCs in flight. On shutdown the listener stays open while
-it drains: health answers NOT_SERVING, new work is refused with UNAVAILABLE (a client retries
-elsewhere), and the requests already accepted finish before the server stops.
 """
 
 from __future__ import annotations
