@@ -199,10 +199,7 @@ class ModelVersion:
         return self.scheduler.stats
 
     async def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model off the event loop (a slow run never stalls other requests).
-
-        The one call the data plane makes to execute: queued, maybe batched with others.
-        """
+        """The outputs of ``inputs``, queued on the version's scheduler (maybe batched)."""
         rows = next(iter(inputs.values())).shape[0] if self.batched else 1
         return await self.scheduler.submit(inputs, rows)
 
@@ -270,10 +267,7 @@ def load_model(
     batching: BatchingOptions | None = None,
 ) -> Model:
     """Create sessions for every version of ``source`` and check them against its config.
-
-    Blocking (file reads, session creation): call it off the event loop. ``batching`` (server
-    options) and the config's dynamic_batching decide how each version's requests are queued.
-    """
+    Blocking (file reads, session creation): call it off the event loop."""
     signature = signature_from_config(source.config)
     options = batching or BatchingOptions()
     policy = batch_policy(source.config, options)

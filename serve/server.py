@@ -74,7 +74,6 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        # Runs in flight: one per core of this process's share of the machine.
         threads = default_threads(settings.intra_op_threads, processes=settings.processes)
         self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
         self.factory = SessionFactory(settings.device, threads.intra_op)
@@ -91,7 +90,6 @@ class InferenceServer:
         )
         self.metrics = None  # the Prometheus HTTP server, when --metrics-port is set
         self.health = health.aio.HealthServicer()
-        # Counts inference RPCs in flight for the drain, and caps them.
         self.gate = DrainGate(limit=settings.max_concurrent_rpcs)
         self.dataplane.reject_non_finite = settings.reject_non_finite
         self.dataplane.count_categories = bool(settings.metrics_port)
@@ -276,9 +274,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def _install_signal_handlers(server: InferenceServer, stop: asyncio.Event) -> None:
     """First SIGTERM/SIGINT: set ``stop`` (drain). Second: cancel what is running and exit.
-
-    Signals caught before the loop existed (serve/shutdown.py) are replayed here.
-    """
+    Signals caught before the loop existed (serve/shutdown.py) are replayed here."""
     loop = asyncio.get_running_loop()
     seen = []
     tasks = set()  # the loop keeps only weak references to tasks

@@ -85,8 +85,6 @@ class SharedMemoryRegistry:
         self._regions: dict[str, RegionStatus] = {}
         self._maps: dict[str, mmap.mmap] = {}
 
-    # -- the shared state file -----------------------------------------------------------------
-
     def _sync(self) -> None:
         """Re-read the state file if another process changed it."""
         try:
@@ -125,8 +123,6 @@ class SharedMemoryRegistry:
             # A request in flight may still read it (BufferError): closed when it is done.
             with contextlib.suppress(BufferError):
                 mapping.close()
-
-    # -- the extension's operations ------------------------------------------------------------
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not name:
