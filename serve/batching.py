@@ -195,12 +195,8 @@ def calibrate_run_times(
     max_rows: int,
     up_to_us: int,
 ) -> dict[int, int]:
-    """Median run time (ns) of each power-of-two batch (<= ``max_rows``), stopping after the
-    first one over ``up_to_us``.
-
-    Blocking (it runs the model): call it where the model is loaded, off the event loop.
-    ``example(rows)`` builds inputs of ``rows`` rows.
-    """
+    """Median run time (ns) of each power-of-two batch (<= ``max_rows``) of ``example(rows)``,
+    stopping after the first one over ``up_to_us``. Blocking: it runs the model."""
     times: dict[int, int] = {}
     rows = 1
     while up_to_us > 0 and rows <= max(max_rows, 1):
@@ -419,23 +415,19 @@ class Scheduler:
             self.stats.record_queue(now - item.enqueued_ns)
             rows += item.rows
         inputs = [item.inputs for item in batch]
-        if rows <= self.inline_rows:
-            self._run_inline(batch, inputs, rows)
+        if rows <= self.inline_rows:  # calibrated short: on the loop, no thread hand-off
+            try:
+                result = _run_batch(self.run, inputs, self.batched)
+            except Exception as exc:  # noqa: BLE001 -- the model's error goes to its requests
+                result = exc
+            else:
+                self._after_inline(result[3], rows)
+            self._deliver(batch, result)
             return
         self._running += 1
         future = self.executor.submit(_run_batch, self.run, inputs, self.batched)
         loop = self._loop
         future.add_done_callback(lambda f: _call_soon(loop, self._finish, batch, f))
-
-    def _run_inline(self, batch: list[_Pending], inputs, rows: int) -> None:
-        """A calibrated-short batch, on the loop: no thread hand-off."""
-        try:
-            result = _run_batch(self.run, inputs, self.batched)
-        except Exception as exc:  # noqa: BLE001 -- the model's error goes to its requests
-            self._deliver(batch, exc)
-            return
-        self._after_inline(result[3], rows)
-        self._deliver(batch, result)
 
     def _finish(self, batch: list[_Pending], done: Future) -> None:
         """Back on the loop from a worker thread: deliver, then start the next batch."""

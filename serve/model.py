@@ -33,7 +33,6 @@ __all__ = [
     "ModelRunner",
     "ModelVersion",
     "Model",
-    "MAX_MESSAGE_BYTES",
     "message_bytes",
     "signature_from_config",
     "check_session",

@@ -40,15 +40,10 @@ _RESTART_WINDOW_S = 60.0
 
 
 def default_workers(cores: int | None = None, model_control: bool = False) -> int:
-    """Server processes for ``--workers 0``: one per core; one with model control.
-
-    A Python gRPC server tops out near one core (the GIL), so a process per core is what lets
-    the server use the machine; each process gets its share of the cores for its ONNX Runtime
-    threads (serve/session.py). Measured on 2 cores with the client on the same machine and 4
-    connections: 2 processes served 12-15% more rows/s at batch 1 and 23-40% more at batch 64
-    than 1 (benchmarks/README.md, "workers"). Model control (load/unload over gRPC) reaches only
-    the process holding the caller's connection, so it keeps one process.
-    """
+    """Server processes for ``--workers 0``: one per core, or one with model control (a load
+    reaches only the process holding the caller's connection). Measured on 2 cores, client on
+    the same machine, 4 connections: 2 processes served 12-15% more rows/s at batch 1 and 23-40%
+    more at batch 64 than 1 (benchmarks/README.md, "workers")."""
     if model_control:
         return 1
     return max(1, cores or cpu_count())
@@ -78,9 +73,7 @@ def hold_port(host: str, port: int) -> socket.socket:
 
 def run(settings: ServerSettings, on_ready: Callable[[str], None]) -> int:
     """Serve with ``settings.workers`` processes (0: :func:`default_workers`); the exit code.
-
-    ``on_ready`` gets the ready line once, when every worker is ready.
-    """
+    ``on_ready`` gets the ready line once, when every worker is ready."""
     count = settings.workers or default_workers(model_control=settings.allow_model_control)
     if count == 1:
         from .server import serve
