@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -27,7 +27,6 @@ from .batching import BatchingOptions
 from .dataplane import ONCE, DataPlane
 from .errors import ServeError
 from .model import message_bytes, signature_from_config
-from .proto import model_config_pb2
 from .ready import ServerInfo
 from .repository import DEFAULT_MODEL_FILE, ModelRepository, SingleModelRepository
 from .security import SecurityError, TLSFiles, TokenInterceptor, read_token, server_credentials
@@ -38,7 +37,6 @@ from .shutdown import SHUTDOWN_SIGNALS, DrainGate, early_signals
 
 __all__ = [
     "InferenceServer",
-    "default_message_limit",
     "run_server",
     "serve",
 ]
@@ -46,19 +44,6 @@ __all__ = [
 log = logging.getLogger("bnmodel.serve")
 
 _GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
-
-
-def default_message_limit(configs: Iterable[model_config_pb2.ModelConfig]) -> int:
-    """Bytes a request or response of max_batch_size rows needs, for the largest model.
-
-    Never below gRPC's own 4 MiB default; a config that cannot be read, or needs more than gRPC
-    accepts, is left out (its load fails and says why).
-    """
-    need = _GRPC_DEFAULT_LIMIT
-    for config in configs:
-        with contextlib.suppress(ServeError):
-            need = max(need, message_bytes(signature_from_config(config)))
-    return need
 
 
 def _open_repository(settings: ServerSettings):
@@ -93,19 +78,24 @@ class InferenceServer:
         self.gate = DrainGate(limit=settings.max_concurrent_rpcs)
         self.dataplane.reject_non_finite = settings.reject_non_finite
         self.dataplane.count_categories = bool(settings.metrics_port)
-        self.port = 0
         self.http = None  # serve/http.py's HttpServer, unless --no-http
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
 
     def _message_limit(self) -> int:
+        """--max-message-bytes, else what max_batch_size rows of the largest model need, never
+        below gRPC's own 4 MiB default. A config that cannot be read, or needs more than gRPC
+        accepts, is left out: its load fails and says why, for this model alone."""
         if self.settings.max_message_bytes:
             return self.settings.max_message_bytes
-        configs = []
-        for name in self.dataplane.repository.names():
-            with contextlib.suppress(Exception):  # the load reports it, for this model alone
-                configs.append(self.dataplane.repository.source(name).config)
-        return default_message_limit(configs)
+        need = _GRPC_DEFAULT_LIMIT
+        repository = self.dataplane.repository
+        for name in repository.names():
+            with contextlib.suppress(Exception):
+                need = max(
+                    need, message_bytes(signature_from_config(repository.source(name).config))
+                )
+        return need
 
     async def start(self) -> int:
         """Bind and start serving (health NOT_SERVING, no models yet); returns the bound gRPC
@@ -134,18 +124,18 @@ class InferenceServer:
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self._bind(address)
+        port = self._bind(address)
         await self._server.start()
         log.info(
             "listening on %s:%d (max message %d bytes; %s event loop; %s)",
             self.settings.host,
-            self.port,
+            port,
             limit,
             type(asyncio.get_running_loop()).__module__.split(".")[0],  # the loop really running
             self._access_summary(),
             extra=ONCE,
         )
-        return self.port
+        return port
 
     async def _start_http(self, message_limit: int) -> int:
         """The HTTP side (serve/http.py): same data plane, drain gate, token and TLS files."""
@@ -199,11 +189,11 @@ class InferenceServer:
             f"model control {'on' if s.allow_model_control else 'off'}"
         )
 
-    def start_metrics(self) -> int:
-        """Serve Prometheus metrics if --metrics-port is set; returns the port (0: off)."""
+    def start_metrics(self) -> None:
+        """Serve Prometheus metrics if --metrics-port is set."""
         port = self.settings.metrics_port
         if not port:
-            return 0
+            return
         from .metrics import start_metrics_server  # prometheus-client only when asked for
 
         try:
@@ -211,7 +201,6 @@ class InferenceServer:
         except OSError as exc:
             raise ServeError(f"--metrics-port {port}: cannot listen ({exc.strerror})") from None
         log.info("metrics on http://%s:%d/metrics", self.settings.host, port)
-        return port
 
     async def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME):
