@@ -191,7 +191,6 @@ class ModelVersion:
     version: str
     runner: ModelRunner
     scheduler: Scheduler  # queue, batching and drain of this version's runs
-    batched: bool  # the model has a batch axis (max_batch_size > 0)
 
     @property
     def stats(self) -> VersionStats:
@@ -199,7 +198,7 @@ class ModelVersion:
 
     async def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs of ``inputs``, queued on the version's scheduler (maybe batched)."""
-        rows = next(iter(inputs.values())).shape[0] if self.batched else 1
+        rows = next(iter(inputs.values())).shape[0] if self.scheduler.batched else 1
         return await self.scheduler.submit(inputs, rows)
 
 
@@ -304,5 +303,5 @@ def load_model(
         )
         stats = VersionStats(categories=categories)
         scheduler = Scheduler(runner.run, executor, timed, stats, signature.batched)
-        versions[version] = ModelVersion(version, runner, scheduler, signature.batched)
+        versions[version] = ModelVersion(version, runner, scheduler)
     return Model(source.name, source.config, signature, versions)

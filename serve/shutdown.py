@@ -19,14 +19,10 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _caught: list[int] = []
 
 
-def _record(signum: int, frame) -> None:
-    _caught.append(signum)
-
-
 def catch_early_signals() -> None:
     """Record SIGTERM/SIGINT instead of dying, until the event loop installs its handlers."""
     for signum in SHUTDOWN_SIGNALS:
-        signal.signal(signum, _record)
+        signal.signal(signum, lambda signum, frame: _caught.append(signum))
 
 
 def early_signals() -> list[int]:

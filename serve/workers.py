@@ -127,11 +127,7 @@ def _worker(settings: ServerSettings, index: int, count: int, port: int, ready_f
         reuse_port=True,
         metrics_port=metrics,
     )
-
-    def ready(info: ServerInfo) -> None:
-        os.write(ready_fd, (info.to_json() + "\n").encode())
-
-    return serve(mine, on_ready=ready)
+    return serve(mine, on_ready=lambda info: os.write(ready_fd, (info.to_json() + "\n").encode()))
 
 
 class _Supervisor:
