@@ -274,12 +274,11 @@ def load_model(
     string_inputs = frozenset(s.name for s in signature.inputs if s.datatype is BYTES)
     versions = {}
     for version, path in sorted(source.versions.items(), key=lambda item: int(item[0])):
-        where = f"{source.name}/{version}/{path.name}"
         try:
             session = factory.create(path)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
-        graph = check_session(signature, session, where)
+        graph = check_session(signature, session, f"{source.name}/{version}/{path.name}")
         runner = ModelRunner(session, signature.output_names)
         try:  # times the model on example inputs, to choose the batches run on the loop
             timed = with_inline_runs(
@@ -298,10 +297,8 @@ def load_model(
                 extra={"once": True},
             )
             timed = policy
-        categories = category_counts(
-            source.name, version, graph.metadata, parameters, string_inputs
-        )
-        stats = VersionStats(categories=categories)
+        counts = category_counts(source.name, version, graph.metadata, parameters, string_inputs)
+        stats = VersionStats(categories=counts)
         scheduler = Scheduler(runner.run, executor, timed, stats, signature.batched)
         versions[version] = ModelVersion(version, runner, scheduler)
     return Model(source.name, source.config, signature, versions)
