@@ -171,6 +171,14 @@ class LogLimiter:
         self.logger.warning(message, *args)
 
 
+_HANDLERS = {  # (request streaming, response streaming) -> the kind of handler
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str):
     """A handler of the same kind as ``handler`` that answers ``code`` and does nothing else."""
 
@@ -178,14 +186,6 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str):
         await context.abort(code, message)
 
     return _HANDLERS[handler.request_streaming, handler.response_streaming](abort)
-
-
-_HANDLERS = {  # (request streaming, response streaming) -> the kind of handler
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 
 def model_control_refusal(method: str) -> str:
