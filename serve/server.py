@@ -76,6 +76,8 @@ class InferenceServer:
         self.metrics = None  # the Prometheus HTTP server, when --metrics-port is set
         self.health = health.aio.HealthServicer()
         self.gate = DrainGate(limit=settings.max_concurrent_rpcs)
+        file = settings.auth_token_file  # read once, for gRPC and HTTP alike
+        self.token = read_token(file) if file is not None else None
         self.dataplane.reject_non_finite = settings.reject_non_finite
         self.dataplane.count_categories = bool(settings.metrics_port)
         self.http = None  # serve/http.py's HttpServer, unless --no-http
@@ -106,7 +108,8 @@ class InferenceServer:
         if not self.settings.grpc:
             return 0
         self._server = grpc.aio.server(
-            interceptors=self._interceptors(),
+            # Only token auth: the drain gate and model control live in the handlers (servicer.py)
+            interceptors=[TokenInterceptor(self.token)] if self.token is not None else [],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -142,9 +145,8 @@ class InferenceServer:
         from .http import JSON_EXPANSION, HttpApp, HttpServer, ssl_context
 
         s = self.settings
-        token = read_token(s.auth_token_file) if s.auth_token_file is not None else None
         app = HttpApp(
-            self.dataplane, self.gate, token=token, allow_model_control=s.allow_model_control
+            self.dataplane, self.gate, token=self.token, allow_model_control=s.allow_model_control
         )
         self.http = HttpServer(app, JSON_EXPANSION * message_limit)
         tls = ssl_context(self._tls()) if s.tls_cert is not None else None
@@ -157,12 +159,6 @@ class InferenceServer:
             self.http.body_limit,
         )
         return port
-
-    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Token auth when a token is set (serve/security.py); nothing otherwise. The drain
-        gate and the model-control switch live in the inference handlers (serve/servicer.py)."""
-        file = self.settings.auth_token_file
-        return [TokenInterceptor(read_token(file))] if file is not None else []
 
     def _tls(self) -> TLSFiles:
         return TLSFiles(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca)
