@@ -264,8 +264,8 @@ def load_model(
     executor: Executor,
     batching: BatchingOptions | None = None,
 ) -> Model:
-    """Create sessions for every version of ``source`` and check them against its config.
-    Blocking (file reads, session creation): call it off the event loop."""
+    """Create and check sessions for every version of ``source``; blocking (file reads, session
+    creation): call it off the event loop."""
     signature = signature_from_config(source.config)
     options = batching or BatchingOptions()
     policy = batch_policy(source.config, options)

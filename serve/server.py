@@ -142,7 +142,8 @@ class InferenceServer:
 
     async def _start_http(self, message_limit: int) -> int:
         """The HTTP side (serve/http.py): same data plane, drain gate, token and TLS files."""
-        from .http import JSON_EXPANSION, HttpApp, HttpServer, ssl_context
+        from .http import JSON_EXPANSION, HttpServer, ssl_context
+        from .http_app import HttpApp
 
         s = self.settings
         app = HttpApp(
