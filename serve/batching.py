@@ -1,29 +1,12 @@
 """Queue orchestration of model runs: dynamic batching, a bounded queue, drain before unload.
 
-Every request of a model version goes through its :class:`Scheduler`: queued (bounded:
-RESOURCE_EXHAUSTED when full), then run on the executor, alone (batching off) or merged with the
-requests queued beside it (batching on, up to ``max_batch_size`` rows, serve/batch_merge.py).
-All queue state lives on the event loop; only the model run (merge, ORT, split) is on a thread.
-
-When a batch is formed (batching on):
-- a request that finds the scheduler idle (nothing queued, nothing running) runs at once: a lone
-  client never waits for a window that nobody else will fill;
-- otherwise requests queue while the model runs; the next batch leaves when the model is free and
-  either it is full or its oldest request has waited ``max_queue_delay_microseconds``.
-A request cancelled while queued (client cancel or deadline: grpc cancels the handler) leaves the
-queue and never runs; as a second guard, a request whose gRPC deadline has passed is dropped when
-its batch is formed (DEADLINE_EXCEEDED) instead of being run for nobody.
-
-Where a batch runs. A thread hand-off (submit, wake a worker, wake the loop) costs about 80 us of
-CPU and GIL traffic, five times what this MLP needs for one row, so tiny batches run on the event
-loop itself, but only when that is provably short: at load, :func:`calibrate_run_times` times
-the model at every power-of-two batch and :func:`rows_within` keeps the largest whose run takes
-at most ``max_inline_us`` (default 50 us, about what the loop spends parsing one request); larger
-batches, and every batch of a model too slow for the budget, run on the executor, so a slow batch
-never stalls request handling. Three inline runs in a row over four times the budget halve the
-limit. A request that finds the scheduler idle and is small enough runs at once inside its own
-handler, which then never suspends: resuming a suspended grpc.aio handler costs about 100 us of
-CPU (measured: 628 -> 518 us of server CPU per batch-1 request).
+Every request of a model version goes through its :class:`Scheduler`: queued (bounded), then run
+alone or merged with the requests queued beside it (serve/batch_merge.py). All queue state lives
+on the event loop; only the model run may go to a thread. A thread hand-off costs about 80 us of
+CPU, five times this MLP's batch-1 run, so batches that :func:`calibrate_run_times` timed within
+``max_inline_us`` at load run on the loop, and an idle scheduler runs a small request inside its
+own handler, which then never suspends: resuming a suspended grpc.aio handler costs about 100 us
+of CPU (measured: 628 -> 518 us of server CPU per batch-1 request).
 """
 
 from __future__ import annotations
@@ -161,10 +144,9 @@ def next_batch(
     """The next batch of a queue (oldest first) holding ``queued_rows`` rows.
 
     It leaves at once when the request found the scheduler idle (a lone request never waits for
-    a window nobody else will fill), when batching is off, or when the queue fills a batch;
-    otherwise when the oldest queued request has waited the policy's delay. It takes requests in
-    order up to ``max_rows`` rows (0: batching off, one request per batch); the first always
-    fits (one larger than max_rows was refused by validation).
+    a window nobody else will fill), when batching is off, or when the queue fills a batch, else
+    once the oldest request has waited the policy's delay. The first request always fits (one
+    over ``max_rows`` was refused by validation).
     """
     if not queue:
         return NextBatch()
@@ -213,12 +195,8 @@ def calibrate_run_times(
     max_rows: int,
     up_to_us: int,
 ) -> dict[int, int]:
-    """Median run time (ns) of each power-of-two batch (<= ``max_rows``), stopping after the
-    first one over ``up_to_us``.
-
-    Blocking (it runs the model): call it where the model is loaded, off the event loop.
-    ``example(rows)`` builds inputs of ``rows`` rows.
-    """
+    """Median run time (ns) of each power-of-two batch (<= ``max_rows``) of ``example(rows)``,
+    stopping after the first one over ``up_to_us``. Blocking: it runs the model."""
     times: dict[int, int] = {}
     rows = 1
     while up_to_us > 0 and rows <= max(max_rows, 1):
@@ -366,27 +344,21 @@ class Scheduler:
             raise
 
     def _run_now(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """The fast path: idle scheduler, calibrated-short run. No queue, no future, and the
-        handler never suspends (a suspended gRPC handler costs ~100 us of CPU to resume)."""
+        """The fast path: no queue, no future, and the handler never suspends. Synchronous, so
+        nothing else on the loop can see the scheduler busy meanwhile."""
         self.stats.record_queue(0)
-        self._running += 1
-        try:
-            parts, _, input_ns, infer_ns, output_ns = result = _run_batch(
-                self.run, [inputs], self.batched
-            )
-        finally:
-            self._running -= 1
-        self._after_inline(result, rows)
+        parts, _, input_ns, infer_ns, output_ns = _run_batch(self.run, [inputs], self.batched)
+        self._after_inline(infer_ns, rows)
         self.stats.record_execution(rows, 1, input_ns, infer_ns, output_ns)
         return parts[0]
 
-    def _after_inline(self, result, rows: int) -> None:
+    def _after_inline(self, infer_ns: int, rows: int) -> None:
         """Several inline runs in a row far over budget: this size leaves the loop for good.
 
         One overrun proves nothing (the loop thread waited for the GIL, or was preempted);
         a model that is really slower than calibrated overruns every time.
         """
-        if result[3] <= self._inline_limit_ns:
+        if infer_ns <= self._inline_limit_ns:
             self._overruns = 0
             return
         self._overruns += 1
@@ -398,7 +370,7 @@ class Scheduler:
             "inline runs of %d rows took %.0f us, over %d x the %d us budget; batches "
             "above %d rows now run on a thread",
             rows,
-            result[3] / 1000,
+            infer_ns / 1000,
             _INLINE_OVERRUN,
             self.policy.inline_budget_ns // 1000,
             self.inline_rows,
@@ -443,23 +415,19 @@ class Scheduler:
             self.stats.record_queue(now - item.enqueued_ns)
             rows += item.rows
         inputs = [item.inputs for item in batch]
-        if rows <= self.inline_rows:
-            self._run_inline(batch, inputs, rows)
+        if rows <= self.inline_rows:  # calibrated short: on the loop, no thread hand-off
+            try:
+                result = _run_batch(self.run, inputs, self.batched)
+            except Exception as exc:  # noqa: BLE001 -- the model's error goes to its requests
+                result = exc
+            else:
+                self._after_inline(result[3], rows)
+            self._deliver(batch, result)
             return
         self._running += 1
         future = self.executor.submit(_run_batch, self.run, inputs, self.batched)
         loop = self._loop
         future.add_done_callback(lambda f: _call_soon(loop, self._finish, batch, f))
-
-    def _run_inline(self, batch: list[_Pending], inputs, rows: int) -> None:
-        """A calibrated-short batch, on the loop: no thread hand-off."""
-        try:
-            result = _run_batch(self.run, inputs, self.batched)
-        except Exception as exc:  # noqa: BLE001 -- the model's error goes to its requests
-            self._deliver(batch, exc)
-            return
-        self._after_inline(result, rows)
-        self._deliver(batch, result)
 
     def _finish(self, batch: list[_Pending], done: Future) -> None:
         """Back on the loop from a worker thread: deliver, then start the next batch."""

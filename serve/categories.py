@@ -1,17 +1,10 @@
 """Categorical cells in the "other" slot, counted per model version and column for /metrics.
 
-A raw-row model maps each categorical cell to a slot with its graph's LabelEncoder: text exactly
-as sent (not trimmed, not case-folded) that is in the column's vocabulary gets its own slot;
-anything else (text training never saw or saw too rarely, a blank cell) the shared "other"
-slot. That costs accuracy without any error, so the server counts those cells with the same
-rule, one set lookup per decoded cell, and exposes ``bnmodel_category_cells_total`` and
-``bnmodel_category_unseen_total`` per model, version and column (only with --metrics-port:
-``DataPlane.count_categories``). The vocabularies are the version's own (its ONNX metadata,
-what its graph was built from), else config.pbtxt's.
-
-When more than ``UNSEEN_SHARE`` of a column's last ``WINDOW_CELLS`` (or more) cells were unseen,
-one log line names the model, column and the most frequent unseen values, at most once a
-minute per column.
+A raw-row model's graph gives text exactly as sent (not trimmed, not case-folded) that is in the
+column's vocabulary its own slot, and anything else (unseen text, a blank cell) the shared
+"other" slot: accuracy lost without an error. The server counts those cells by the same rule,
+one set lookup per cell, and only with --metrics-port (``DataPlane.count_categories``); a column
+whose recent share passes ``UNSEEN_SHARE`` gets a log line, at most once a minute.
 """
 
 from __future__ import annotations
@@ -111,11 +104,9 @@ def category_counts(
 ) -> CategoryCounts | None:
     """Counters for a version whose contract names categorical columns with vocabularies.
 
-    ``metadata``: the version's ONNX metadata_props (preferred: what its graph was built
-    from); ``parameters``: config.pbtxt's string parameters, used when the metadata holds no
-    vocabularies; ``string_inputs``: the model's BYTES inputs.
-    None for a model not exported by bnmodel, without categorical columns or vocabularies, or
-    whose columns are not string inputs: nothing is counted and no series shown.
+    The vocabularies come from the version's ONNX ``metadata`` (what its graph was built from),
+    else from config.pbtxt's ``parameters``. None (nothing counted, no series shown) for a model
+    without categorical columns or vocabularies, or whose columns are not ``string_inputs``.
     """
     where = f"model {model!r} version {version}"
     try:

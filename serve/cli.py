@@ -58,20 +58,13 @@ _TYPES = {"Path": Path, "int": int, "float": float, "str": str, "bool": bool}
 
 def _add_access_flags(p: argparse.ArgumentParser) -> None:
     """The client's TLS and token flags: the server's names (serve/security.py)."""
-    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="this client's TLS certificate")
-    p.add_argument("--tls-key", type=Path, metavar="PEM", help="this client's TLS private key")
-    p.add_argument(
-        "--tls-ca",
-        type=Path,
-        metavar="PEM",
-        help="CA that signed the server's certificate (turns TLS on)",
-    )
-    p.add_argument(
-        "--auth-token-file",
-        type=Path,
-        metavar="FILE",
-        help="send 'authorization: Bearer <token in FILE>'",
-    )
+    for flag, metavar, help in (
+        ("--tls-cert", "PEM", "this client's TLS certificate"),
+        ("--tls-key", "PEM", "this client's TLS private key"),
+        ("--tls-ca", "PEM", "CA that signed the server's certificate (turns TLS on)"),
+        ("--auth-token-file", "FILE", "send 'authorization: Bearer <token in FILE>'"),
+    ):
+        p.add_argument(flag, type=Path, metavar=metavar, help=help)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -109,7 +109,17 @@ def only_input_name(
     return cache[key]
 
 
-class InferenceClient:
+class ClosingClient:
+    """A context manager that closes the client's connection on exit."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class InferenceClient(ClosingClient):
     """Blocking client; every call takes ``timeout`` seconds at most (default: the client's)."""
 
     def __init__(
@@ -145,12 +155,6 @@ class InferenceClient:
         self._auth = bearer_metadata(auth_token)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata: dict[tuple[str, str], ModelInfo] = {}
-
-    def __enter__(self) -> InferenceClient:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def close(self) -> None:
         self._channel.close()

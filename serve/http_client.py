@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 from google.protobuf import json_format
 
-from .client import InferenceServerError, only_input_name
+from .client import ClosingClient, InferenceServerError, only_input_name
 from .codec import decode_raw, encode_raw, lookup_datatype
 from .errors import InvalidInputError
 from .http_codec import HEADER_LENGTH
@@ -42,7 +42,7 @@ def _ssl_context(tls: TLSFiles | None) -> ssl.SSLContext:
     return context
 
 
-class HttpInferenceClient:
+class HttpInferenceClient(ClosingClient):
     """Blocking client for ``http://HOST:PORT`` or ``https://HOST:PORT``."""
 
     def __init__(
@@ -67,12 +67,6 @@ class HttpInferenceClient:
             self._connection = http.client.HTTPConnection(
                 parts.hostname, parts.port or 80, timeout=timeout
             )
-
-    def __enter__(self) -> HttpInferenceClient:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def close(self) -> None:
         self._connection.close()

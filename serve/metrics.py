@@ -1,16 +1,9 @@
 """Prometheus endpoint (``--metrics-port``): Triton's metric names, read from the statistics.
 
 Nothing is counted twice: a collector turns each version's :class:`~.statistics.VersionStats`
-into samples when Prometheus scrapes, so the request path pays nothing for metrics. Samples carry
-Triton's exact names (``nv_inference_count{model="m",version="1"}``); they are exposed untyped
-because prometheus-client's text format would rename a counter to ``..._total``. The latency
-histogram is ours: ``bnmodel_inference_request_duration_seconds``, and so are the counters of a
-raw-row model's categorical cells (``serve/categories.py``): ``bnmodel_category_cells_total``
-and ``bnmodel_category_unseen_total`` (cells in the "other" slot), by model, version and column;
-a model without categorical columns (or vocabularies in its contract) has none.
-
-With several worker processes each process serves its own counters on its own port
-(``--metrics-port`` + worker index): scrape them all and sum by model and version.
+into samples when Prometheus scrapes, so the request path pays nothing for metrics. Triton's
+names (``nv_inference_count{model="m",version="1"}``) are exposed untyped because
+prometheus-client's text format would rename a counter to ``..._total``.
 """
 
 from __future__ import annotations

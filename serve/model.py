@@ -1,10 +1,8 @@
 """A loaded model: its signature (from config.pbtxt), versions, runners and statistics.
 
-:class:`ModelRunner` is the single place a model executes (``run(inputs) -> outputs``, blocking);
-:meth:`ModelVersion.execute` is the single async call the data plane makes to run it, today on a
-thread pool through the version's :class:`~.batching.Scheduler` (queue and dynamic batching).
-A :class:`Model` is immutable once built:
-loading a new one and swapping the registry entry is atomic for requests in flight.
+:class:`ModelRunner` is the single place a model executes (blocking); :meth:`ModelVersion.execute`
+the single call the data plane makes to run it, through the version's Scheduler. A :class:`Model`
+is immutable once built, so swapping the registry entry is atomic for requests in flight.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ __all__ = [
     "ModelRunner",
     "ModelVersion",
     "Model",
-    "MAX_MESSAGE_BYTES",
     "message_bytes",
     "signature_from_config",
     "check_session",
@@ -149,11 +146,10 @@ def check_session(signature: ModelSignature, session, where: str) -> OnnxSignatu
     graph = session_signature(session)
     graph_inputs = {name: (t, s) for name, t, s in graph.inputs}
     graph_outputs = {name: (t, s) for name, t, s in graph.outputs}
-    declared = {spec.name for spec in signature.inputs}
-    if set(graph_inputs) != declared:
+    if set(graph_inputs) != signature.input_names:
         raise ModelLoadError(
             f"{where}: graph inputs {sorted(graph_inputs)} do not match config.pbtxt inputs "
-            f"{sorted(declared)}"
+            f"{sorted(signature.input_names)}"
         )
     for specs, tensors, kind in (
         (signature.inputs, graph_inputs, "input"),
@@ -195,18 +191,14 @@ class ModelVersion:
     version: str
     runner: ModelRunner
     scheduler: Scheduler  # queue, batching and drain of this version's runs
-    batched: bool  # the model has a batch axis (max_batch_size > 0)
 
     @property
     def stats(self) -> VersionStats:
         return self.scheduler.stats
 
     async def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model off the event loop (a slow run never stalls other requests).
-
-        The one call the data plane makes to execute: queued, maybe batched with others.
-        """
-        rows = next(iter(inputs.values())).shape[0] if self.batched else 1
+        """The outputs of ``inputs``, queued on the version's scheduler (maybe batched)."""
+        rows = next(iter(inputs.values())).shape[0] if self.scheduler.batched else 1
         return await self.scheduler.submit(inputs, rows)
 
 
@@ -230,20 +222,19 @@ class Model:
     def version(self, version: str) -> ModelVersion:
         """``version`` ("" = latest) or ModelNotFoundError listing the versions served."""
         found = self.versions.get(version or self.latest)
-        if found is None and not (version.isascii() and version.isdigit()):
-            shown = version[:32]
+        if found is not None:
+            return found
+        shown = version[:32]
+        if not (version.isascii() and version.isdigit()):
             raise InvalidInputError(  # Triton's words and code for a version that is no number
                 f"failed to get model version from specified version string {shown!r} "
                 f"(details: not a number), version should be an integer; model {self.name!r} "
                 f"serves versions {', '.join(self.versions)}"
             )
-        if found is None:
-            shown = version[:32]
-            raise ModelNotFoundError(
-                f"model {self.name!r} has no version {shown!r}; versions served: "
-                f"{', '.join(self.versions)}"
-            )
-        return found
+        raise ModelNotFoundError(
+            f"model {self.name!r} has no version {shown!r}; versions served: "
+            f"{', '.join(self.versions)}"
+        )
 
 
 def _example_inputs(signature: ModelSignature):
@@ -273,27 +264,22 @@ def load_model(
     executor: Executor,
     batching: BatchingOptions | None = None,
 ) -> Model:
-    """Create sessions for every version of ``source`` and check them against its config.
-
-    Blocking (file reads, session creation): call it off the event loop. ``batching`` (server
-    options) and the config's dynamic_batching decide how each version's requests are queued.
-    """
+    """Create and check sessions for every version of ``source``; blocking (file reads, session
+    creation): call it off the event loop."""
     signature = signature_from_config(source.config)
-    policy = batch_policy(source.config, batching or BatchingOptions())
-    output_names = tuple(spec.name for spec in signature.outputs)
+    options = batching or BatchingOptions()
+    policy = batch_policy(source.config, options)
+    example = _example_inputs(signature)
     parameters = {k: p.string_value for k, p in source.config.parameters.items()}
     string_inputs = frozenset(s.name for s in signature.inputs if s.datatype is BYTES)
     versions = {}
     for version, path in sorted(source.versions.items(), key=lambda item: int(item[0])):
-        where = f"{source.name}/{version}/{path.name}"
         try:
             session = factory.create(path)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{source.name}/{version}: {exc}", detail=exc.detail) from None
-        graph = check_session(signature, session, where)
-        runner = ModelRunner(session, output_names)
-        options = batching or BatchingOptions()
-        example = _example_inputs(signature)
+        graph = check_session(signature, session, f"{source.name}/{version}/{path.name}")
+        runner = ModelRunner(session, signature.output_names)
         try:  # times the model on example inputs, to choose the batches run on the loop
             timed = with_inline_runs(
                 policy, runner.run, example, signature.max_batch_size, options.max_inline_us
@@ -311,10 +297,8 @@ def load_model(
                 extra={"once": True},
             )
             timed = policy
-        categories = category_counts(
-            source.name, version, graph.metadata, parameters, string_inputs
-        )
-        stats = VersionStats(categories=categories)
+        counts = category_counts(source.name, version, graph.metadata, parameters, string_inputs)
+        stats = VersionStats(categories=counts)
         scheduler = Scheduler(runner.run, executor, timed, stats, signature.batched)
-        versions[version] = ModelVersion(version, runner, scheduler, signature.batched)
+        versions[version] = ModelVersion(version, runner, scheduler)
     return Model(source.name, source.config, signature, versions)

@@ -38,10 +38,8 @@ class ServerInfo:
 
     @classmethod
     def from_json(cls, text: str) -> ServerInfo:
-        fields = json.loads(text)
-        for name in ("models", "providers", "failed"):
-            fields[name] = tuple(fields[name])
-        return cls(**fields)
+        fields = json.loads(text).items()  # JSON arrays back to the tuples they were
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
 
 
 def ready_line(info: ServerInfo) -> str:

@@ -1,19 +1,10 @@
 """Who may talk to the server: TLS / mutual TLS, bearer tokens, model control; bounded logging.
 
-- TLS: ``--tls-cert`` + ``--tls-key`` serve over TLS; ``--tls-ca`` also requires every client to
-  present a certificate signed by that CA (mutual TLS). The client takes the same three options
-  (its ``--tls-ca`` is the CA it trusts for the server; cert + key are its own for mTLS).
-- Tokens: with ``--auth-token-file`` every RPC except the gRPC health service needs the metadata
-  ``authorization: Bearer <token>``; anything else is UNAUTHENTICATED. Health stays open so load
-  balancers and orchestrators can probe without the secret. The comparison is constant-time.
-- Model control: RepositoryModelLoad/Unload answer PERMISSION_DENIED unless the server runs with
-  ``--allow-model-control`` (off by default), whatever the token.
-
-:class:`TokenInterceptor` checks tokens before any handler runs; it is installed only when a
-token is set, so a server without tokens pays nothing per RPC. The model-control switch is
-applied where the inference service's handlers are registered (serve/servicer.py), with
-:func:`model_control_refusal`'s message. :class:`LogLimiter` bounds how many "rejected" lines a
-flood of bad requests can write to the log.
+With ``--auth-token-file`` every RPC but the gRPC health service (load balancers probe without
+the secret) needs ``authorization: Bearer <token>``. :class:`TokenInterceptor` checks it before
+any handler runs and is installed only when a token is set, so a server without tokens pays
+nothing per RPC. The model-control switch is applied where the inference handlers are
+registered (serve/servicer.py), with :func:`model_control_refusal`'s message.
 """
 
 from __future__ import annotations
@@ -180,19 +171,21 @@ class LogLimiter:
         self.logger.warning(message, *args)
 
 
+_HANDLERS = {  # (request streaming, response streaming) -> the kind of handler
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str):
     """A handler of the same kind as ``handler`` that answers ``code`` and does nothing else."""
 
     async def abort(request, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
+    return _HANDLERS[handler.request_streaming, handler.response_streaming](abort)
 
 
 def model_control_refusal(method: str) -> str:
@@ -206,9 +199,9 @@ def model_control_refusal(method: str) -> str:
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Bearer-token check for every RPC but health, before any handler runs."""
 
-    def __init__(self, token: str, limiter: LogLimiter | None = None) -> None:
+    def __init__(self, token: str) -> None:
         self.token = token
-        self.limiter = limiter or LogLimiter(log)
+        self.limiter = LogLimiter(log)
 
     def _refusal(self, details: grpc.HandlerCallDetails) -> str | None:
         # "/inference.GRPCInferenceService/ModelInfer" -> ("inference.GRPCInferenceService", ...)

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -27,7 +27,6 @@ from .batching import BatchingOptions
 from .dataplane import ONCE, DataPlane
 from .errors import ServeError
 from .model import message_bytes, signature_from_config
-from .proto import model_config_pb2
 from .ready import ServerInfo
 from .repository import DEFAULT_MODEL_FILE, ModelRepository, SingleModelRepository
 from .security import SecurityError, TLSFiles, TokenInterceptor, read_token, server_credentials
@@ -38,7 +37,6 @@ from .shutdown import SHUTDOWN_SIGNALS, DrainGate, early_signals
 
 __all__ = [
     "InferenceServer",
-    "default_message_limit",
     "run_server",
     "serve",
 ]
@@ -46,19 +44,6 @@ __all__ = [
 log = logging.getLogger("bnmodel.serve")
 
 _GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
-
-
-def default_message_limit(configs: Iterable[model_config_pb2.ModelConfig]) -> int:
-    """Bytes a request or response of max_batch_size rows needs, for the largest model.
-
-    Never below gRPC's own 4 MiB default; a config that cannot be read, or needs more than gRPC
-    accepts, is left out (its load fails and says why).
-    """
-    need = _GRPC_DEFAULT_LIMIT
-    for config in configs:
-        with contextlib.suppress(ServeError):
-            need = max(need, message_bytes(signature_from_config(config)))
-    return need
 
 
 def _open_repository(settings: ServerSettings):
@@ -74,7 +59,6 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        # Runs in flight: one per core of this process's share of the machine.
         threads = default_threads(settings.intra_op_threads, processes=settings.processes)
         self.executor = ThreadPoolExecutor(threads.workers, thread_name_prefix="bnmodel-run")
         self.factory = SessionFactory(settings.device, threads.intra_op)
@@ -91,23 +75,29 @@ class InferenceServer:
         )
         self.metrics = None  # the Prometheus HTTP server, when --metrics-port is set
         self.health = health.aio.HealthServicer()
-        # Counts inference RPCs in flight for the drain, and caps them.
         self.gate = DrainGate(limit=settings.max_concurrent_rpcs)
+        file = settings.auth_token_file  # read once, for gRPC and HTTP alike
+        self.token = read_token(file) if file is not None else None
         self.dataplane.reject_non_finite = settings.reject_non_finite
         self.dataplane.count_categories = bool(settings.metrics_port)
-        self.port = 0
         self.http = None  # serve/http.py's HttpServer, unless --no-http
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
 
     def _message_limit(self) -> int:
+        """--max-message-bytes, else what max_batch_size rows of the largest model need, never
+        below gRPC's own 4 MiB default. A config that cannot be read, or needs more than gRPC
+        accepts, is left out: its load fails and says why, for this model alone."""
         if self.settings.max_message_bytes:
             return self.settings.max_message_bytes
-        configs = []
-        for name in self.dataplane.repository.names():
-            with contextlib.suppress(Exception):  # the load reports it, for this model alone
-                configs.append(self.dataplane.repository.source(name).config)
-        return default_message_limit(configs)
+        need = _GRPC_DEFAULT_LIMIT
+        repository = self.dataplane.repository
+        for name in repository.names():
+            with contextlib.suppress(Exception):
+                need = max(
+                    need, message_bytes(signature_from_config(repository.source(name).config))
+                )
+        return need
 
     async def start(self) -> int:
         """Bind and start serving (health NOT_SERVING, no models yet); returns the bound gRPC
@@ -118,7 +108,8 @@ class InferenceServer:
         if not self.settings.grpc:
             return 0
         self._server = grpc.aio.server(
-            interceptors=self._interceptors(),
+            # Only token auth: the drain gate and model control live in the handlers (servicer.py)
+            interceptors=[TokenInterceptor(self.token)] if self.token is not None else [],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -136,27 +127,27 @@ class InferenceServer:
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self._bind(address)
+        port = self._bind(address)
         await self._server.start()
         log.info(
             "listening on %s:%d (max message %d bytes; %s event loop; %s)",
             self.settings.host,
-            self.port,
+            port,
             limit,
             type(asyncio.get_running_loop()).__module__.split(".")[0],  # the loop really running
             self._access_summary(),
             extra=ONCE,
         )
-        return self.port
+        return port
 
     async def _start_http(self, message_limit: int) -> int:
         """The HTTP side (serve/http.py): same data plane, drain gate, token and TLS files."""
-        from .http import JSON_EXPANSION, HttpApp, HttpServer, ssl_context
+        from .http import JSON_EXPANSION, HttpServer, ssl_context
+        from .http_app import HttpApp
 
         s = self.settings
-        token = read_token(s.auth_token_file) if s.auth_token_file is not None else None
         app = HttpApp(
-            self.dataplane, self.gate, token=token, allow_model_control=s.allow_model_control
+            self.dataplane, self.gate, token=self.token, allow_model_control=s.allow_model_control
         )
         self.http = HttpServer(app, JSON_EXPANSION * message_limit)
         tls = ssl_context(self._tls()) if s.tls_cert is not None else None
@@ -169,12 +160,6 @@ class InferenceServer:
             self.http.body_limit,
         )
         return port
-
-    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Token auth when a token is set (serve/security.py); nothing otherwise. The drain
-        gate and the model-control switch live in the inference handlers (serve/servicer.py)."""
-        file = self.settings.auth_token_file
-        return [TokenInterceptor(read_token(file))] if file is not None else []
 
     def _tls(self) -> TLSFiles:
         return TLSFiles(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca)
@@ -201,11 +186,11 @@ class InferenceServer:
             f"model control {'on' if s.allow_model_control else 'off'}"
         )
 
-    def start_metrics(self) -> int:
-        """Serve Prometheus metrics if --metrics-port is set; returns the port (0: off)."""
+    def start_metrics(self) -> None:
+        """Serve Prometheus metrics if --metrics-port is set."""
         port = self.settings.metrics_port
         if not port:
-            return 0
+            return
         from .metrics import start_metrics_server  # prometheus-client only when asked for
 
         try:
@@ -213,7 +198,6 @@ class InferenceServer:
         except OSError as exc:
             raise ServeError(f"--metrics-port {port}: cannot listen ({exc.strerror})") from None
         log.info("metrics on http://%s:%d/metrics", self.settings.host, port)
-        return port
 
     async def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME):
@@ -276,9 +260,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def _install_signal_handlers(server: InferenceServer, stop: asyncio.Event) -> None:
     """First SIGTERM/SIGINT: set ``stop`` (drain). Second: cancel what is running and exit.
-
-    Signals caught before the loop existed (serve/shutdown.py) are replayed here.
-    """
+    Signals caught before the loop existed (serve/shutdown.py) are replayed here."""
     loop = asyncio.get_running_loop()
     seen = []
     tasks = set()  # the loop keeps only weak references to tasks

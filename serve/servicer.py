@@ -125,6 +125,16 @@ def _tensor_metadata(signature, specs) -> list[pb.ModelMetadataResponse.TensorMe
     ]
 
 
+def _no_cuda_shared_memory(action: str):
+    response = getattr(pb, f"CudaSharedMemory{action.capitalize()}Response")
+
+    async def call(self, request):
+        getattr(NO_CUDA_SHARED_MEMORY, action)(request.name)
+        return response()
+
+    return call
+
+
 class InferenceServicer:
     """The implemented RPCs; each takes a request message (bytes for ModelInfer) and returns one."""
 
@@ -223,23 +233,10 @@ class InferenceServicer:
         self.dataplane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    async def CudaSharedMemoryStatus(
-        self, request: pb.CudaSharedMemoryStatusRequest
-    ) -> pb.CudaSharedMemoryStatusResponse:
-        NO_CUDA_SHARED_MEMORY.status(request.name)
-        return pb.CudaSharedMemoryStatusResponse()
-
-    async def CudaSharedMemoryRegister(
-        self, request: pb.CudaSharedMemoryRegisterRequest
-    ) -> pb.CudaSharedMemoryRegisterResponse:
-        NO_CUDA_SHARED_MEMORY.register(request.name)
-        return pb.CudaSharedMemoryRegisterResponse()
-
-    async def CudaSharedMemoryUnregister(
-        self, request: pb.CudaSharedMemoryUnregisterRequest
-    ) -> pb.CudaSharedMemoryUnregisterResponse:
-        NO_CUDA_SHARED_MEMORY.unregister(request.name)
-        return pb.CudaSharedMemoryUnregisterResponse()
+    # CUDA shared memory: none can be registered; status lists none, unregister does nothing.
+    CudaSharedMemoryStatus = _no_cuda_shared_memory("status")
+    CudaSharedMemoryRegister = _no_cuda_shared_memory("register")
+    CudaSharedMemoryUnregister = _no_cuda_shared_memory("unregister")
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest

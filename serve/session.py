@@ -90,9 +90,8 @@ class SessionFactory:
 
     def create(self, path: Path) -> ort.InferenceSession:
         """A session for ``path``; ModelLoadError (without ORT's dump) when it cannot load."""
-        providers = [_CUDA, _CPU] if self._cuda_usable else [_CPU]
         try:
-            session = ort.InferenceSession(str(path), self._options(), providers=providers)
+            session = ort.InferenceSession(str(path), self._options(), providers=self.providers)
         except Exception as exc:  # ORT raises several pybind exception types for bad files
             text = str(exc).strip()
             raise ModelLoadError(
@@ -150,5 +149,4 @@ def session_signature(session: ort.InferenceSession) -> OnnxSignature:
 
 def inspect_onnx(path: Path) -> OnnxSignature:
     """Read an ONNX file's signature with a throwaway single-thread CPU session."""
-    ort.set_default_logger_severity(_ORT_QUIET)
     return session_signature(SessionFactory("cpu", 1).create(path))

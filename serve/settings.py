@@ -139,7 +139,6 @@ class ServerSettings:
         choices=EVENT_LOOPS,
     )
     log_level: str = _flag("INFO", "log lines at this level and above", choices=LOG_LEVELS)
-    # Access control (serve/security.py): TLS when cert+key, mutual TLS when also ca.
     tls_cert: Path | None = _flag(None, "the server's TLS certificate chain", metavar="PEM")
     tls_key: Path | None = _flag(None, "the server's TLS private key", metavar="PEM")
     tls_ca: Path | None = _flag(
@@ -159,7 +158,6 @@ class ServerSettings:
         "exit 1 when any model fails to load (default: serve the others, report it "
         "UNAVAILABLE in RepositoryIndex and on the ready line)",
     )
-    # HTTP/REST beside gRPC on the same loop and data plane (serve/http.py); Triton's ports.
     http_port: int = _flag(
         DEFAULT_HTTP_PORT,
         "HTTP/REST port; 0 picks a free port (the ready line says which)",

@@ -1,13 +1,5 @@
 """Triton's system shared-memory extension: registered POSIX shared-memory regions.
 
-A client creates a shared-memory object (``shm_open``: the file /dev/shm/KEY), registers a
-region of it under a NAME, then names the region in an infer request's input or output
-``parameters`` (``shared_memory_region``, ``shared_memory_byte_size``, ``shared_memory_offset``)
-instead of sending the tensor bytes: the server reads inputs from, and writes outputs to, the
-mapped memory. CUDA shared memory is not implemented: registering a CUDA region is refused,
-while its status and unregister calls answer as for a server holding none (Triton's client
-examples clear CUDA regions before they start).
-
 The registry lives in a JSON file that every worker process of one server reads (the name is
 fixed at import, before the workers fork), so a region registered through one worker is known
 to the others: with SO_REUSEPORT a client's next request may reach any of them. Each process
@@ -24,6 +16,7 @@ import mmap
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +85,6 @@ class SharedMemoryRegistry:
         self._regions: dict[str, RegionStatus] = {}
         self._maps: dict[str, mmap.mmap] = {}
 
-    # -- the shared state file -----------------------------------------------------------------
-
     def _sync(self) -> None:
         """Re-read the state file if another process changed it."""
         try:
@@ -119,10 +110,12 @@ class SharedMemoryRegistry:
         temporary.replace(self.state)
         self._stamp = None  # our own write: read it back next time
 
-    def _locked(self):
-        """An exclusive lock on the registry across the server's processes (a context)."""
-        lock = open(self.state.with_suffix(".lock"), "a")  # noqa: SIM115 -- closed by _Lock
-        return _Lock(lock)
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive lock on the registry across the server's processes."""
+        with open(self.state.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def _close(self, name: str) -> None:
         mapping = self._maps.pop(name, None)
@@ -130,8 +123,6 @@ class SharedMemoryRegistry:
             # A request in flight may still read it (BufferError): closed when it is done.
             with contextlib.suppress(BufferError):
                 mapping.close()
-
-    # -- the extension's operations ------------------------------------------------------------
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not name:
@@ -194,20 +185,10 @@ class SharedMemoryRegistry:
             self._close(name)
 
 
-class _Lock:
-    def __init__(self, file) -> None:
-        self.file = file
-
-    def __enter__(self) -> None:
-        fcntl.flock(self.file, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
-
-
 class _NoCudaSharedMemory:
-    """The CUDA shared-memory extension of a server that holds no CUDA regions."""
+    """The CUDA shared-memory extension of a server that holds no CUDA regions (not implemented;
+    Triton's client examples clear CUDA regions before they start, so status and unregister
+    answer as for a server holding none)."""
 
     def register(self, name: str) -> None:
         raise InvalidInputError(

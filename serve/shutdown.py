@@ -4,10 +4,6 @@ A SIGTERM that arrives while Python is still importing gRPC and ONNX Runtime (ha
 busy machine) would find the default action in place and kill the process with 143 (-15)
 before it could drain. :func:`catch_early_signals` is called by ``bnmodel serve`` before those
 imports; :func:`early_signals` hands what it caught to the event loop's handlers.
-
-:class:`DrainGate` counts the inference RPCs in flight. On shutdown the listener stays open while
-it drains: health answers NOT_SERVING, new work is refused with UNAVAILABLE (a client retries
-elsewhere), and the requests already accepted finish before the server stops.
 """
 
 from __future__ import annotations
@@ -23,14 +19,10 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _caught: list[int] = []
 
 
-def _record(signum: int, frame) -> None:
-    _caught.append(signum)
-
-
 def catch_early_signals() -> None:
     """Record SIGTERM/SIGINT instead of dying, until the event loop installs its handlers."""
     for signum in SHUTDOWN_SIGNALS:
-        signal.signal(signum, _record)
+        signal.signal(signum, lambda signum, frame: _caught.append(signum))
 
 
 def early_signals() -> list[int]:

@@ -4,14 +4,13 @@ Counters only go up and are updated on the event loop (no locks). Triton's conve
 ``success``/``fail`` count requests and their whole time in the server (queue + compute);
 ``queue`` and ``compute_*`` count requests, each charged its batch's durations;
 ``inference_count`` counts rows, ``execution_count`` model runs; ``batch_stats`` counts model
-runs per batch size (rows). The request latency histogram feeds the Prometheus endpoint.
-:func:`version_statistics` gives one version's ModelStatistics as plain data (dicts, lists,
-ints) with the protocol's field names: HTTP writes it as JSON, gRPC parses it into the message.
+runs per batch size (rows).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ LATENCY_BUCKETS_S = (
     5.0, 10.0,
 )  # fmt: skip
 _BUCKETS_NS = tuple(int(b * 1e9) for b in LATENCY_BUCKETS_S)
+_COMPUTE = ("compute_input", "compute_infer", "compute_output")  # the stages of a model run
 
 
 @dataclass
@@ -43,9 +43,6 @@ class Duration:
     def add(self, ns: int, count: int = 1) -> None:
         self.count += count
         self.ns += ns * count
-
-    def plain(self) -> dict[str, int]:
-        return {"count": self.count, "ns": self.ns}
 
 
 @dataclass
@@ -91,43 +88,31 @@ class VersionStats:
         """One model run of ``rows`` rows serving ``requests`` requests."""
         self.inference_count += rows
         self.execution_count += 1
-        self.compute_input.add(input_ns, requests)
-        self.compute_infer.add(infer_ns, requests)
-        self.compute_output.add(output_ns, requests)
-        batch = self.batches.get(rows)
-        if batch is None:
-            batch = self.batches[rows] = BatchStats()
-        batch.compute_input.add(input_ns)
-        batch.compute_infer.add(infer_ns)
-        batch.compute_output.add(output_ns)
+        batch = self.batches.get(rows) or self.batches.setdefault(rows, BatchStats())
+        for stage, ns in zip(_COMPUTE, (input_ns, infer_ns, output_ns), strict=True):
+            getattr(self, stage).add(ns, requests)
+            getattr(batch, stage).add(ns)
 
     def record_queue(self, waited_ns: int) -> None:
         self.queue.add(waited_ns)
 
 
 def version_statistics(name: str, version: str, stats: VersionStats) -> dict[str, Any]:
-    """One model version's ModelStatistics, as plain data with the protocol's field names."""
+    """One model version's ModelStatistics as plain data (dicts, lists, ints) with the protocol's
+    field names: HTTP writes it as JSON, gRPC parses it into the message."""
     return {
         "name": name,
         "version": version,
         "last_inference": stats.last_inference_ms,
         "inference_count": stats.inference_count,
         "execution_count": stats.execution_count,
-        "inference_stats": {
-            "success": stats.success.plain(),
-            "fail": stats.fail.plain(),
-            "queue": stats.queue.plain(),
-            "compute_input": stats.compute_input.plain(),
-            "compute_infer": stats.compute_infer.plain(),
-            "compute_output": stats.compute_output.plain(),
-        },
+        "inference_stats": _plain(stats, ("success", "fail", "queue", *_COMPUTE)),
         "batch_stats": [
-            {
-                "batch_size": rows,
-                "compute_input": batch.compute_input.plain(),
-                "compute_infer": batch.compute_infer.plain(),
-                "compute_output": batch.compute_output.plain(),
-            }
+            {"batch_size": rows, **_plain(batch, _COMPUTE)}
             for rows, batch in sorted(stats.batches.items())
         ],
     }
+
+
+def _plain(stats: VersionStats | BatchStats, durations: tuple[str, ...]) -> dict[str, Any]:
+    return {name: dataclasses.asdict(getattr(stats, name)) for name in durations}

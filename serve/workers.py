@@ -3,30 +3,9 @@
 One Python process tops out near one core (the GIL: gRPC's Python half, decoding, the event loop).
 To use more cores the parent forks N children *before* any gRPC server or channel exists (the
 pattern gRPC documents for multiprocessing; importing grpc first is fine); each child builds its
-own grpc.aio server with ``grpc.so_reuseport`` and its own ONNX Runtime sessions, and the kernel
-spreads incoming TCP connections over the children. Consequences for users:
-
-- Balancing is per connection, not per request: one client channel (one tritonclient client) is
-  one TCP connection and stays on one worker. Use several channels (tritonclient: one client per
-  worker thread/coroutine group, ``channel_args=[("grpc.use_local_subchannel_pool", 1)]`` so
-  they do not share a connection) or several client processes to load several workers.
-- Statistics are per process: ModelStatistics answers for the worker holding the connection, and
-  each worker serves Prometheus on ``--metrics-port`` + its index (0..N-1); sum them by model and
-  version when scraping.
-- The parent prints the one ready line once every worker is ready; SIGTERM/SIGINT to the parent
-  are forwarded to every worker (each in its own process group, so a terminal's Ctrl-C reaches
-  them once, through the parent), which drain as a single server does; the parent exits 0 when
-  all of them exited 0. Workers die with the parent, even a SIGKILLed one.
-- A worker that dies while serving is started again (a log line names it, its pid and exit
-  status) after a backoff of 0.5 s doubling with each recent restart; the others keep serving
-  and lose nothing. Only the requests on the dead worker's connections are lost (its clients
-  reconnect, to a live worker). More than 5 restarts within 60 s is a crash loop: the server
-  stops (exit 1) and the orchestrator takes over. A worker that fails before the first ready
-  line stops the start (exit 1), as a single process would.
-- ``--port 0``: the parent picks the free port first (and holds it, SO_REUSEPORT, until the
-  workers are up), so every worker binds the same one.
-
-The default (``--workers 0``) is :func:`default_workers`.
+own servers and ONNX Runtime sessions, and the kernel spreads incoming TCP connections over the
+children. The parent prints the one ready line, forwards signals, and restarts a worker that
+dies while serving (docs/deployment.md, "Workers").
 """
 
 from __future__ import annotations
@@ -42,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from .errors import ServeError
 from .ready import ServerInfo, ready_line
 from .settings import ServerSettings, cpu_count
 from .shutdown import SHUTDOWN_SIGNALS, early_signals
@@ -60,15 +40,10 @@ _RESTART_WINDOW_S = 60.0
 
 
 def default_workers(cores: int | None = None, model_control: bool = False) -> int:
-    """Server processes for ``--workers 0``: one per core; one with model control.
-
-    A Python gRPC server tops out near one core (the GIL), so a process per core is what lets
-    the server use the machine; each process gets its share of the cores for its ONNX Runtime
-    threads (serve/session.py). Measured on 2 cores with the client on the same machine and 4
-    connections: 2 processes served 12-15% more rows/s at batch 1 and 23-40% more at batch 64
-    than 1 (benchmarks/README.md, "workers"). Model control (load/unload over gRPC) reaches only
-    the process holding the caller's connection, so it keeps one process.
-    """
+    """Server processes for ``--workers 0``: one per core, or one with model control (a load
+    reaches only the process holding the caller's connection). Measured on 2 cores, client on
+    the same machine, 4 connections: 2 processes served 12-15% more rows/s at batch 1 and 23-40%
+    more at batch 64 than 1 (benchmarks/README.md, "workers")."""
     if model_control:
         return 1
     return max(1, cores or cpu_count())
@@ -80,15 +55,13 @@ def hold_port(host: str, port: int) -> socket.socket:
     It reserves the port for the workers, which bind it with SO_REUSEPORT too. A fixed port is
     first bound without SO_REUSEPORT, so a port held by someone else is refused, not shared.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if port:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise OSError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
-    held = socket.socket(family, socket.SOCK_STREAM)
+    from .server import check_port_free
+
+    try:
+        check_port_free(host, port)
+    except ServeError as exc:
+        raise OSError(str(exc)) from None
+    held = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     # SO_REUSEADDR too: SO_REUSEPORT alone is refused while the last server's accepted
     # connections sit in TIME_WAIT (up to 60 s after a stop). The probe above still refuses a
     # port that another live server listens on.
@@ -100,9 +73,7 @@ def hold_port(host: str, port: int) -> socket.socket:
 
 def run(settings: ServerSettings, on_ready: Callable[[str], None]) -> int:
     """Serve with ``settings.workers`` processes (0: :func:`default_workers`); the exit code.
-
-    ``on_ready`` gets the ready line once, when every worker is ready.
-    """
+    ``on_ready`` gets the ready line once, when every worker is ready."""
     count = settings.workers or default_workers(model_control=settings.allow_model_control)
     if count == 1:
         from .server import serve
@@ -156,11 +127,7 @@ def _worker(settings: ServerSettings, index: int, count: int, port: int, ready_f
         reuse_port=True,
         metrics_port=metrics,
     )
-
-    def ready(info: ServerInfo) -> None:
-        os.write(ready_fd, (info.to_json() + "\n").encode())
-
-    return serve(mine, on_ready=ready)
+    return serve(mine, on_ready=lambda info: os.write(ready_fd, (info.to_json() + "\n").encode()))
 
 
 class _Supervisor:

@@ -20,7 +20,8 @@ import pytest
 from bnmodel.serve import http as http_module
 from bnmodel.serve.client import InferenceClient
 from bnmodel.serve.dataplane import DataPlane
-from bnmodel.serve.http import HttpApp, HttpResponse, HttpServer
+from bnmodel.serve.http import HttpServer
+from bnmodel.serve.http_app import HttpApp, HttpResponse
 from bnmodel.serve.http_client import HttpInferenceClient
 from bnmodel.serve.security import LogLimiter
 from conftest import onnx_outputs, run_triton_check
