@@ -237,10 +237,7 @@ def numeric_values(
     ``first_row`` the column's first row (0-based), ``line0`` the file line of row 0."""
     import pyarrow as pa
 
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
+    column = _decoded(column)
     text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
     if text:
         column = _clean_text(column)
@@ -257,15 +254,7 @@ def numeric_values(
             f"{column[row].as_py()[:32]!r} is not a number"
         ) from None
     out = values.to_numpy(zero_copy_only=False)  # nulls become NaN, as typed NaN cells are
-    if not allow_missing:
-        _refuse_missing(out, name, where, first_row, line0)
-    bad = np.isinf(out)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise TableError(
-            f"{where}: column {name!r}, {_row(first_row + row, line0)}: {out[row]} is not a "
-            "finite number"
-        )
+    _check_cells(out, name, where, first_row, line0, allow_missing, "a finite number")
     return out.astype(np.float32, copy=False)
 
 
@@ -320,10 +309,7 @@ def date_seconds(
     missing cell where allowed; a cell that is no date is an error naming its row."""
     import pyarrow as pa
 
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
+    column = _decoded(column)
     kind = column.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         text = _clean_text(column).cast(pa.string())
@@ -336,28 +322,47 @@ def date_seconds(
         seconds = _as_float(column)
     else:
         raise TableError(f"{where}: column {name!r} holds {kind}, not dates ({DATE_FORMS})")
-    if not allow_missing:
-        _refuse_missing(seconds, name, where, first_row, line0)
-    bad = np.isinf(seconds)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise TableError(
-            f"{where}: column {name!r}, {_row(first_row + row, line0)}: {seconds[row]} is not "
-            "a finite number of seconds"
-        )
+    _check_cells(
+        seconds, name, where, first_row, line0, allow_missing, "a finite number of seconds"
+    )
     return seconds
 
 
-def _refuse_missing(
-    values: np.ndarray, name: str, where: str, first_row: int, line0: int | None
+def _decoded(column: Any) -> Any:
+    """One Arrow array of plain values: chunks combined, a dictionary column decoded."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return column
+
+
+def _check_cells(
+    values: np.ndarray,
+    name: str,
+    where: str,
+    first_row: int,
+    line0: int | None,
+    allow_missing: bool,
+    finite: str,
 ) -> None:
-    """The first NaN cell is an error, for a model that does not impute."""
+    """The first infinite cell is an error (``finite``: what it should have been), and so is
+    the first NaN one for a model that does not impute."""
     missing = np.isnan(values)
-    if missing.any():
+    if not allow_missing and missing.any():
         raise TableError(
             f"{where}: column {name!r}, {_row(first_row + int(np.argmax(missing)), line0)}: "
             "value is missing (the model was trained without missing values, so it does not "
             "impute)"
+        )
+    bad = np.isinf(values)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise TableError(
+            f"{where}: column {name!r}, {_row(first_row + row, line0)}: {values[row]} is not "
+            f"{finite}"
         )
 
 
